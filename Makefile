@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (install, then train a teacher and a student on the bundled
+# clips and synthesise) and `make test` (install with the dev extra, then run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+# CPU wheel by default; set TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# (or any torch 2.1-2.14) for a GPU build.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(TORCH)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash recipes/demo/run.sh
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check wavedistill tests benchmarks
+
+clean:
+	rm -rf $(VENV) exp

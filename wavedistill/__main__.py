@@ -1,0 +1,5 @@
+"""Allow ``python -m wavedistill``."""
+
+from wavedistill.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""Typed configuration: dataclasses, YAML (``safe_load``), ``key.sub=value`` overrides and
+validation at load time.
+
+Every error names the key and the numbers involved and is raised as :class:`UserError`.
+The resolved config (defaults + file + overrides) is written beside every output with
+:func:`save_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wavedistill.errors import UserError
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 200  # 12.5 ms at 16 kHz
+    win_length: int = 800
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = 8000.0  # None means sample_rate / 2
+    log_floor: float = 1e-5  # log-mel = log(max(mel, log_floor))
+
+
+@dataclass
+class DataConfig:
+    format: str = "folder"  # folder | ljspeech | vctk | wavscp
+    segment_length: int = 8000  # samples per training segment; a multiple of hop_length
+    valid_fraction: float = 0.05  # share of utterances held out (at least valid_min)
+    valid_min: int = 1
+    split_seed: int = 1234
+    silence_threshold_db: float = -60.0  # a clip whose peak is below this is rejected as silent
+    batch_size: int = 4
+    num_workers: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    output: str = "mol"  # mol (16-bit mixture of logistics) | gaussian | categorical (256 mu-law)
+    layers: int = 24
+    stacks: int = 4  # dilation cycles: dilation = 2 ** (layer % (layers // stacks))
+    kernel_size: int = 3
+    residual_channels: int = 64
+    gate_channels: int = 128
+    skip_channels: int = 64
+    # product must equal audio.hop_length; null derives factors of at most 16 from it
+    upsample_factors: list[int] | None = None
+    use_mel: bool = True  # False trains an unconditional model
+    num_speakers: int = 0  # > 0 adds a speaker embedding (global conditioning)
+    speaker_dim: int = 16
+    num_mixtures: int = 10
+    # 16-bit bins are 2/65535 wide (log ~ -10.4); the floor must sit well below that so the
+    # reachable NLL is not capped (-7, PixelCNN++'s 8-bit default, caps it near 6.9 bits).
+    mol_log_scale_min: float = -14.0
+    gaussian_log_scale_min: float = -9.0  # ClariNet
+    mu_law_levels: int = 256
+
+
+@dataclass
+class StudentConfig:
+    flow_layers: list[int] = field(default_factory=lambda: [10, 10, 10, 30])
+    channels: int = 64
+    kernel_size: int = 3
+    dilation_cycle: int = 10  # dilation = 2 ** (layer % dilation_cycle) inside each flow
+    noise: str = "logistic"  # logistic | gaussian
+    upsample_factors: list[int] | None = None  # as teacher.upsample_factors
+    num_speakers: int = 0
+    speaker_dim: int = 16
+    log_scale_min: float = -9.0  # floor on each flow's log-scale
+
+
+@dataclass
+class DistillConfig:
+    num_draws: int = 100  # draws per timestep for the Monte-Carlo cross-entropy
+    kl_weight: float = 1.0
+    power_weight: float = 1.0
+    # STFT resolutions of the power loss (one entry = single resolution)
+    power_fft_sizes: list[int] = field(default_factory=lambda: [1024, 2048, 512])
+    power_hop_sizes: list[int] = field(default_factory=lambda: [120, 240, 50])
+    power_win_lengths: list[int] = field(default_factory=lambda: [600, 1200, 240])
+    contrastive_weight: float = 0.0  # gamma; 0 disables the contrastive term
+    gaussian_reg_lambda: float = 4.0  # ClariNet's lambda (log sigma_T - log sigma_S)^2
+    # Floors on log-scales inside the KL, above the teacher's own floor: a peaked teacher
+    # otherwise gives huge gradients. The loss logs how often each floor binds.
+    teacher_log_scale_min: float = -7.0
+    student_log_scale_min: float = -7.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100000
+    learning_rate: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    decay: str = "exponential"  # exponential | cosine | none
+    decay_rate: float = 0.5  # exponential: lr halves every decay_steps
+    decay_steps: int = 200000
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9999  # 0 disables EMA
+    precision: str = "auto"  # auto (bf16 where supported) | float32 | bfloat16
+    seed: int = 1
+    log_every: int = 50
+    valid_every: int = 1000
+    valid_batches: int = 8
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    audio_every: int = 0  # write audio samples to TensorBoard every N steps (0 = never)
+
+
+@dataclass
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        for section in (self.teacher, self.student):
+            if section.upsample_factors is None:
+                section.upsample_factors = default_upsample_factors(self.audio.hop_length)
+
+
+CHOICES = {
+    "data.format": ("folder", "ljspeech", "vctk", "wavscp"),
+    "teacher.output": ("mol", "gaussian", "categorical"),
+    "student.noise": ("logistic", "gaussian"),
+    "train.decay": ("exponential", "cosine", "none"),
+    "train.precision": ("auto", "float32", "bfloat16"),
+}
+
+# -- building from dicts ---------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, known: list[str]) -> UserError:
+    section, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean '{section + '.' if section else ''}{close[0]}'?" if close else ""
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the annotation ``typ``; ints are accepted where floats are."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(typ)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is bool and isinstance(value, bool):
+        return value
+    if typ is str and isinstance(value, str):
+        return value
+    raise UserError(f"config key '{key}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in types_:
+            raise _unknown_key(full, list(types_))
+        typ = types_[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value or {}, full + ".")
+        else:
+            kwargs[key] = _coerce(full, value, typ)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.steps=10", "teacher.upsample_factors=[4,64]"]`` into a nested dict.
+    Values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise UserError(f"override '{item}': value is not valid YAML ({exc.problem})") from None
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level of a config must be a mapping")
+    return data
+
+
+def default_upsample_factors(hop_length: int, largest: int = 16) -> list[int]:
+    """Split ``hop_length`` into few factors of at most ``largest`` where its primes allow
+    (200 -> [2, 10, 10], 256 -> [16, 16]), smallest first."""
+    primes, n, p = [], hop_length, 2
+    while n > 1:
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+        p += 1
+    bins: list[int] = []
+    for prime in sorted(primes, reverse=True):
+        i = min(range(len(bins)), key=bins.__getitem__, default=None)
+        if i is not None and bins[i] * prime <= largest:
+            bins[i] *= prime
+        else:
+            bins.append(prime)
+    return sorted(bins) or [1]
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a nested dict (missing keys take defaults;
+    unset upsampling factors are derived from the hop length)."""
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then ``key.sub=value`` overrides; validated."""
+    data = read_yaml(path) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Check every invariant the code relies on; messages name keys and numbers."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in allowed, f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
+    a = cfg.audio
+    _check(a.sample_rate > 0, f"audio.sample_rate must be positive, got {a.sample_rate}")
+    _check(a.hop_length > 0, f"audio.hop_length must be positive, got {a.hop_length}")
+    _check(a.n_mels > 0, f"audio.n_mels must be positive, got {a.n_mels}")
+    _check(a.win_length <= a.n_fft,
+           f"audio.win_length ({a.win_length}) must not exceed audio.n_fft ({a.n_fft})")
+    fmax = a.fmax if a.fmax is not None else a.sample_rate / 2
+    _check(fmax <= a.sample_rate / 2,
+           f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})")
+    _check(0 <= a.fmin < fmax, f"audio.fmin ({a.fmin:g}) must be in [0, fmax={fmax:g})")
+    _check(a.log_floor > 0, f"audio.log_floor must be positive, got {a.log_floor}")
+    d = cfg.data
+    _check(d.segment_length > 0 and d.segment_length % a.hop_length == 0,
+           f"data.segment_length ({d.segment_length}) must be a positive multiple of "
+           f"audio.hop_length ({a.hop_length})")
+    _check(0 <= d.valid_fraction < 1, f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
+    _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
+    for section in ("teacher", "student"):
+        factors = getattr(cfg, section).upsample_factors
+        _check(len(factors) > 0 and all(f > 0 for f in factors),
+               f"{section}.upsample_factors must be positive integers, got {factors}")
+        _check(math.prod(factors) == a.hop_length,
+               f"{section}.upsample_factors {factors} multiply to {math.prod(factors)}, "
+               f"but audio.hop_length is {a.hop_length}")
+    t = cfg.teacher
+    _check(t.layers > 0 and t.stacks > 0 and t.layers % t.stacks == 0,
+           f"teacher.layers ({t.layers}) must be a positive multiple of teacher.stacks ({t.stacks})")
+    _check(t.kernel_size >= 2, f"teacher.kernel_size must be at least 2, got {t.kernel_size}")
+    _check(t.gate_channels % 2 == 0,
+           f"teacher.gate_channels must be even (tanh and sigmoid halves), got {t.gate_channels}")
+    _check(t.num_mixtures > 0, f"teacher.num_mixtures must be positive, got {t.num_mixtures}")
+    _check(t.num_speakers >= 0, f"teacher.num_speakers must be >= 0, got {t.num_speakers}")
+    s = cfg.student
+    _check(len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
+           f"student.flow_layers must be positive integers, got {s.flow_layers}")
+    _check(s.kernel_size >= 2, f"student.kernel_size must be at least 2, got {s.kernel_size}")
+    _check(s.dilation_cycle > 0, f"student.dilation_cycle must be positive, got {s.dilation_cycle}")
+    k = cfg.distill
+    _check(k.num_draws > 0, f"distill.num_draws must be positive, got {k.num_draws}")
+    n = len(k.power_fft_sizes)
+    _check(len(k.power_hop_sizes) == n and len(k.power_win_lengths) == n,
+           f"distill.power_fft_sizes/power_hop_sizes/power_win_lengths must have equal lengths, "
+           f"got {n}, {len(k.power_hop_sizes)}, {len(k.power_win_lengths)}")
+    for fft, win in zip(k.power_fft_sizes, k.power_win_lengths):
+        _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
+    tr = cfg.train
+    _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")
+    _check(tr.learning_rate > 0, f"train.learning_rate must be positive, got {tr.learning_rate}")
+    _check(0 <= tr.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
+    _check(tr.keep_last >= 1, f"train.keep_last must be at least 1, got {tr.keep_last}")
+    _check(len(tr.betas) == 2, f"train.betas must have two entries, got {tr.betas}")
+
+
+def receptive_field(layers: int, stacks: int, kernel_size: int) -> int:
+    """Samples seen by a stack of dilated causal convolutions with dilation cycle
+    ``layers // stacks`` (1, 2, 4, ...): 1 + (k - 1) * sum(dilations)."""
+    cycle = layers // stacks
+    return 1 + (kernel_size - 1) * sum(2 ** (i % cycle) for i in range(layers))

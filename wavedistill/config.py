@@ -34,12 +34,14 @@ class AudioConfig:
     fmin: float = 0.0
     fmax: float | None = 8000.0  # None means sample_rate / 2
     log_floor: float = 1e-5  # log-mel = log(max(mel, log_floor))
+    stats_std_floor: float = 0.01  # floor on each mel channel's std in the feature statistics
 
 
 @dataclass
 class DataConfig:
     format: str = "folder"  # folder | ljspeech | vctk | wavscp
-    segment_length: int = 8000  # samples per training segment; a multiple of hop_length
+    # samples per training segment, a multiple of hop_length; null trains on whole utterances
+    segment_length: int | None = 8000
     valid_fraction: float = 0.05  # share of utterances held out (at least valid_min)
     valid_min: int = 1
     split_seed: int = 1234
@@ -60,6 +62,7 @@ class TeacherConfig:
     # product must equal audio.hop_length; null derives factors of at most 16 from it
     upsample_factors: list[int] | None = None
     use_mel: bool = True  # False trains an unconditional model
+    conditioning_context: int = 1  # mel frames of context on each side (0 = frame f alone)
     num_speakers: int = 0  # > 0 adds a speaker embedding (global conditioning)
     speaker_dim: int = 16
     num_mixtures: int = 10
@@ -81,6 +84,10 @@ class StudentConfig:
     num_speakers: int = 0
     speaker_dim: int = 16
     log_scale_min: float = -9.0  # floor on each flow's log-scale
+    conditioning_context: int = 1  # mel frames of context on each side (0 = frame f alone)
+    # samples per time tile of the fused CPU synthesis path (rounded down to whole frames):
+    # small enough that a layer's gate activations stay in cache, large enough for fast GEMMs
+    synthesis_tile: int = 4096
 
 
 @dataclass
@@ -92,6 +99,7 @@ class DistillConfig:
     power_fft_sizes: list[int] = field(default_factory=lambda: [1024, 2048, 512])
     power_hop_sizes: list[int] = field(default_factory=lambda: [120, 240, 50])
     power_win_lengths: list[int] = field(default_factory=lambda: [600, 1200, 240])
+    power_log_weight: float = 0.0  # weight of a log-magnitude STFT distance beside the power loss
     contrastive_weight: float = 0.0  # gamma; 0 disables the contrastive term
     gaussian_reg_lambda: float = 4.0  # ClariNet's lambda (log sigma_T - log sigma_S)^2
     # Floors on log-scales inside the KL, above the teacher's own floor: a peaked teacher
@@ -322,8 +330,10 @@ def validate(cfg: Config) -> None:
            f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})")
     _check(0 <= a.fmin < fmax, f"audio.fmin ({a.fmin:g}) must be in [0, fmax={fmax:g})")
     _check(a.log_floor > 0, f"audio.log_floor must be positive, got {a.log_floor}")
+    _check(a.stats_std_floor > 0, f"audio.stats_std_floor must be positive, got {a.stats_std_floor}")
     d = cfg.data
-    _check(d.segment_length > 0 and d.segment_length % a.hop_length == 0,
+    _check(d.segment_length is None
+           or (d.segment_length > 0 and d.segment_length % a.hop_length == 0),
            f"data.segment_length ({d.segment_length}) must be a positive multiple of "
            f"audio.hop_length ({a.hop_length})")
     _check(0 <= d.valid_fraction < 1, f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
@@ -343,6 +353,8 @@ def validate(cfg: Config) -> None:
            f"teacher.gate_channels must be even (tanh and sigmoid halves), got {t.gate_channels}")
     _check(t.num_mixtures > 0, f"teacher.num_mixtures must be positive, got {t.num_mixtures}")
     _check(t.num_speakers >= 0, f"teacher.num_speakers must be >= 0, got {t.num_speakers}")
+    _check(t.conditioning_context >= 0,
+           f"teacher.conditioning_context must be >= 0, got {t.conditioning_context}")
     s = cfg.student
     _check(len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
            f"student.flow_layers must be positive integers, got {s.flow_layers}")

@@ -1,0 +1,81 @@
+"""Shared test helpers: small audio files, a tiny corpus, a tiny config and its dataset folder.
+
+- ``make_wav(path, seconds, sr, channels, subtype)`` writes a clip (a tone plus noise, peak ~0.5)
+  in any format and subtype soundfile writes, and returns its path.
+- ``tiny_config``: 16 kHz audio with small FFT/hop/mel sizes and tiny networks, for CPU tests.
+- ``tiny_corpus``: a folder of six short clips that ``tiny_config`` accepts.
+- ``tiny_dataset``: ``tiny_corpus`` preprocessed with ``tiny_config`` (a dataset folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wavedistill.config import Config, config_from_dict
+
+TINY_CONFIG = {
+    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
+              "n_mels": 20, "fmin": 0.0, "fmax": 8000.0},
+    "data": {"segment_length": 1024, "valid_fraction": 0.2, "valid_min": 1, "batch_size": 2},
+    "teacher": {"layers": 4, "stacks": 2, "residual_channels": 8, "gate_channels": 16,
+                "skip_channels": 8, "num_mixtures": 2},
+    "student": {"flow_layers": [2, 2], "channels": 8, "dilation_cycle": 2},
+    "distill": {"num_draws": 4, "power_fft_sizes": [256, 128], "power_hop_sizes": [64, 32],
+                "power_win_lengths": [256, 128]},
+    "train": {"steps": 2, "warmup_steps": 0, "log_every": 1, "valid_every": 2,
+              "valid_batches": 1, "checkpoint_every": 2},
+}
+
+
+def write_clip(path: str | Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1,
+               subtype: str | None = "PCM_16", amplitude: float = 0.5, seed: int = 0,
+               frequency: float = 220.0) -> Path:
+    """Write a tone plus noise (peak about ``amplitude``) of ``seconds`` to ``path``; the format
+    follows the file extension (``subtype=None``: that format's default, e.g. Vorbis for .ogg).
+    Channels differ (each has its own noise)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    tone = np.sin(2 * np.pi * frequency * t)[:, None]
+    signal = 0.7 * tone + 0.3 * rng.uniform(-1, 1, size=(n, channels))
+    sf.write(str(path), (amplitude * signal).astype(np.float32), sr, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def make_wav():
+    """``make_wav(path, seconds=0.5, sr=16000, channels=1, subtype="PCM_16", ...) -> Path``
+    (see :func:`write_clip`)."""
+    return write_clip
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    return config_from_dict(TINY_CONFIG)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """``corpus/`` with six 16 kHz 16-bit mono clips of 0.3-0.55 s, each a different tone."""
+    root = tmp_path / "corpus"
+    for i in range(6):
+        write_clip(root / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i,
+                   frequency=150.0 + 70.0 * i)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, tiny_corpus, tiny_config) -> Path:
+    """The dataset folder written by ``preprocess`` from ``tiny_corpus`` with ``tiny_config``."""
+    from wavedistill.preprocess import preprocess
+
+    out = tmp_path / "dataset"
+    report = preprocess(tiny_config, tiny_corpus, out)
+    assert report.exit_code == 0
+    return out

@@ -1,0 +1,183 @@
+"""The one feature function, :func:`log_mel`, and per-channel statistics, :class:`FeatureStats`.
+
+Frame alignment. ``log_mel`` returns exactly ``F = T // hop`` frames for ``T`` samples. Frame ``f``
+is centred on sample ``f * hop``: its Hann window (``win_length`` long, centred inside ``n_fft``)
+weights samples ``[f*hop - win_length//2, f*hop + win_length//2)`` (even sizes), reflected
+at the clip's edges (``torch.stft(center=True, pad_mode="reflect")``). The STFT yields one more
+frame, centred on sample ``T``; it is dropped so that frame ``f`` pairs with the samples
+``[f*hop, (f+1)*hop)`` it conditions. Hence a hop-aligned segment starting at sample ``s`` is
+paired with frames ``[s/hop, s/hop + T/hop)`` of the whole clip's features.
+
+Magnitude, not power: mel = M |STFT| (``power=1``), the convention of MelGAN, HiFi-GAN and
+Parallel WaveGAN, whose log-floor of 1e-5 (``audio.log_floor``) assumes it; the log-mel is
+``log(max(mel, log_floor))`` in nats.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wavedistill.config import AudioConfig
+from wavedistill.errors import UserError
+
+# -- log-mel ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
+                 fmax: float | None) -> torch.Tensor:
+    """Slaney-normalised mel filterbank (n_mels, n_fft // 2 + 1), float64 on the CPU."""
+    import librosa  # only the filterbank comes from librosa; the STFT is torch's
+
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                                dtype=np.float64)
+    return torch.from_numpy(basis)
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_on(key: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return _mel_filters(*key).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(win_length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.hann_window(win_length, periodic=True, device=device, dtype=dtype)
+
+
+def mel_filters(cfg: AudioConfig, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The mel filterbank of ``cfg`` (n_mels, n_fft // 2 + 1), cached per config, device, dtype."""
+    key = (cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin),
+           None if cfg.fmax is None else float(cfg.fmax))
+    return _mel_on(key, torch.device(device), dtype)
+
+
+def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+    """Log-mel features of audio (T,) or (B, T) -> (n_mels, F) or (B, n_mels, F), F = T // hop.
+
+    Computed in float64 for float64 input and in float32 otherwise; see the module docstring for
+    which samples each frame sees."""
+    if audio.dim() not in (1, 2):
+        raise ValueError(f"log_mel expects audio of shape (T,) or (B, T), got {tuple(audio.shape)}")
+    num_samples = audio.shape[-1]
+    if num_samples <= cfg.n_fft // 2:
+        raise UserError(f"audio of {num_samples} samples is too short for log-mel features "
+                        f"(needs more than audio.n_fft // 2 = {cfg.n_fft // 2})")
+    dtype = torch.float64 if audio.dtype == torch.float64 else torch.float32
+    x = audio.to(dtype)
+    window = _hann(cfg.win_length, x.device, dtype)
+    spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                      window=window, center=True, pad_mode="reflect", return_complex=True)
+    magnitude = spec[..., : num_samples // cfg.hop_length].abs()  # (..., n_fft // 2 + 1, F)
+    mel = mel_filters(cfg, x.device, dtype) @ magnitude  # (..., n_mels, F)
+    return torch.log(torch.clamp(mel, min=cfg.log_floor))
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureStats:
+    """Per-channel mean and standard deviation of log-mel features, each (n_mels,) float32.
+
+    ``normalize`` maps features to zero mean and unit variance per channel; it accepts numpy
+    arrays or torch tensors of shape (n_mels, F) or (B, n_mels, F)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __post_init__(self):
+        self.mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1)
+        self.std = torch.as_tensor(self.std, dtype=torch.float32).reshape(-1)
+        if self.mean.shape != self.std.shape:
+            raise ValueError(f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} "
+                             "have different shapes")
+
+    @property
+    def n_mels(self) -> int:
+        return self.mean.numel()
+
+    @classmethod
+    def compute(cls, mels: Iterable, std_floor: float = AudioConfig.stats_std_floor
+                ) -> FeatureStats:
+        """Stream over (n_mels, F) arrays or tensors; float64 accumulators merged batch by batch
+        (Chan et al.), so long corpora lose no precision. The std is the population std,
+        floored at ``std_floor`` so a constant channel does not divide by ~0."""
+        count, mean, m2 = 0, None, None
+        for mel in mels:
+            x = np.asarray(mel.cpu() if isinstance(mel, torch.Tensor) else mel, dtype=np.float64)
+            n = x.shape[-1]
+            if n == 0:
+                continue
+            batch_mean = x.mean(axis=-1)
+            batch_m2 = ((x - batch_mean[:, None]) ** 2).sum(axis=-1)
+            if mean is None:
+                count, mean, m2 = n, batch_mean, batch_m2
+                continue
+            total = count + n
+            delta = batch_mean - mean
+            mean = mean + delta * (n / total)
+            m2 = m2 + batch_m2 + delta**2 * (count * n / total)
+            count = total
+        if mean is None:
+            raise ValueError("FeatureStats.compute needs at least one frame")
+        std = np.maximum(np.sqrt(m2 / count), std_floor)
+        return cls(torch.from_numpy(mean), torch.from_numpy(std))
+
+    def _per_channel(self, mel):
+        """mean and std shaped (n_mels, 1), in mel's kind, dtype and device."""
+        if mel.shape[-2] != self.n_mels:
+            raise ValueError(f"features have {mel.shape[-2]} channels, "
+                             f"statistics have {self.n_mels}")
+        if isinstance(mel, torch.Tensor):
+            return (self.mean.to(mel.device, mel.dtype)[:, None],
+                    self.std.to(mel.device, mel.dtype)[:, None])
+        return (self.mean.numpy().astype(mel.dtype)[:, None],
+                self.std.numpy().astype(mel.dtype)[:, None])
+
+    def normalize(self, mel):
+        """(..., n_mels, F) log-mel -> (mel - mean) / std."""
+        mean, std = self._per_channel(mel)
+        return (mel - mean) / std
+
+    def denormalize(self, mel):
+        """Inverse of :meth:`normalize`."""
+        mean, std = self._per_channel(mel)
+        return mel * std + mean
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """{"mean", "std"} float32 tensors, as stored inside checkpoints."""
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureStats:
+        return cls(data["mean"], data["std"])
+
+    def save(self, path: str | Path) -> None:
+        """Write ``mean`` and ``std`` (n_mels,) to an ``.npz`` file, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mean=self.mean.numpy(), std=self.std.numpy())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureStats:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(data["mean"], data["std"])
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such statistics file") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{path}: not a statistics file with 'mean' and 'std' "
+                            f"({exc})") from None

@@ -1,0 +1,475 @@
+"""The IAF student: a whole clip in one parallel pass (IAF direction), the collapsed per-step
+affine map, its exact sequential inverse, and fast CPU synthesis.
+
+Flows. ``K`` flows (``student.flow_layers``), each a WaveNet without skip connections: input
+1x1 conv ``1 -> C``, a residual-only stack of gated blocks (``C`` residual, ``2C`` gate channels,
+dilations ``2 ** (i % student.dilation_cycle)``), ReLU, 1x1 conv ``C -> 2`` giving
+``(mu^k, log s^k)``. Flow ``k`` reads the previous flow's output shifted right by one sample, so
+its parameters at ``t`` depend on ``x^(k-1)_<t`` only, and maps ``x^k = x^(k-1) * s^k + mu^k``
+(``x^0 = z``, noise). Every flow sees the same mel (and speaker) through one frame-rate
+:class:`~wavedistill.networks.Conditioner` that projects the mel to all layers of all flows at
+once.
+
+Collapse. Composing the flows gives one affine map per step,
+``x_t = z_t * s_tot,t + mu_tot,t`` with ``log s_tot = sum_k log s^k`` and
+``mu_tot <- mu_tot * s^k + mu^k`` folded flow by flow; ``(mu_tot,t, s_tot,t)`` depend on
+``z_<t`` only, so ``p_S(x_t | z_<t)`` is the noise distribution (logistic or Gaussian) moved
+to ``mu_tot,t`` and scaled by ``s_tot,t``, and ``log |det dx/dz| = sum_t log s_tot,t``.
+
+Initialisation. Each flow's last 1x1 conv starts with small weights (std 0.01), a zero
+``mu`` bias and a ``log s`` bias of ``log(student.initial_scale) / K``, so every flow starts as
+a near-constant affine map and the collapsed map as ``x ~ initial_scale * z``. Why: the
+collapsed scale is a product of ``K`` scales, so random log-scales of order one would multiply
+into a total scale spanning orders of magnitude across steps, and unit noise lies far outside
+[-1, 1] where the teacher has almost no mass; either makes the first KL and power-loss
+gradients huge. The weights are small but not zero, so every layer receives a gradient from
+the first step.
+
+Fast synthesis. :meth:`IAFStudent.synthesize` runs the flows through :func:`fused_flow`, an
+inference-only evaluation of the same weights arranged for batch-1 CPU speed (see its
+docstring); it equals :meth:`IAFStudent.forward` to float tolerance (tested).
+
+Shapes: noise and audio ``(B, T)``; mel ``(B, n_mels, F)`` normalised with ``T = F * hop``;
+speaker ``(B,)`` int64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wavedistill.config import Config
+from wavedistill.errors import UserError
+from wavedistill.networks import (
+    Conditioner,
+    Conditioning,
+    WaveNetStack,
+    count_parameters,
+    dilation_cycle,
+)
+
+# Entropy of the unit noise distribution in nats: a logistic with scale s has entropy
+# log s + 2, a Gaussian with standard deviation s has log s + log(2 pi e) / 2.
+NOISE_ENTROPY = {"logistic": 2.0, "gaussian": 0.5 * math.log(2.0 * math.pi * math.e)}
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# std of the flows' last layer at initialisation (module docstring: near identity, not zero)
+_OUTPUT_INIT_STD = 0.01
+
+
+def sample_noise(shape: Sequence[int], noise: str, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> Tensor:
+    """Unit logistic (``log u - log(1 - u)``) or standard normal draws, float32."""
+    if noise == "gaussian":
+        return torch.randn(tuple(shape), generator=generator, device=device)
+    u = torch.rand(tuple(shape), generator=generator, device=device)
+    # rand can return exactly 0; the smallest normal float keeps the logit finite
+    u = u.clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def noise_log_density(z: Tensor, noise: str) -> Tensor:
+    """Log-density of the unit noise distribution, elementwise."""
+    if noise == "gaussian":
+        return -0.5 * z * z - _LOG_SQRT_2PI
+    return F.logsigmoid(z) + F.logsigmoid(-z)
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """``(B, T) -> (B, T)``: ``x_{t-1}`` at ``t``, zero at ``t = 0``."""
+    return F.pad(x[..., :-1], (1, 0))
+
+
+class IAFFlow(nn.Module):
+    """One flow: ``x^(k-1) (B, T)`` -> ``(mu^k, log s^k)``, each ``(B, T)``, where step ``t``
+    depends on ``x^(k-1)_<t`` only. Log-scales are floored at ``log_scale_min``."""
+
+    def __init__(self, layers: int, channels: int, kernel_size: int, cycle: int,
+                 log_scale_min: float, initial_log_scale: float = 0.0):
+        super().__init__()
+        self.log_scale_min = log_scale_min
+        self.input_conv = nn.Conv1d(1, channels, 1)
+        self.stack = WaveNetStack(channels, 2 * channels, 0, kernel_size,
+                                  dilation_cycle(layers, cycle))
+        self.output = nn.Conv1d(channels, 2, 1)
+        nn.init.normal_(self.output.weight, std=_OUTPUT_INIT_STD)
+        with torch.no_grad():
+            self.output.bias.copy_(torch.tensor([0.0, initial_log_scale]))
+
+    @property
+    def receptive_field(self) -> int:
+        """Past input samples one step's parameters depend on (``t - rf ... t - 1``)."""
+        return self.stack.receptive_field
+
+    def forward(self, x: Tensor, cond: Conditioning | None) -> tuple[Tensor, Tensor]:
+        h = self.input_conv(shift_right(x).unsqueeze(1))  # (B, C, T)
+        h, _ = self.stack(h, cond)
+        mu, log_s = self.output(F.relu(h)).unbind(1)
+        return mu, log_s.clamp_min(self.log_scale_min)
+
+
+class IAFStudent(nn.Module):
+    """Parallel WaveNet / ClariNet student (module docstring). Attributes: ``flows``,
+    ``conditioner``, ``noise``, ``receptive_field``, ``num_parameters``, ``hop``."""
+
+    def __init__(self, n_mels: int, flow_layers: Sequence[int], channels: int = 64,
+                 kernel_size: int = 3, cycle: int = 10, noise: str = "logistic",
+                 upsample_factors: Sequence[int] = (200,), conditioning_context: int = 1,
+                 num_speakers: int = 0, speaker_dim: int = 16, log_scale_min: float = -9.0,
+                 synthesis_tile: int = 2048, initial_scale: float = 1.0):
+        super().__init__()
+        if noise not in NOISE_ENTROPY:
+            raise UserError(f"student.noise is {noise!r}; expected one of logistic, gaussian")
+        self.noise = noise
+        self.n_mels = n_mels
+        self.num_speakers = num_speakers
+        self.conditioning_context = conditioning_context
+        self.synthesis_tile = synthesis_tile
+        share = math.log(initial_scale) / len(flow_layers)
+        self.flows = nn.ModuleList(IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share)
+                                   for n in flow_layers)
+        self.conditioner = Conditioner(sum(f.stack.conditioning_channels for f in self.flows),
+                                       n_mels, upsample_factors, conditioning_context,
+                                       num_speakers, speaker_dim)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> IAFStudent:
+        s = cfg.student
+        return cls(cfg.audio.n_mels, s.flow_layers, s.channels, s.kernel_size, s.dilation_cycle,
+                   s.noise, s.upsample_factors, s.conditioning_context, s.num_speakers,
+                   s.speaker_dim, s.log_scale_min, s.synthesis_tile, s.initial_scale)
+
+    @property
+    def hop(self) -> int:
+        return self.conditioner.hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Noise samples one output sample depends on: ``x_t`` sees ``z_{t - rf + 1} ... z_t``
+        with ``rf = 1 + sum_k rf_k`` (each flow adds its own window before ``t``)."""
+        return 1 + sum(f.receptive_field for f in self.flows)
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self)
+
+    # -- conditioning ------------------------------------------------------------------------
+
+    def conditioning(self, mel: Tensor, speaker: Tensor | None = None) -> Conditioning:
+        """Frame-rate conditioning of every layer of every flow, checked against the model."""
+        if mel is None or mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            shape = None if mel is None else tuple(mel.shape)
+            raise UserError(f"mel must be (batch, {self.n_mels}, frames) to match "
+                            f"audio.n_mels, got {shape}")
+        if self.num_speakers > 0:
+            if speaker is None:
+                raise UserError(f"this student has student.num_speakers={self.num_speakers}; "
+                                "no speaker id was given")
+            if int(speaker.min()) < 0 or int(speaker.max()) >= self.num_speakers:
+                raise UserError(f"speaker ids must be in [0, {self.num_speakers}) "
+                                f"(student.num_speakers), got {speaker.tolist()}")
+        return self.conditioner(mel, speaker if self.num_speakers > 0 else None)
+
+    def _per_flow(self, cond: Conditioning) -> list[Conditioning]:
+        """Split the conditioning of all flows into one per flow (its layers' channels)."""
+        out, start = [], 0
+        for flow in self.flows:
+            stop = start + flow.stack.conditioning_channels
+            out.append(cond.channels(start, stop))
+            start = stop
+        return out
+
+    def _check_length(self, samples: int, mel: Tensor) -> None:
+        if samples != mel.shape[-1] * self.hop:
+            raise UserError(f"noise/audio has {samples} samples but {mel.shape[-1]} mel frames "
+                            f"of hop {self.hop} need {mel.shape[-1] * self.hop}")
+
+    # -- the IAF direction: noise -> audio in one pass -------------------------------------
+
+    def forward(self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """Noise ``z (B, T)`` -> ``(x, mu_tot, log_s_tot)``, each ``(B, T)``, with
+        ``x = z * exp(log_s_tot) + mu_tot`` and step ``t`` of ``mu_tot``/``log_s_tot``
+        depending on ``z_<t`` only. Differentiable (the training path)."""
+        self._check_length(z.shape[-1], mel)
+        return self._run_flows(z, self.conditioning(mel, speaker))
+
+    def _run_flows(self, z: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor, Tensor]:
+        x = z
+        mu_tot = torch.zeros_like(z)
+        log_s_tot = torch.zeros_like(z)
+        for flow, flow_cond in zip(self.flows, self._per_flow(cond), strict=True):
+            mu, log_s = flow(x, flow_cond)
+            scale = torch.exp(log_s)
+            x = x * scale + mu
+            mu_tot = mu_tot * scale + mu
+            log_s_tot = log_s_tot + log_s
+        return x, mu_tot, log_s_tot
+
+    def sample_noise(self, shape: Sequence[int], generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+        """Unit noise of the student's kind (``student.noise``), float32."""
+        if device is None:
+            device = next(self.parameters()).device
+        return sample_noise(shape, self.noise, generator, device)
+
+    def noise_log_density(self, z: Tensor) -> Tensor:
+        """Log-density of the student's unit noise, elementwise."""
+        return noise_log_density(z, self.noise)
+
+    @torch.inference_mode()
+    def synthesize(self, mel: Tensor, speaker: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """Audio ``(B, F * hop)`` in [-1, 1] from mel ``(B, n_mels, F)`` in one pass."""
+        z = self.sample_noise((mel.shape[0], mel.shape[-1] * self.hop), generator, mel.device)
+        return self.synthesize_from_noise(z, mel, speaker)
+
+    @torch.inference_mode()
+    def synthesize_from_noise(self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
+                              ) -> Tensor:
+        """Like :meth:`synthesize` with given noise ``z (B, T)``: the audio clamped to [-1, 1]
+        (the unclamped ``x`` of :meth:`forward`, computed by the fused path)."""
+        self._check_length(z.shape[-1], mel)
+        return self._fused_run(z, self.conditioning(mel, speaker)).clamp_(-1.0, 1.0)
+
+    def _fused_run(self, z: Tensor, cond: Conditioning) -> Tensor:
+        tile = self._tile(z)
+        x = z.to(self.flows[0].output.weight.dtype)
+        for flow, flow_cond in zip(self.flows, self._per_flow(cond), strict=True):
+            mu, log_s = fused_flow(flow, x, flow_cond, tile)
+            x = torch.addcmul(mu, x, log_s.exp_())
+        return x
+
+    def _tile(self, z: Tensor) -> int:
+        """Time tile of the fused path: whole frames on a CPU, the whole clip elsewhere (a
+        GPU wants few, large kernels)."""
+        if z.device.type != "cpu":
+            return z.shape[-1]
+        return max(1, self.synthesis_tile // self.hop) * self.hop
+
+    @torch.inference_mode()
+    def synthesize_chunked(self, mel: Tensor, chunk_frames: int, speaker: Tensor | None = None,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """:meth:`synthesize` in chunks of ``chunk_frames`` frames, equal to the one-shot result
+        for the same generator state (to float tolerance).
+
+        The noise of the whole clip is drawn first (as one-shot does); each chunk is then
+        computed with ``ceil((receptive_field - 1) / hop)`` frames of left context of the same
+        noise and mel (plus the conditioner's mel context on both sides), and only its own
+        samples are kept. Activations scale with ``chunk_frames`` plus the context, not with the
+        clip. Returns ``(B, F * hop)``.
+        """
+        if chunk_frames < 1:
+            raise UserError(f"chunk_frames must be at least 1, got {chunk_frames}")
+        hop, total = self.hop, mel.shape[-1]
+        z = self.sample_noise((mel.shape[0], total * hop), generator, mel.device)
+        left = math.ceil((self.receptive_field - 1) / hop)
+        pieces = []
+        for f0 in range(0, total, chunk_frames):
+            f1 = min(total, f0 + chunk_frames)
+            start = max(0, f0 - left)
+            cond = self._chunk_conditioning(mel, speaker, start, f1)
+            x = self._fused_run(z[:, start * hop:f1 * hop], cond)
+            pieces.append(x[:, (f0 - start) * hop:])
+        return torch.cat(pieces, dim=1).clamp_(-1.0, 1.0)
+
+    def _chunk_conditioning(self, mel: Tensor, speaker: Tensor | None, start: int, stop: int
+                            ) -> Conditioning:
+        """Conditioning of frames ``[start, stop)`` exactly as the whole clip's: the mel is
+        read with ``conditioning_context`` extra frames on each side, then cropped."""
+        c = self.conditioning_context
+        lo, hi = max(0, start - c), min(mel.shape[-1], stop + c)
+        cond = self.conditioning(mel[..., lo:hi], speaker)
+        frames = cond.frames[..., start - lo:stop - lo]
+        return Conditioning(frames, cond.filter, cond.bias)
+
+    # -- the other direction: audio -> noise, sequential ------------------------------------
+
+    @torch.no_grad()
+    def inverse(self, x: Tensor, mel: Tensor, speaker: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """Exact inverse: audio ``x (B, T)`` -> ``(z (B, T), log_det (B,))`` with
+        ``log_det = log |det dz/dx| = -sum_t log s_tot,t``. Sequential: ``T`` passes
+        (for tests and scoring short clips). Each step divides by ``s_tot,t``, so rounding
+        errors of earlier steps grow by about ``1 / s_tot`` per step: score in float64
+        (``student.double()``) when the scales are small."""
+        z, log_s_tot = self._invert(x, mel, speaker)
+        return z, -log_s_tot.sum(-1)
+
+    @torch.no_grad()
+    def log_prob(self, x: Tensor, mel: Tensor, speaker: Tensor | None = None) -> Tensor:
+        """``log p_S(x_t | x_<t, c)`` in nats (continuous density) for every step: ``(B, T)``.
+        Through :meth:`inverse`, so for short clips."""
+        z, log_s_tot = self._invert(x, mel, speaker)
+        return self.noise_log_density(z) - log_s_tot
+
+    def _invert(self, x: Tensor, mel: Tensor, speaker: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Solve ``x = z * s_tot(z) + mu_tot(z)`` for ``z`` one step at a time.
+
+        Step ``t`` of ``(mu_tot, s_tot)`` depends on ``z_<t`` only, so pass ``t`` (with
+        ``z_<t`` solved and later steps zero) gives ``z_t = (x_t - mu_tot,t) / s_tot,t``
+        exactly. Later steps stay zero rather than provisional values: a provisional value may
+        overflow and poison the arithmetic. Returns ``(z, log_s_tot)``, each ``(B, T)``.
+        """
+        self._check_length(x.shape[-1], mel)
+        cond = self.conditioning(mel, speaker)
+        z = torch.zeros_like(x)
+        log_s_tot = torch.zeros_like(x)
+        for t in range(x.shape[-1]):
+            _, mu, log_s = self._run_flows(z, cond)
+            z[:, t] = (x[:, t] - mu[:, t]) * torch.exp(-log_s[:, t])
+            log_s_tot[:, t] = log_s[:, t]
+        return z, log_s_tot
+
+    # -- cost --------------------------------------------------------------------------------
+
+    def flop_parts(self) -> dict[str, float]:
+        """FLOPs per audio sample of one synthesis pass, by part (multiply-add = 2).
+
+        Per flow: input 1x1 ``2C``; per layer the dilated conv ``2 k C G``, the conditioning
+        added before the gate ``2G`` (upsampling filter times frame-rate projection) and the
+        residual 1x1 ``2 (G/2) C``; the output 1x1 ``2 * 2C``. Mel work (context conv and the
+        projection to every layer of every flow) runs once per frame and is divided by ``hop``.
+        Element-wise work (gates, the affine maps) is not counted.
+        """
+        parts = {"input_1x1": 0.0, "dilated_convs": 0.0, "conditioning_add": 0.0,
+                 "residual_1x1": 0.0, "output_1x1": 0.0}
+        for flow in self.flows:
+            C, k = flow.input_conv.out_channels, flow.stack.kernel_size
+            G, L = flow.stack.gate_channels, len(flow.stack.blocks)
+            parts["input_1x1"] += 2.0 * C
+            parts["dilated_convs"] += 2.0 * k * C * G * L
+            parts["conditioning_add"] += 2.0 * G * L
+            parts["residual_1x1"] += 2.0 * (G // 2) * C * L
+            parts["output_1x1"] += 2.0 * C * 2
+        cond = self.conditioner
+        frame_flops = 2.0 * self.n_mels * cond.out_channels
+        if cond.context is not None:
+            frame_flops += 2.0 * cond.context.weight.numel()
+        parts["conditioning_frames"] = frame_flops / self.hop
+        return parts
+
+    def flops_per_sample(self) -> float:
+        """Total of :meth:`flop_parts`."""
+        return sum(self.flop_parts().values())
+
+
+# -- fused inference ---------------------------------------------------------------------------
+
+
+def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
+               ) -> tuple[Tensor, Tensor]:
+    """:meth:`IAFFlow.forward` for inference, arranged for speed at batch 1 on a CPU.
+
+    ``x (B, T)`` -> ``(mu, log_s)``, each ``(B, T)`` float32; ``tile`` (a multiple of the hop
+    when mel-conditioned) is the time span of one step of the loop below.
+
+    The same arithmetic as the module path, rearranged:
+
+    - Each dilated conv is ``k`` matrix products (``G x C`` times ``C x tile``) read straight
+      from strided views of a left-zero-padded residual buffer (no im2col copy); the conv bias
+      (plus the speaker term) rides in the last product as an extra all-ones input row.
+    - ``tanh(a) = 2 sigmoid(2a) - 1``: the ``a`` half of the conv weights, bias and
+      conditioning is doubled, one ``sigmoid`` covers all ``G`` rows (the CPU ``tanh`` kernel
+      is several times slower than ``sigmoid``), and one fused multiply-add forms
+      ``sigmoid(b) - 2 sigmoid(2a) sigmoid(b) = -tanh(a) sigmoid(b)``; the sign is folded into
+      the residual 1x1 weights, whose bias rides as another all-ones row.
+    - The upsampled conditioning is added in place from the frame-rate projection.
+    - Work is done layer by layer in time tiles, so the gate activations of a tile stay in
+      cache; two residual buffers alternate because a tile still needs the previous layer's
+      values left of it.
+    """
+    B, T = x.shape
+    block0 = flow.stack.blocks[0]
+    C = block0.dilated.in_channels
+    pad = max(b.dilated.left_padding for b in flow.stack.blocks)
+    mus, log_ss = [], []
+    for i in range(B):
+        layers = _fused_layers(flow, cond, i)
+        bufs = [x.new_zeros(C + 1, pad + T) for _ in range(2)]
+        for buf in bufs:
+            buf[C].fill_(1.0)
+        _input_layer(flow, x[i], bufs[0][:C, pad:])
+        for j, layer in enumerate(layers):
+            layer.run(bufs[j % 2], bufs[(j + 1) % 2], pad, tile)
+        h = bufs[len(layers) % 2][:C, pad:].relu_()
+        out = torch.addmm(flow.output.bias[:, None], flow.output.weight[:, :, 0], h)  # (2, T)
+        mus.append(out[0])
+        log_ss.append(out[1].clamp_min(flow.log_scale_min))
+    return torch.stack(mus), torch.stack(log_ss)
+
+
+def _input_layer(flow: IAFFlow, x: Tensor, out: Tensor) -> None:
+    """``out (C, T) = input_conv(shift_right(x))`` for one clip ``x (T,)``."""
+    w, b = flow.input_conv.weight[:, :, 0], flow.input_conv.bias[:, None]  # (C, 1), (C, 1)
+    out[:, :1] = b
+    torch.addmm(b, w, x[None, :-1], out=out[:, 1:])
+
+
+class _FusedLayer:
+    """One residual block's weights rearranged for :func:`fused_flow` (for one clip)."""
+
+    def __init__(self, block, frames: Tensor | None, filt: Tensor | None,
+                 speaker: Tensor | None):
+        W = block.dilated.weight.detach().clone()  # (G, C, k)
+        bias = block.dilated.bias.detach().clone()  # (G,)
+        half = W.shape[0] // 2
+        if speaker is not None:
+            bias = bias + speaker
+        W[:half] *= 2.0
+        bias[:half] *= 2.0
+        k, d = W.shape[-1], block.dilated.dilation[0]
+        # tap j reads x[t - (k - 1 - j) d]; the last tap (offset 0) carries the bias
+        self.taps = [(W[:, :, j].contiguous(), (k - 1 - j) * d) for j in range(k - 1)]
+        self.last = torch.cat([W[:, :, -1], bias[:, None]], dim=1).contiguous()  # (G, C+1)
+        out_w, out_b = block.output.weight[:, :, 0], block.output.bias
+        self.out = torch.cat([-out_w, out_b[:, None]], dim=1).contiguous()  # (C, G/2 + 1)
+        self.frames = None
+        if frames is not None:
+            self.frames = frames.clone()
+            self.frames[:half] *= 2.0
+        self.filter = filt
+        self.half = half
+
+    def run(self, src: Tensor, dst: Tensor, pad: int, tile: int) -> None:
+        """Residual stream ``src (C+1, pad + T)`` -> ``dst`` (same layout), tile by tile."""
+        C = src.shape[0] - 1
+        T = src.shape[1] - pad
+        G = self.last.shape[0]
+        pre = src.new_empty(G, min(tile, T))
+        gate = src.new_empty(self.half + 1, min(tile, T))
+        gate[self.half].fill_(1.0)
+        for t0 in range(0, T, tile):
+            n = min(tile, T - t0)
+            a = pad + t0
+            p, g = pre[:, :n], gate[:, :n]
+            torch.mm(self.last, src[:, a:a + n], out=p)
+            for w, offset in self.taps:
+                p.addmm_(w, src[:C, a - offset:a - offset + n])
+            if self.frames is not None:
+                hop = self.filter.shape[0]
+                f0 = t0 // hop
+                p.view(G, n // hop, hop).addcmul_(
+                    self.frames[:, f0:f0 + n // hop].unsqueeze(-1), self.filter)
+            p.sigmoid_()
+            torch.addcmul(p[self.half:], p[:self.half], p[self.half:], value=-2.0,
+                          out=g[:self.half])
+            torch.addmm(src[:C, a:a + n], self.out, g, out=dst[:C, a:a + n])
+
+
+def _fused_layers(flow: IAFFlow, cond: Conditioning | None, i: int) -> list[_FusedLayer]:
+    """The fused layers of ``flow`` for clip ``i`` of the batch."""
+    G = flow.stack.gate_channels
+    layers = []
+    for j, block in enumerate(flow.stack.blocks):
+        frames = filt = speaker = None
+        if cond is not None:
+            if cond.frames is not None:
+                frames, filt = cond.frames[i, j * G:(j + 1) * G], cond.filter
+            if cond.bias is not None:
+                speaker = cond.bias[i, j * G:(j + 1) * G, 0]
+        layers.append(_FusedLayer(block, frames, filt, speaker))
+    return layers

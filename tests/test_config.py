@@ -25,7 +25,8 @@ def test_defaults_are_valid():
 
 def test_yaml_then_overrides_take_precedence(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  steps: 7\n  learning_rate: 0.01\nteacher:\n  layers: 8\n  stacks: 2\n")
+    path.write_text("train:\n  steps: 7\n  learning_rate: 0.01\n"
+                    "teacher:\n  layers: 8\n  stacks: 2\n")
     cfg = load_config(path, ["train.steps=9", "teacher.upsample_factors=[10, 20]"])
     assert cfg.train.steps == 9
     assert cfg.train.learning_rate == 0.01
@@ -48,7 +49,8 @@ def test_int_is_accepted_where_float_is_expected():
     [
         (["teacher.layrs=3"], ["teacher.layrs", "did you mean 'teacher.layers'"]),
         (["traim.steps=3"], ["traim", "did you mean 'train'"]),
-        (["teacher.upsample_factors=[4, 4]"], ["teacher.upsample_factors", "16", "hop_length is 200"]),
+        (["teacher.upsample_factors=[4, 4]"],
+         ["teacher.upsample_factors", "16", "hop_length is 200"]),
         (["student.upsample_factors=[2, 50]"], ["student.upsample_factors", "100", "200"]),
         (["data.segment_length=1010"], ["data.segment_length", "1010", "200"]),
         (["audio.fmax=9000"], ["audio.fmax", "9000", "8000"]),

@@ -19,17 +19,21 @@ log = logging.getLogger("wavedistill")
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", type=Path, required=required, help="YAML config (defaults if omitted)")
+    p.add_argument("--config", type=Path, required=required,
+                   help="YAML config (defaults if omitted)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. train.steps=1000 teacher.layers=12")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True, help="folder written by `wavedistill preprocess`")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder written by `wavedistill preprocess`")
     p.add_argument("--out", type=Path, required=True, help="experiment folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --out")
     p.add_argument("--init-from", type=Path, help="take model weights (only) from this checkpoint")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available)")
     _config_args(p)
 
 

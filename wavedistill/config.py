@@ -84,10 +84,13 @@ class StudentConfig:
     num_speakers: int = 0
     speaker_dim: int = 16
     log_scale_min: float = -9.0  # floor on each flow's log-scale
+    # collapsed scale s_tot at initialisation (shared equally by the flows): quiet noise at an
+    # audio-like level rather than unit noise far outside [-1, 1], where the teacher has no mass
+    initial_scale: float = 0.01
     conditioning_context: int = 1  # mel frames of context on each side (0 = frame f alone)
     # samples per time tile of the fused CPU synthesis path (rounded down to whole frames):
     # small enough that a layer's gate activations stay in cache, large enough for fast GEMMs
-    synthesis_tile: int = 4096
+    synthesis_tile: int = 2048
 
 
 @dataclass
@@ -318,7 +321,8 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value in allowed, f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
+        _check(value in allowed,
+               f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
     a = cfg.audio
     _check(a.sample_rate > 0, f"audio.sample_rate must be positive, got {a.sample_rate}")
     _check(a.hop_length > 0, f"audio.hop_length must be positive, got {a.hop_length}")
@@ -330,13 +334,15 @@ def validate(cfg: Config) -> None:
            f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})")
     _check(0 <= a.fmin < fmax, f"audio.fmin ({a.fmin:g}) must be in [0, fmax={fmax:g})")
     _check(a.log_floor > 0, f"audio.log_floor must be positive, got {a.log_floor}")
-    _check(a.stats_std_floor > 0, f"audio.stats_std_floor must be positive, got {a.stats_std_floor}")
+    _check(a.stats_std_floor > 0,
+           f"audio.stats_std_floor must be positive, got {a.stats_std_floor}")
     d = cfg.data
     _check(d.segment_length is None
            or (d.segment_length > 0 and d.segment_length % a.hop_length == 0),
            f"data.segment_length ({d.segment_length}) must be a positive multiple of "
            f"audio.hop_length ({a.hop_length})")
-    _check(0 <= d.valid_fraction < 1, f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
+    _check(0 <= d.valid_fraction < 1,
+           f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
     _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
     for section in ("teacher", "student"):
         factors = getattr(cfg, section).upsample_factors
@@ -347,7 +353,8 @@ def validate(cfg: Config) -> None:
                f"but audio.hop_length is {a.hop_length}")
     t = cfg.teacher
     _check(t.layers > 0 and t.stacks > 0 and t.layers % t.stacks == 0,
-           f"teacher.layers ({t.layers}) must be a positive multiple of teacher.stacks ({t.stacks})")
+           f"teacher.layers ({t.layers}) must be a positive multiple of "
+           f"teacher.stacks ({t.stacks})")
     _check(t.kernel_size >= 2, f"teacher.kernel_size must be at least 2, got {t.kernel_size}")
     _check(t.gate_channels % 2 == 0,
            f"teacher.gate_channels must be even (tanh and sigmoid halves), got {t.gate_channels}")
@@ -360,13 +367,17 @@ def validate(cfg: Config) -> None:
            f"student.flow_layers must be positive integers, got {s.flow_layers}")
     _check(s.kernel_size >= 2, f"student.kernel_size must be at least 2, got {s.kernel_size}")
     _check(s.dilation_cycle > 0, f"student.dilation_cycle must be positive, got {s.dilation_cycle}")
+    _check(s.initial_scale > 0, f"student.initial_scale must be positive, got {s.initial_scale}")
+    _check(s.synthesis_tile > 0, f"student.synthesis_tile must be positive, got {s.synthesis_tile}")
+    _check(s.conditioning_context >= 0,
+           f"student.conditioning_context must be >= 0, got {s.conditioning_context}")
     k = cfg.distill
     _check(k.num_draws > 0, f"distill.num_draws must be positive, got {k.num_draws}")
     n = len(k.power_fft_sizes)
     _check(len(k.power_hop_sizes) == n and len(k.power_win_lengths) == n,
            f"distill.power_fft_sizes/power_hop_sizes/power_win_lengths must have equal lengths, "
            f"got {n}, {len(k.power_hop_sizes)}, {len(k.power_win_lengths)}")
-    for fft, win in zip(k.power_fft_sizes, k.power_win_lengths):
+    for fft, win in zip(k.power_fft_sizes, k.power_win_lengths, strict=True):
         _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
     tr = cfg.train
     _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")

@@ -1,0 +1,167 @@
+"""The benchmark's parts: FLOPs counted from a config agree with a hand count and with torch's
+own count of the real model, the timing method warms up and synchronises, memory peaks are
+seen, inputs are real speech, and a tiny end-to-end run writes the documented JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from wavedistill import benchmark
+from wavedistill.cli import main
+from wavedistill.config import config_from_dict, save_config
+from wavedistill.teacher import WaveNetTeacher
+
+HAND_COUNTED = {
+    "audio": {"n_mels": 5, "hop_length": 10, "n_fft": 64, "win_length": 64},
+    "data": {"segment_length": 100},
+    "teacher": {"layers": 2, "stacks": 1, "kernel_size": 2, "residual_channels": 4,
+                "gate_channels": 6, "skip_channels": 3, "num_mixtures": 2,
+                "upsample_factors": [2, 5], "conditioning_context": 1},
+    "student": {"upsample_factors": [2, 5]},
+}
+
+
+def test_teacher_flops_match_a_hand_count():
+    cfg = config_from_dict(HAND_COUNTED)
+    parts = benchmark.teacher_flops(cfg).parts
+    assert parts == {
+        "input_1x1": 2 * 4,                          # 1 -> R
+        "dilated_convs": 2 * (2 * 4 * 6) * 2,        # k R G, two layers
+        "conditioning_add": 2 * 6 * 2,               # one multiply-add per gate channel
+        "residual_skip_1x1": 2 * 3 * (4 + 3) + 2 * 3 * 3,  # last layer: skip only
+        "output_head": 2 * 3 * 3 + 2 * 3 * 6,        # S -> S, S -> 3K
+        "conditioning_frames": (2 * 5 * 5 * 3 + 2 * 5 * 12) / 10,  # context, projection / hop
+    }
+    assert benchmark.teacher_flops(cfg).total == 365
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"teacher": {"output": "gaussian", "conditioning_context": 0}},
+    {"teacher": {"output": "categorical", "use_mel": False}},
+])
+def test_teacher_flops_match_torch_count_of_the_real_forward(tiny_config, overrides):
+    cfg = config_from_dict({**HAND_COUNTED, "teacher": {**HAND_COUNTED["teacher"],
+                                                        **overrides.get("teacher", {})}})
+    torch.manual_seed(0)
+    model = WaveNetTeacher.from_config(cfg).eval()
+    frames = 12
+    T = frames * cfg.audio.hop_length
+    mel = torch.randn(1, cfg.audio.n_mels, frames) if cfg.teacher.use_mel else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, T) * 2 - 1, mel)
+    count = benchmark.teacher_flops(cfg)
+    # torch counts matrix products and convolutions; the conditioning multiply-add before
+    # each gate is an element-wise addcmul it leaves out.
+    expected = count.total - count.parts["conditioning_add"]
+    assert counter.get_total_flops() / T == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("use_mel", [True, False])
+def test_naive_sampling_flops_match_torch_count_of_a_real_naive_generation(use_mel):
+    from wavedistill.generation import generate
+
+    cfg = config_from_dict({**HAND_COUNTED, "teacher": {**HAND_COUNTED["teacher"],
+                                                        "use_mel": use_mel}})
+    torch.manual_seed(0)
+    model = WaveNetTeacher.from_config(cfg).eval()
+    frames = 4
+    T = frames * cfg.audio.hop_length
+    mel = torch.randn(1, cfg.audio.n_mels, frames) if use_mel else None
+    with FlopCounterMode(display=False) as counter:
+        generate(model, mel, num_samples=T, generator=torch.Generator().manual_seed(0),
+                 method="naive")
+    count = benchmark.naive_teacher_flops(cfg, model.receptive_field, T)
+    expected = count.total - count.parts["conditioning_add"]  # element-wise, see above
+    assert counter.get_total_flops() / T == pytest.approx(expected, rel=1e-12)
+    # every step recomputes at least the receptive field
+    assert count.total >= model.receptive_field * benchmark.teacher_flops(cfg).total
+
+
+def test_time_call_warms_up_then_times_each_repeat():
+    calls = []
+    timing = benchmark.time_call(lambda: calls.append(1), torch.device("cpu"), repeats=4,
+                                 warmup=2)
+    assert len(calls) == 6 and len(timing.times) == 4
+    assert all(t >= 0 for t in timing.times)
+    assert benchmark.Timing([1.0, 2.0, 4.0]).median == 2.0
+    assert benchmark.Timing([1.0, 2.0, 4.0]).best == 1.0
+    assert benchmark.Timing([1.0, 2.0, 4.0]).spread == pytest.approx(1.5)
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    before = benchmark.current_rss_mb()
+    with benchmark.PeakMemory(torch.device("cpu")) as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        del block
+    assert memory.rss_mb >= before + 60
+
+
+def test_matmul_peak_is_a_finite_rate():
+    peak = benchmark.matmul_peak_gflops(torch.device("cpu"), torch.float32, repeats=1, size=128)
+    assert math.isfinite(peak) and peak > 0
+
+
+def test_benchmark_inputs_are_normalised_real_speech(tiny_config):
+    batch = benchmark.benchmark_batch(tiny_config, None, frames=40, batch=3,
+                                      device=torch.device("cpu"))
+    hop = tiny_config.audio.hop_length
+    assert batch["audio"].shape == (3, 40 * hop)
+    assert batch["mel"].shape == (3, tiny_config.audio.n_mels, 40)
+    assert batch["audio"].abs().max() > 0.1  # speech, not silence
+    assert not torch.equal(batch["mel"][0], batch["mel"][1])  # rows start at different frames
+    assert batch["mel"].mean().abs() < 1.0 and 0.3 < batch["mel"].std() < 3.0
+
+
+def test_tile_repeats_and_crops_along_time():
+    x = torch.arange(5.0)
+    assert benchmark.tile(x, 12).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    assert benchmark.tile(x, 4, offset=3).tolist() == [3, 4, 0, 1]
+
+
+def test_benchmark_cli_writes_the_documented_json(tmp_path, tiny_config, capsys):
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config, config)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    code = main(["--quiet", "benchmark", "--teacher-config", str(config), "--student-config",
+                 str(config), "--seconds", "0.02", "--naive-seconds", "0.008", "--repeats", "1",
+                 "--threads", "1", "--training", "--json", str(out)])
+    assert code == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
+    report = json.loads(out.read_text())
+    assert {"device", "threads", "dtype", "peak_matmul_gflops", "models",
+            "speedup_student_over_teacher"} <= set(report)
+    assert report["threads"] == 1 and report["dtype"] == "float32"
+    assert set(report["models"]) == {"student", "teacher_cached", "teacher_naive"}
+    for name, m in report["models"].items():
+        assert {"samples_per_s", "rtf", "flops_per_sample", "achieved_gflops", "peak_rss_mb",
+                "config"} <= set(m), name
+        assert m["samples_per_s"] > 0 and m["flops_per_sample"] > 0
+        assert m["rtf"] == pytest.approx(tiny_config.audio.sample_rate / m["samples_per_s"])
+        assert m["achieved_gflops"] == pytest.approx(
+            m["flops_per_sample"] * m["samples_per_s"] / 1e9)
+    models = report["models"]
+    assert report["speedup_student_over_teacher"] == pytest.approx(
+        models["student"]["samples_per_s"] / models["teacher_cached"]["samples_per_s"])
+    assert models["teacher_cached"]["flops_per_sample"] == benchmark.teacher_flops(
+        tiny_config).total
+    assert set(report["training"]) == {"teacher_step", "distillation_step"}
+    assert "teacher_cached" in capsys.readouterr().out
+
+
+def test_benchmark_cli_refuses_bad_arguments(tmp_path, tiny_config, capsys):
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config, config)
+    assert main(["benchmark"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
+    assert main(["benchmark", "--teacher-config", str(config), "--seconds", "0"]) == 2
+    assert "--seconds must be positive" in capsys.readouterr().err
+    assert main(["benchmark", "--teacher-config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err

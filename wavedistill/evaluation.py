@@ -1,0 +1,395 @@
+"""Held-out evaluation of a teacher or a student checkpoint, written as a report folder.
+
+``wavedistill evaluate --checkpoint CKPT --data DIR [--teacher CKPT] --out REPORT_DIR``:
+
+- a **teacher** checkpoint: the negative log-likelihood of the validation split in bits per
+  sample (every held-out utterance, whole; the total over all samples divided by their number),
+  and teacher samples conditioned on the first ``--max-clips`` clips, cut to
+  ``--teacher-seconds`` because sequential sampling is slow;
+- a **student** checkpoint: copy-synthesis of each of the first ``--max-clips`` held-out clips
+  from its own mel, compared with the original by every metric of :mod:`wavedistill.metrics`;
+  with ``--teacher``, also the KL(student || teacher) estimate of the distillation objective on
+  the first ``data.segment_length`` samples of those clips, and teacher samples of the same
+  clips as above, scored alike.
+
+The clips are the validation split's, in manifest order. Models are conditioned on the
+dataset's log-mel normalised by the checkpoint's own feature statistics.
+
+The report folder holds ``metrics.json`` (every number, per clip and averaged), ``report.md``
+(a summary table) and ``figures/<clip>.png`` (log-mel of the original, the teacher sample and the
+student's synthesis, one above the other, for the first few clips). A metric without a value
+(a silent clip for PESQ, the ``metrics`` extra not installed) is reported with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wavedistill import metrics
+from wavedistill.config import Config, config_to_dict, load_config
+from wavedistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FIGURE_CLIPS = 3  # clips drawn in figures: enough to judge by eye, few enough to look at
+SEED = 0  # noise of every synthesis, so that two evaluations of a checkpoint agree
+
+
+@dataclass
+class Clip:
+    """A held-out utterance: ``audio (T,)`` in [-1, 1] and normalised ``mel (n_mels, T / hop)``."""
+
+    id: str
+    audio: torch.Tensor
+    mel: torch.Tensor
+    speaker: int
+
+
+@dataclass
+class Loaded:
+    """A model from a checkpoint with its config and feature statistics."""
+
+    kind: str
+    model: torch.nn.Module
+    cfg: Config
+    stats: Any
+    path: Path
+
+
+@dataclass
+class Results:
+    """Everything measured, in the shape of ``metrics.json``."""
+
+    header: dict[str, Any]
+    nll: dict[str, Any] | None = None
+    kl: dict[str, Any] | None = None
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # "student"/"teacher"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.header)
+        if self.nll is not None:
+            out["nll"] = self.nll
+        if self.kl is not None:
+            out["kl"] = self.kl
+        out["copy_synthesis"] = self.samples
+        return out
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_model(path: Path, device: torch.device, expected_kind: str | None = None) -> Loaded:
+    from wavedistill.checkpoint import build_model, load_checkpoint
+
+    ckpt = load_checkpoint(path, expected_kind=expected_kind)
+    model, cfg, stats = build_model(ckpt)
+    model.requires_grad_(False)
+    return Loaded(ckpt["kind"], model.to(device).eval(), cfg, stats, Path(path))
+
+
+FEATURE_KEYS = ("sample_rate", "hop_length", "n_fft", "win_length", "n_mels", "fmin", "fmax",
+                "log_floor")
+
+
+def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
+    """The dataset's features must be the ones the model was trained on."""
+    config = data_dir / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"{data_dir}: not a dataset folder (no config.yaml); run "
+                        "`wavedistill preprocess`")
+    data_audio = load_config(config).audio
+    differ = [f"audio.{k} ({getattr(data_audio, k)} vs {getattr(cfg.audio, k)})"
+              for k in FEATURE_KEYS if getattr(data_audio, k) != getattr(cfg.audio, k)]
+    if differ:
+        raise UserError(f"{data_dir}: features differ from those of {source}: {', '.join(differ)}")
+
+
+def held_out_clips(data_dir: Path, cfg: Config, stats, limit: int | None = None) -> list[Clip]:
+    """The validation split's utterances, whole, in manifest order (the first ``limit``)."""
+    from wavedistill.datasets import SegmentDataset
+
+    dataset = SegmentDataset(data_dir, "valid", cfg, stats, full_utterances=True)
+    if len(dataset) == 0:
+        raise UserError(f"{data_dir}: the validation split (valid.jsonl) is empty")
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return [Clip(it["id"], it["audio"], it["mel"], it["speaker"])
+            for it in (dataset[i] for i in range(count))]
+
+
+def _speaker(section, clip: Clip, device: torch.device) -> torch.Tensor | None:
+    return torch.tensor([clip.speaker], device=device) if section.num_speakers > 0 else None
+
+
+# -- teacher: likelihood and samples -----------------------------------------------------------
+
+
+@torch.inference_mode()
+def held_out_nll(teacher: Loaded, clips: list[Clip], device: torch.device) -> dict[str, Any]:
+    """NLL in bits per sample over all ``clips``, and per clip."""
+    total_nats, total_samples, per_clip = 0.0, 0, {}
+    mel_on = teacher.cfg.teacher.use_mel
+    for clip in clips:
+        audio = clip.audio[None].to(device)
+        mel = clip.mel[None].to(device) if mel_on else None
+        logp = teacher.model.log_prob(audio, mel, _speaker(teacher.cfg.teacher, clip, device))
+        nats = -float(logp.double().sum())
+        per_clip[clip.id] = nats / audio.shape[-1] / math.log(2.0)
+        total_nats += nats
+        total_samples += audio.shape[-1]
+    return {"bits_per_sample": total_nats / total_samples / math.log(2.0),
+            "samples": total_samples, "clips": per_clip}
+
+
+@torch.inference_mode()
+def teacher_samples(teacher: Loaded, clips: list[Clip], seconds: float,
+                    device: torch.device) -> dict[str, np.ndarray]:
+    """Teacher samples conditioned on the first ``seconds`` of every clip, generated as one
+    batch (shorter clips are padded with mean features and their samples cut back)."""
+    from wavedistill.datasets import collate
+    from wavedistill.generation import generate
+
+    hop = teacher.cfg.audio.hop_length
+    frames = max(1, round(seconds * teacher.cfg.audio.sample_rate / hop))
+    items = [{"id": c.id, "audio": c.audio[: frames * hop], "mel": c.mel[:, :frames],
+              "speaker": c.speaker} for c in clips]
+    batch = collate(items)
+    mel = batch["mel"].to(device) if teacher.cfg.teacher.use_mel else None
+    speaker = batch["speaker"].to(device) if teacher.cfg.teacher.num_speakers > 0 else None
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    audio = generate(teacher.model, mel, speaker, num_samples=batch["mel"].shape[-1] * hop,
+                     generator=generator, method="cached")
+    return {c.id: audio[i, : int(batch["lengths"][i])].float().cpu().numpy()
+            for i, c in enumerate(clips)}
+
+
+# -- student: copy-synthesis and KL ------------------------------------------------------------
+
+
+@torch.inference_mode()
+def student_samples(student: Loaded, clips: list[Clip], device: torch.device
+                    ) -> dict[str, np.ndarray]:
+    """Copy-synthesis of every clip from its own mel, in one pass each."""
+    out = {}
+    for clip in clips:
+        generator = torch.Generator(device=device).manual_seed(SEED)
+        audio = student.model.synthesize(clip.mel[None].to(device),
+                                         _speaker(student.cfg.student, clip, device),
+                                         generator=generator)
+        out[clip.id] = audio[0].float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def kl_estimate(student: Loaded, teacher: Loaded, clips: list[Clip], device: torch.device
+                ) -> dict[str, Any]:
+    """The distillation objective's KL(student || teacher) estimate (nats per sample) on the
+    first ``data.segment_length`` samples of every clip, and its mean over clips. Segments
+    bound the memory of the ``distill.num_draws`` draws per step, and the estimate is a
+    per-sample average, so a training-length segment measures what training optimises."""
+    from wavedistill.distillation import Distillation
+
+    objective = Distillation(teacher.model, student.cfg)
+    length, hop = student.cfg.data.segment_length, student.cfg.audio.hop_length
+    torch.manual_seed(SEED)  # the objective draws its noise from the global generator
+    per_clip = {}
+    for clip in clips:
+        frames = min(length // hop, clip.mel.shape[-1])
+        batch = {"audio": clip.audio[None, : frames * hop].to(device),
+                 "mel": clip.mel[None, :, :frames].to(device),
+                 "speaker": torch.tensor([clip.speaker], device=device)}
+        per_clip[clip.id] = float(objective.validate(student.model, batch)["kl"])
+    return {"nats_per_sample": float(np.mean(list(per_clip.values()))),
+            "segment_length": length, "clips": per_clip}
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def score(clips: list[Clip], synthesis: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
+    """Metrics of each synthesis against its original (cut to the synthesis's length), per clip
+    and averaged over the clips where the metric has a value."""
+    per_clip = {}
+    for clip in clips:
+        est = synthesis[clip.id]
+        ref = clip.audio.numpy()[: len(est)]
+        per_clip[clip.id] = metrics.compare(ref, est[: len(ref)], cfg)
+    return {"mean": average(per_clip), "clips": per_clip}
+
+
+def average(per_clip: dict[str, dict[str, float | str]]) -> dict[str, float | str]:
+    """Mean of each metric over the clips that have a number; the first reason otherwise."""
+    out: dict[str, float | str] = {}
+    for metric in metrics.METRICS:
+        values = [c[metric.name] for c in per_clip.values()]
+        numbers = [v for v in values if isinstance(v, float)]
+        out[metric.name] = float(np.mean(numbers)) if numbers else str(values[0])
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _cell(value: float | str) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else value
+
+
+def markdown(results: Results) -> str:
+    """``report.md``: the averages as tables, the reason where a metric has no value."""
+    h = results.header
+    lines = [f"# Evaluation of `{h['checkpoint']}`", "",
+             f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} held-out clip(s).", ""]
+    if results.nll is not None:
+        lines += [f"Held-out NLL: **{results.nll['bits_per_sample']:.4f} bits/sample** over "
+                  f"{results.nll['samples']} samples.", ""]
+    if results.kl is not None:
+        lines += [f"KL(student ‖ teacher) estimate: **{results.kl['nats_per_sample']:.4f} "
+                  "nats/sample**.", ""]
+    if results.samples:
+        names = list(results.samples)
+        lines += ["| metric | better | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for metric in metrics.METRICS:
+            label = f"{metric.name} ({metric.unit})" if metric.unit else metric.name
+            cells = [_cell(results.samples[n]["mean"][metric.name]) for n in names]
+            lines.append(f"| {label} | {metric.better} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if "teacher" in results.samples:
+            lines += [f"Teacher samples cover the first {h['teacher_seconds']:g} s of each clip"
+                      + ("; the student's cover the whole clip." if "student" in names else ".")
+                      + " Metrics compare them with the same span of the original.", ""]
+    if h.get("figures"):
+        lines += ["## Log-mel spectrograms", ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in h["figures"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _log_mel(audio: np.ndarray, cfg: Config) -> np.ndarray | None:
+    """(n_mels, F) log-mel of whole frames of ``audio``, or None when too short to analyse."""
+    from wavedistill.features import log_mel
+
+    usable = len(audio) - len(audio) % cfg.audio.hop_length
+    if usable <= cfg.audio.n_fft // 2:
+        return None
+    return log_mel(torch.from_numpy(np.asarray(audio[:usable], np.float32)), cfg.audio).numpy()
+
+
+def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Config) -> None:
+    """One figure per clip: log-mel of the original and of each synthesis, one above the other
+    on one time axis and one colour scale (so a quiet synthesis looks quiet)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [("original", clip.audio.numpy())] + list(synthesis.items())
+    mels = [_log_mel(audio, cfg) for _, audio in rows]
+    sr, hop = cfg.audio.sample_rate, cfg.audio.hop_length
+    vmin = math.log(cfg.audio.log_floor)
+    vmax = max((float(m.max()) for m in mels if m is not None), default=vmin + 1.0)
+    fig = Figure(figsize=(8, 2.2 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg canvas: no display and no global pyplot state
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    image = None
+    for ax, (name, _), mel in zip(axes, rows, mels, strict=True):
+        ax.set_title(f"{clip.id}: {name}" + (" (too short to draw)" if mel is None else ""))
+        ax.set_ylabel("mel bin")
+        ax.set_xlim(0, len(clip.audio) / sr)
+        if mel is not None:
+            image = ax.imshow(mel, origin="lower", aspect="auto", interpolation="none",
+                              extent=(0, mel.shape[1] * hop / sr, 0, mel.shape[0]),
+                              vmin=vmin, vmax=vmax)
+            ax.set_xlim(0, len(clip.audio) / sr)  # imshow narrows the axis to its image
+    axes[-1].set_xlabel("seconds")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="log-mel (natural log)")
+    fig.savefig(path, dpi=100)
+
+
+def write_report(out_dir: Path, results: Results) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(results))
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
+             max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu"
+             ) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
+    folder ``out_dir``; returns the contents of ``metrics.json``."""
+    if max_clips < 1:
+        raise UserError(f"--max-clips must be at least 1, got {max_clips}")
+    if teacher_seconds <= 0:
+        raise UserError(f"--teacher-seconds must be positive, got {teacher_seconds}")
+    dev = torch.device(device)
+    main = load_model(checkpoint, dev)
+    if main.kind == "teacher" and teacher is not None:
+        raise UserError(f"{checkpoint}: is a teacher checkpoint; --teacher is for students")
+    check_dataset(data_dir, main.cfg, checkpoint)
+    ref = load_model(teacher, dev, expected_kind="teacher") if teacher is not None else None
+    if ref is not None:
+        from wavedistill.distillation import check_teacher_compatible
+
+        check_teacher_compatible(ref.cfg, main.cfg)
+    the_teacher = main if main.kind == "teacher" else ref
+
+    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips)
+    results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
+                       "teacher": str(teacher) if teacher else None, "clips": len(clips),
+                       "teacher_seconds": teacher_seconds,
+                       "config": config_to_dict(main.cfg)})
+    synthesis: dict[str, dict[str, np.ndarray]] = {}
+    if main.kind == "teacher":
+        log.info("held-out NLL over the validation split")
+        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.stats), dev)
+    else:
+        log.info("student copy-synthesis of %d clip(s)", len(clips))
+        synthesis["student"] = student_samples(main, clips, dev)
+        if ref is not None:
+            log.info("KL(student || teacher) estimate")
+            results.kl = kl_estimate(main, ref, clips, dev)
+    if the_teacher is not None:
+        log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
+        # The teacher's own statistics normalise its conditioning.
+        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips)
+        synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
+    for name, audio in synthesis.items():
+        results.samples[name] = score(clips, audio, main.cfg)
+    results.header["figures"] = draw_figures(out_dir, clips, synthesis, main.cfg)
+    write_report(out_dir, results)
+    return results.to_dict()
+
+
+def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str, np.ndarray]],
+                 cfg: Config) -> list[str]:
+    """Figures of the first ``FIGURE_CLIPS`` clips; their paths relative to ``out_dir``."""
+    folder = out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    order = [n for n in ("teacher", "student") if n in synthesis]
+    for clip in clips[:FIGURE_CLIPS]:
+        name = f"figures/{clip.id.replace('/', '_')}.png"
+        plot_clip(out_dir / name, clip, {n: synthesis[n][clip.id] for n in order}, cfg)
+        names.append(name)
+    return names
+
+
+def evaluate_cli(args) -> int:
+    """``wavedistill evaluate``: write the report folder and print where it is."""
+    results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
+                       max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
+                       device=args.device)
+    summary = f"report written to {args.out}"
+    if "nll" in results:
+        summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
+    print(summary)
+    return 0

@@ -3,6 +3,7 @@
 #   --exp DIR                    experiment root (default exp/<recipe>)
 #   --data DIR                   corpus location (recipes that need one)
 #   --overrides "k=v k2=v2"      config overrides for every stage that reads a config
+#   --input PATH                 clip or saved log-mel (.npy) to synthesise in stages 2 and 4
 #   --device cpu|cuda            training and synthesis device
 stage=0
 stop_stage=100
@@ -19,8 +20,9 @@ parse_options() {
             --exp) exp="$2"; shift 2 ;;
             --data) data="$2"; shift 2 ;;
             --overrides) overrides="$2"; shift 2 ;;
+            --input) synth_input="$2"; shift 2 ;;
             --device) device="$2"; shift 2 ;;
-            -h|--help) sed -n '2,6p' "${BASH_SOURCE[0]}"; exit 0 ;;
+            -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 0 ;;
             *) echo "unknown option: $1" >&2; exit 2 ;;
         esac
     done

@@ -64,24 +64,41 @@ def test_teacher_flops_match_torch_count_of_the_real_forward(tiny_config, overri
 
 
 @pytest.mark.parametrize("use_mel", [True, False])
-def test_naive_sampling_flops_match_torch_count_of_a_real_naive_generation(use_mel):
-    from wavedistill.generation import generate
+def test_naive_sampling_flops_match_torch_count_of_real_naive_steps(use_mel):
+    from wavedistill.generation import sample_naive_steps
 
     cfg = config_from_dict({**HAND_COUNTED, "teacher": {**HAND_COUNTED["teacher"],
                                                         "use_mel": use_mel}})
     torch.manual_seed(0)
     model = WaveNetTeacher.from_config(cfg).eval()
-    frames = 4
-    T = frames * cfg.audio.hop_length
-    mel = torch.randn(1, cfg.audio.n_mels, frames) if use_mel else None
-    with FlopCounterMode(display=False) as counter:
-        generate(model, mel, num_samples=T, generator=torch.Generator().manual_seed(0),
-                 method="naive")
-    count = benchmark.naive_teacher_flops(cfg, model.receptive_field, T)
-    expected = count.total - count.parts["conditioning_add"]  # element-wise, see above
-    assert counter.get_total_flops() / T == pytest.approx(expected, rel=1e-12)
-    # every step recomputes at least the receptive field
-    assert count.total >= model.receptive_field * benchmark.teacher_flops(cfg).total
+    rf = model.receptive_field
+    hop = cfg.audio.hop_length if use_mel else 1
+    # the steady state, and a whole clip from its start (windows still growing)
+    for steps, frames in [benchmark.steady_naive_steps(cfg, rf, 5), (range(0, 20), 20 // hop)]:
+        mel = torch.randn(1, cfg.audio.n_mels, frames) if use_mel else None
+        audio = torch.zeros(1, frames * hop)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            sample_naive_steps(model, mel, None, audio, steps, torch.Generator().manual_seed(0))
+        count = benchmark.naive_teacher_flops(cfg, rf, steps, frames)
+        expected = count.total - count.parts["conditioning_add"]  # element-wise, see above
+        assert counter.get_total_flops() / len(steps) == pytest.approx(expected, rel=1e-12)
+    # in the steady state every step recomputes at least the receptive field
+    steps, frames = benchmark.steady_naive_steps(cfg, rf, 5)
+    assert benchmark.naive_teacher_flops(cfg, rf, steps, frames).total >= (
+        (rf + 1) * benchmark.teacher_flops(cfg).total)
+
+
+def test_steady_naive_steps_have_full_windows():
+    from wavedistill.generation import naive_window
+
+    cfg = config_from_dict(HAND_COUNTED)
+    hop, context = cfg.audio.hop_length, cfg.teacher.conditioning_context
+    rf = WaveNetTeacher.from_config(cfg).receptive_field
+    steps, frames = benchmark.steady_naive_steps(cfg, rf, 7)
+    assert len(steps) == 7
+    for t in steps:
+        f0, f1 = naive_window(t, rf, hop, context, frames)
+        assert f0 * hop <= t - rf and f1 == t // hop + context + 1 <= frames
 
 
 def test_time_call_warms_up_then_times_each_repeat():
@@ -131,7 +148,7 @@ def test_benchmark_cli_writes_the_documented_json(tmp_path, tiny_config, capsys)
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     code = main(["--quiet", "benchmark", "--teacher-config", str(config), "--student-config",
-                 str(config), "--seconds", "0.02", "--naive-seconds", "0.008", "--repeats", "1",
+                 str(config), "--seconds", "0.02", "--naive-steps", "3", "--repeats", "1",
                  "--threads", "1", "--training", "--json", str(out)])
     assert code == 0
     assert torch.get_num_threads() == threads  # --threads holds for the run only
@@ -165,3 +182,6 @@ def test_benchmark_cli_refuses_bad_arguments(tmp_path, tiny_config, capsys):
     assert "--seconds must be positive" in capsys.readouterr().err
     assert main(["benchmark", "--teacher-config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+    assert main(["benchmark", "--student-config", str(config), "--clip",
+                 str(tmp_path / "gone.wav")]) == 2
+    assert "gone.wav" in capsys.readouterr().err

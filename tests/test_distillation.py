@@ -292,3 +292,12 @@ def test_contrastive_term_needs_two_clips_per_batch():
     teacher, _ = models(cfg)
     with pytest.raises(UserError, match="data.batch_size"):
         Distillation(teacher, dataclasses.replace(cfg))
+
+
+def test_segments_shorter_than_the_largest_power_fft_are_refused():
+    cfg = tiny_config(data={"segment_length": 64})
+    teacher, _ = models(cfg)
+    with pytest.raises(UserError, match=r"data.segment_length \(64\).*128"):
+        Distillation(teacher, cfg)
+    Distillation(teacher, tiny_config(data={"segment_length": 64},
+                                      distill={"power_weight": 0.0}))

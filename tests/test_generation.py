@@ -149,6 +149,16 @@ def test_cached_and_naive_sampling_draw_the_same_audio_from_one_seed(output, mel
     assert runs[0].abs().max() <= 1.0
 
 
+def test_a_span_shorter_than_the_mel_draws_the_same_audio_both_ways():
+    # 29 samples of a 10-frame mel: the naive passes still read whole frames
+    teacher = make_teacher("mol").double()
+    mel, _, _ = inputs(teacher, batch=2, frames=10, dtype=torch.float64)
+    runs = [generate(teacher, mel, num_samples=29, generator=torch.Generator().manual_seed(3),
+                     method=m) for m in ("cached", "naive")]
+    assert runs[0].shape == (2, 29)
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_the_seed_decides_the_audio():
     teacher = make_teacher("mol")
     mel, _, _ = inputs(teacher, batch=1, frames=4)

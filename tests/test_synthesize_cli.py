@@ -248,6 +248,16 @@ def test_an_unconditional_teacher_synthesises_whole_frames_of_the_asked_length(
     assert len(read_pcm(tmp_path / "o.wav")) == math.ceil(0.05 * SR / HOP) * HOP
 
 
+def test_an_unconditional_teacher_draws_a_batch_of_different_clips(unconditional_teacher):
+    from wavedistill.synthesis import Synthesizer
+
+    synth = Synthesizer.from_checkpoint(unconditional_teacher)
+    clips = synth.generate(seconds=0.01, batch=3, seed=4)
+    assert len(clips) == 3 and all(len(c) == math.ceil(0.01 * SR / HOP) * HOP for c in clips)
+    assert not np.array_equal(clips[0], clips[1])
+    assert len(synth.generate(seconds=0.01, seed=4)) == 1
+
+
 # -- what it refuses -------------------------------------------------------------------------
 
 

@@ -320,24 +320,19 @@ def test_saved_config_is_the_resolved_run_config(dataset, tmp_path):
     assert config_to_dict(load_config(tmp_path / "run" / "config.yaml")) == config_to_dict(cfg)
 
 
-class WithTeacherSamples:
-    """The real maximum-likelihood objective plus teacher samples as media; it records the
-    training RNG state at every loss call."""
+class RecordingRNG:
+    """The real maximum-likelihood objective (with its teacher samples as media) that records
+    the training RNG state at every loss call."""
 
     def __init__(self):
         from wavedistill.teacher import MaximumLikelihood
 
-        self.inner, self.rng_at_loss = MaximumLikelihood(), []
-        self.validate = self.inner.validate
+        self.inner, self.rng_at_loss = MaximumLikelihood(media_samples=300), []
+        self.validate, self.log_media = self.inner.validate, self.inner.log_media
 
     def loss(self, model, batch):
         self.rng_at_loss.append(torch.get_rng_state())
         return self.inner.loss(model, batch)
-
-    def log_media(self, model, batch):
-        from wavedistill.generation import generate
-
-        return {"sample": generate(model, batch["mel"], batch["speaker"], num_samples=512)[0]}
 
 
 def test_media_steps_write_audio_and_mel_figures_without_moving_training_rng(dataset, tmp_path):
@@ -345,16 +340,18 @@ def test_media_steps_write_audio_and_mel_figures_without_moving_training_rng(dat
 
     runs = {}
     for every in (0, 1):
-        objective = WithTeacherSamples()
+        objective = RecordingRNG()
         teacher_trainer(tiny_cfg(steps=2, audio_every=every), dataset, tmp_path / str(every),
                         objective).run()
         runs[every] = objective.rng_at_loss
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     events = EventAccumulator(str(tmp_path / "1" / "tb"), size_guidance={"audio": 0, "images": 0})
     tags = events.Reload().Tags()
-    assert {"audio/reference", "audio/sample"} <= set(tags["audio"])
-    assert {"mel/reference", "mel/sample"} <= set(tags["images"])
-    assert [e.step for e in events.Audio("audio/sample")] == [1, 2]
+    assert {"audio/reference", "audio/teacher"} <= set(tags["audio"])
+    assert {"mel/reference", "mel/teacher"} <= set(tags["images"])
+    teacher_audio = events.Audio("audio/teacher")
+    assert [e.step for e in teacher_audio] == [1, 2]
+    assert teacher_audio[0].length_frames == 300
 
 
 def test_without_a_validation_split_best_is_the_newest_checkpoint(dataset, tmp_path):

@@ -5,7 +5,9 @@
 - ``student``: the IAF student's one parallel pass (``IAFStudent.synthesize``);
 - ``teacher_cached``: the teacher's incremental sampler with cached layer inputs;
 - ``teacher_naive``: the teacher's naive sampler (recomputes the receptive field every step),
-  over a short span only (``--naive-seconds``), because it is slow by construction.
+  for a few steps only (``--naive-steps``), because it is slow by construction. The steps are
+  taken in the steady state, after the receptive field has filled: earlier steps see a
+  shorter past and would flatter it.
 
 Models come from checkpoints or, with random weights, from config files alone, so paper-sized
 models can be measured without training them.
@@ -41,7 +43,7 @@ residual output); the input 1x1 ``2 R``; and the output head. Work on mel frames
 convolution and the projection to all layers' gates) happens once per frame and is divided by
 ``hop_length``. Element-wise work (gates, additions, the output distribution) is not counted.
 The naive sampler reruns the parallel pass over the whole frames one step depends on (receptive
-field plus mel context), so its count is that mean window length times the per-sample count.
+field plus mel context), so its count is that window length times the per-sample count.
 """
 
 from __future__ import annotations
@@ -225,26 +227,33 @@ def teacher_flops(cfg: Config) -> FlopCount:
     return FlopCount(parts)
 
 
-def naive_teacher_flops(cfg: Config, receptive_field: int, num_samples: int) -> FlopCount:
-    """FLOPs per sample of the naive sampler generating ``num_samples``: every step reruns the
-    parallel pass over the window of whole frames that step depends on (the receptive field
-    plus the mel context frames, :func:`wavedistill.generation.naive_window`), so a sample
-    costs the mean window length times one sample of the parallel pass (plus the clip's
-    frame-rate conditioning, computed once)."""
+def naive_teacher_flops(cfg: Config, receptive_field: int, steps: range, frames: int
+                        ) -> FlopCount:
+    """FLOPs per sample of the naive sampler drawing ``steps`` of a clip of ``frames`` frames:
+    every step reruns the parallel pass, frame-rate conditioning included, over the window of
+    whole frames it depends on (receptive field plus mel context frames,
+    :func:`wavedistill.generation.naive_window`); the mean window length times one sample of
+    the parallel pass."""
     from wavedistill.generation import naive_window
 
     t = cfg.teacher
     hop = cfg.audio.hop_length if t.use_mel else 1
     context = t.conditioning_context if t.use_mel else 0
-    frames = math.ceil(num_samples / hop)
-    windows = [naive_window(step, receptive_field, hop, context, frames)
-               for step in range(num_samples)]
-    mean_window = sum((f1 - f0) * hop for f0, f1 in windows) / num_samples
-    once = teacher_flops(cfg).parts
-    parts = {name: value * mean_window for name, value in once.items()}
-    # generate() also conditions the whole clip once up front (it validates mel and speaker)
-    parts["conditioning_frames"] += once["conditioning_frames"]
-    return FlopCount(parts)
+    windows = [naive_window(step, receptive_field, hop, context, frames) for step in steps]
+    mean_window = sum((f1 - f0) * hop for f0, f1 in windows) / len(steps)
+    return FlopCount({name: value * mean_window
+                      for name, value in teacher_flops(cfg).parts.items()})
+
+
+def steady_naive_steps(cfg: Config, receptive_field: int, count: int) -> tuple[range, int]:
+    """``count`` steps of the naive sampler whose windows are full (past the receptive field
+    and the mel context), and the frames of the clip that holds them."""
+    t = cfg.teacher
+    hop = cfg.audio.hop_length if t.use_mel else 1
+    context = t.conditioning_context if t.use_mel else 0
+    start = receptive_field + (context + 1) * hop
+    stop = start + count
+    return range(start, stop), (stop - 1) // hop + context + 1
 
 
 def student_flops(student: torch.nn.Module) -> FlopCount:
@@ -263,7 +272,8 @@ def clip_features(cfg: Config, clip: Path = BUNDLED_CLIP) -> tuple[torch.Tensor,
     from wavedistill.features import log_mel
 
     if not clip.is_file():
-        raise UserError(f"{clip}: the bundled clip the benchmark conditions on is missing")
+        raise UserError(f"{clip}: no such clip to condition the benchmark on; give --clip "
+                        "(any speech recording)")
     hop = cfg.audio.hop_length
     audio = torch.from_numpy(load_audio(clip, cfg.audio.sample_rate))
     audio = audio[: len(audio) - len(audio) % hop]
@@ -276,14 +286,14 @@ def tile(x: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
     return torch.cat([x] * reps, dim=-1)[..., offset:offset + length]
 
 
-def benchmark_batch(cfg: Config, stats, frames: int, batch: int, device: torch.device
-                    ) -> dict[str, torch.Tensor]:
+def benchmark_batch(cfg: Config, stats, frames: int, batch: int, device: torch.device,
+                    clip: Path = BUNDLED_CLIP) -> dict[str, torch.Tensor]:
     """Real speech for a benchmark: ``{"audio": (B, frames * hop), "mel": (B, n_mels, frames)
     normalised, "speaker": (B,) zeros}``. Rows start at different frames of the tiled clip so a
     batch holds different inputs. ``stats`` None normalises by the clip's own statistics."""
     from wavedistill.features import FeatureStats
 
-    audio, mel = clip_features(cfg)
+    audio, mel = clip_features(cfg, clip)
     if stats is None:
         stats = FeatureStats.compute([mel], std_floor=cfg.audio.stats_std_floor)
     hop, stride = cfg.audio.hop_length, max(1, mel.shape[-1] // max(batch, 1))
@@ -349,11 +359,12 @@ class Settings:
     command-line parser)."""
 
     seconds: float
-    naive_seconds: float
+    naive_steps: int
     batch: int
     repeats: int
     device: torch.device
     dtype: torch.dtype
+    clip: Path = BUNDLED_CLIP  # the speech whose log-mel conditions every model
 
     def precision(self):
         """bf16 autocast for ``--dtype bfloat16``; float32 runs as is."""
@@ -408,7 +419,8 @@ def _generator(settings: Settings) -> torch.Generator:
 def measure_student(student: Subject, settings: Settings, peak: float) -> dict[str, Any]:
     """One-pass synthesis of ``settings.seconds`` of audio per batch row."""
     frames = frames_for(settings.seconds, student.cfg)
-    batch = benchmark_batch(student.cfg, student.stats, frames, settings.batch, settings.device)
+    batch = benchmark_batch(student.cfg, student.stats, frames, settings.batch, settings.device,
+                            settings.clip)
     mel, speaker = student.mel(batch), student.speaker(batch)
 
     def run():
@@ -418,38 +430,50 @@ def measure_student(student: Subject, settings: Settings, peak: float) -> dict[s
     return measure(run, samples, student_flops(student.model), student, settings, peak)
 
 
-def measure_teacher(teacher: Subject, settings: Settings, peak: float, method: str
-                    ) -> dict[str, Any]:
-    """Sequential sampling (``method`` "cached" | "naive") of ``settings.seconds`` (cached) or
-    ``settings.naive_seconds`` (naive) of audio per batch row."""
+def measure_teacher(teacher: Subject, settings: Settings, peak: float) -> dict[str, Any]:
+    """Cached sequential sampling of ``settings.seconds`` of audio per batch row."""
     from wavedistill.generation import generate
 
-    seconds = settings.seconds if method == "cached" else settings.naive_seconds
-    frames = frames_for(seconds, teacher.cfg)
-    batch = benchmark_batch(teacher.cfg, teacher.stats, frames, settings.batch, settings.device)
+    frames = frames_for(settings.seconds, teacher.cfg)
+    batch = benchmark_batch(teacher.cfg, teacher.stats, frames, settings.batch, settings.device,
+                            settings.clip)
     mel, speaker = teacher.mel(batch), teacher.speaker(batch)
-    hop = teacher.cfg.audio.hop_length
-    num_samples = frames * hop
-
+    num_samples = frames * teacher.cfg.audio.hop_length
     # The cached sampler has its own bf16 path (bf16 weights, float32 residual stream and
-    # distribution); the naive one runs under autocast.
-    own_bf16 = method == "cached" and settings.dtype == torch.bfloat16
-    precision = "bfloat16" if own_bf16 else None
+    # distribution) rather than autocast.
+    precision = "bfloat16" if settings.dtype == torch.bfloat16 else None
 
     def run(frames_used: int = frames):
         m = mel[..., :frames_used] if mel is not None else None
-        return generate(teacher.model, m, speaker, num_samples=frames_used * hop,
-                        generator=_generator(settings), method=method, precision=precision)
+        return generate(teacher.model, m, speaker,
+                        num_samples=frames_used * teacher.cfg.audio.hop_length,
+                        generator=_generator(settings), precision=precision)
 
-    if method == "cached":
-        flops = teacher_flops(teacher.cfg)
-    else:
-        flops = naive_teacher_flops(teacher.cfg, teacher.model.receptive_field, num_samples)
-    # The warm-up only needs every code path once: one frame is enough and keeps the slow
-    # naive sampler from doubling the run time.
-    warmup = lambda: run(1)  # noqa: E731
-    return measure(run, settings.batch * num_samples, flops, teacher, settings, peak, warmup,
-                   autocast=not own_bf16)
+    # The warm-up only needs every code path once: one frame is enough.
+    return measure(run, settings.batch * num_samples, teacher_flops(teacher.cfg), teacher,
+                   settings, peak, warmup=lambda: run(1), autocast=False)
+
+
+def measure_teacher_naive(teacher: Subject, settings: Settings, peak: float) -> dict[str, Any]:
+    """``settings.naive_steps`` steps of the naive sampler in the steady state, the past being
+    the bundled clip's audio; under autocast for ``--dtype bfloat16``."""
+    from wavedistill.generation import sample_naive_steps
+
+    steps, frames = steady_naive_steps(teacher.cfg, teacher.model.receptive_field,
+                                       settings.naive_steps)
+    batch = benchmark_batch(teacher.cfg, teacher.stats, frames, settings.batch, settings.device,
+                            settings.clip)
+    mel, speaker, audio = teacher.mel(batch), teacher.speaker(batch), batch["audio"]
+    if mel is None:
+        audio = audio[:, :frames]  # unconditional: the clip is ``frames`` samples long
+
+    def run(count: int = len(steps)):
+        sample_naive_steps(teacher.model, mel, speaker, audio, steps[:count],
+                           _generator(settings))
+
+    flops = naive_teacher_flops(teacher.cfg, teacher.model.receptive_field, steps, frames)
+    return measure(run, settings.batch * len(steps), flops, teacher, settings, peak,
+                   warmup=lambda: run(1))
 
 
 # -- training throughput ---------------------------------------------------------------------
@@ -490,7 +514,8 @@ def training_batch(subject: Subject, settings: Settings) -> dict[str, torch.Tens
     """``settings.batch`` segments of ``data.segment_length`` samples of real speech."""
     cfg = subject.cfg
     frames = cfg.data.segment_length // cfg.audio.hop_length
-    return benchmark_batch(cfg, subject.stats, frames, settings.batch, settings.device)
+    return benchmark_batch(cfg, subject.stats, frames, settings.batch, settings.device,
+                           settings.clip)
 
 
 def measure_training(teacher: Subject | None, student: Subject | None, settings: Settings
@@ -526,9 +551,9 @@ def run_benchmark(teacher: Subject | None, student: Subject | None, settings: Se
         models["student"] = measure_student(student, settings, peak)
     if teacher is not None:
         log.info("measuring the teacher's cached sampling")
-        models["teacher_cached"] = measure_teacher(teacher, settings, peak, "cached")
+        models["teacher_cached"] = measure_teacher(teacher, settings, peak)
         log.info("measuring the teacher's naive sampling")
-        models["teacher_naive"] = measure_teacher(teacher, settings, peak, "naive")
+        models["teacher_naive"] = measure_teacher_naive(teacher, settings, peak)
     speedup = None
     if "student" in models and "teacher_cached" in models:
         speedup = models["student"]["samples_per_s"] / models["teacher_cached"]["samples_per_s"]
@@ -538,7 +563,8 @@ def run_benchmark(teacher: Subject | None, student: Subject | None, settings: Se
         "dtype": str(settings.dtype).removeprefix("torch."),
         "batch": settings.batch,
         "seconds": settings.seconds,
-        "naive_seconds": settings.naive_seconds,
+        "naive_steps": settings.naive_steps,
+        "clip": settings.clip.name,
         "repeats": settings.repeats,
         "torch": torch.__version__,
         "peak_matmul_gflops": peak,
@@ -602,10 +628,10 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 
 def settings_from_args(args) -> Settings:
     """Validated :class:`Settings` from the ``benchmark`` arguments (see cli.py)."""
-    for name in ("seconds", "naive_seconds"):
-        value = getattr(args, name)
-        if value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not args.seconds > 0:
+        raise UserError(f"--seconds must be positive, got {args.seconds}")
+    if args.naive_steps < 1:
+        raise UserError(f"--naive-steps must be at least 1, got {args.naive_steps}")
     if args.batch < 1 or args.repeats < 1:
         raise UserError(f"--batch and --repeats must be at least 1, got {args.batch} and "
                         f"{args.repeats}")
@@ -614,8 +640,9 @@ def settings_from_args(args) -> Settings:
         raise UserError(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    return Settings(seconds=args.seconds, naive_seconds=args.naive_seconds, batch=args.batch,
-                    repeats=args.repeats, device=device, dtype=getattr(torch, args.dtype))
+    return Settings(seconds=args.seconds, naive_steps=args.naive_steps, batch=args.batch,
+                    repeats=args.repeats, device=device, dtype=getattr(torch, args.dtype),
+                    clip=args.clip or BUNDLED_CLIP)
 
 
 def benchmark_cli(args) -> int:

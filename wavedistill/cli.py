@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-config", type=Path, help="teacher config (random weights)")
     p.add_argument("--student-config", type=Path, help="student config (random weights)")
     p.add_argument("--seconds", type=float, default=1.0)
-    p.add_argument("--naive-seconds", type=float, default=0.05,
-                   help="span for the naive teacher sampler (it is slow)")
+    p.add_argument("--naive-steps", type=int, default=8,
+                   help="steps of the naive teacher sampler, timed once the receptive field "
+                        "has filled (it is slow by construction)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training", action="store_true",
                    help="also measure training throughput (teacher step, distillation step)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--clip", type=Path, default=None,
+                   help="speech whose log-mel conditions the models (default: a bundled "
+                        "ARCTIC clip, present in a source checkout)")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("evaluate", help="held-out NLL and copy-synthesis quality, with figures")

@@ -132,6 +132,7 @@ class TrainConfig:
     keep_last: int = 3
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     audio_every: int = 0  # write audio samples to TensorBoard every N steps (0 = never)
+    audio_seconds: float = 0.5  # length of the teacher's logged samples (sequential: slow)
 
 
 @dataclass
@@ -381,6 +382,7 @@ def validate(cfg: Config) -> None:
         _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
     tr = cfg.train
     _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")
+    _check(tr.audio_seconds > 0, f"train.audio_seconds must be positive, got {tr.audio_seconds}")
     _check(tr.learning_rate > 0, f"train.learning_rate must be positive, got {tr.learning_rate}")
     _check(0 <= tr.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
     _check(tr.keep_last >= 1, f"train.keep_last must be at least 1, got {tr.keep_last}")

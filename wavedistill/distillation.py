@@ -192,6 +192,12 @@ class Distillation:
         if self.cfg.contrastive_weight > 0 and cfg.data.batch_size < 2:
             raise UserError("distill.contrastive_weight > 0 needs data.batch_size >= 2 "
                             "(the mismatched mel comes from another clip of the batch)")
+        longest = max(self.cfg.power_fft_sizes)
+        segment = cfg.data.segment_length
+        if self.cfg.power_weight > 0 and segment is not None and segment < longest:
+            raise UserError(f"data.segment_length ({segment}) is shorter than the power loss's "
+                            f"largest FFT (distill.power_fft_sizes has {longest}); lengthen the "
+                            "segments or drop that resolution")
         self.teacher_floor = max(self.distribution.log_scale_min, self.cfg.teacher_log_scale_min)
         self.student_floor = self.cfg.student_log_scale_min
         self.stft = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio)

@@ -516,21 +516,43 @@ def naive_window(t: int, receptive_field: int, hop: int, context: int, frames: i
     return max(0, first), min(frames, last)
 
 
-def _sample_naive(teacher, mel, speaker, audio, generator, report) -> None:
-    B, T = audio.shape
+def naive_geometry(teacher, mel: Tensor | None, length: int) -> tuple[int, int, int]:
+    """``(hop, context, frames)`` of the naive sampler's windows for a ``length``-sample clip:
+    with mel conditioning, the hop, the mel context frames and the mel's frames; without,
+    ``(1, 0, length)`` (windows in samples)."""
+    if mel is None or teacher.n_mels == 0:
+        return 1, 0, length
+    context = teacher.conditioner.context
+    return teacher.conditioner.hop, context.padding[0] if context is not None else 0, mel.shape[-1]
+
+
+def sample_naive_steps(teacher, mel, speaker, audio: Tensor, steps: range,
+                       generator: torch.Generator | None = None, report=None) -> None:
+    """Draw ``audio[:, t]`` for ``t`` in ``steps``, in order, each by one parallel pass over the
+    frames that step depends on (:func:`naive_window`). ``audio`` ``(B, frames * hop)`` holds
+    the past (drawn in place); later samples are never read by earlier steps (causality)."""
     dist = teacher.distribution
     conditioned = mel is not None and teacher.n_mels > 0
-    hop = teacher.conditioner.hop if conditioned else 1
-    context = teacher.conditioner.context.padding[0] if (
-        conditioned and teacher.conditioner.context is not None) else 0
-    frames = mel.shape[-1] if conditioned else T
-    for t in range(T):
+    hop, context, frames = naive_geometry(teacher, mel, audio.shape[-1])
+    for t in steps:
         f0, f1 = naive_window(t, teacher.receptive_field, hop, context, frames)
         window_mel = mel[:, :, f0:f1] if conditioned else None
         params = teacher(audio[:, f0 * hop:f1 * hop], window_mel, speaker)
         pos = t - f0 * hop
         audio[:, t] = dist.sample(params[:, :, pos:pos + 1], generator)[:, 0]
-        report(t + 1)
+        if report is not None:
+            report(t + 1)
+
+
+def _sample_naive(teacher, mel, speaker, audio, generator, report) -> None:
+    B, T = audio.shape
+    hop, _, frames = naive_geometry(teacher, mel, T)
+    # the passes read whole frames: past T (when fewer samples than frames are drawn) the
+    # buffer holds zeros, which causality keeps from reaching any drawn step
+    conditioned = mel is not None and teacher.n_mels > 0
+    work = audio.new_zeros(B, frames * hop) if conditioned else audio
+    sample_naive_steps(teacher, mel, speaker, work, range(T), generator, report)
+    audio.copy_(work[:, :T])
 
 
 @torch.inference_mode()

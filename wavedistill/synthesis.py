@@ -125,20 +125,23 @@ class Synthesizer:
             mel = _pad_batch(mels).to(self.device)
             spk = self._speaker(speaker, len(mels))
         start = time.perf_counter()
-        audio = self._run(mel, spk, max(lengths), generator, chunk_seconds, progress)
+        audio = self._run(mel, spk, len(lengths), max(lengths), generator, chunk_seconds,
+                          progress)
         elapsed = time.perf_counter() - start
         total = sum(lengths)
         log.info("synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed,
                  total / elapsed)
         return [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
 
-    def _run(self, mel, speaker, num_samples, generator, chunk_seconds, progress) -> torch.Tensor:
+    def _run(self, mel, speaker, batch, num_samples, generator, chunk_seconds, progress
+             ) -> torch.Tensor:
         _check_chunk_seconds(self.kind, chunk_seconds)
         if self.kind == "teacher":
             from wavedistill.generation import generate
 
             return generate(self.model, mel=mel, speaker=speaker, num_samples=num_samples,
-                            generator=generator, method="cached", progress=progress)
+                            generator=generator, method="cached", progress=progress,
+                            batch=batch)
         if chunk_seconds is not None:
             hop = self.cfg.audio.hop_length
             chunk_frames = max(1, round(chunk_seconds * self.cfg.audio.sample_rate / hop))

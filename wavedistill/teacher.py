@@ -169,7 +169,11 @@ class MaximumLikelihood:
     """Teacher training objective: mean negative log-likelihood per sample (nats).
 
     The forward pass goes through ``model(...)`` so that a DDP wrapper synchronises gradients.
+    ``media_samples``: length of the samples :meth:`log_media` draws.
     """
+
+    def __init__(self, media_samples: int = 8000):
+        self.media_samples = media_samples
 
     def _nll_nats(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         audio = batch["audio"]
@@ -185,3 +189,18 @@ class MaximumLikelihood:
     def validate(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
         """``{"nll_bits": mean NLL in bits per sample}`` of one held-out batch."""
         return {"nll_bits": self._nll_nats(model, batch).item() / math.log(2.0)}
+
+    def log_media(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{"teacher": (T,)}``: a sample of the first ``media_samples`` of the batch's first
+        clip, drawn step by step from its mel (cached sampler)."""
+        from wavedistill.generation import generate
+
+        teacher = _unwrap(model)
+        mel, speaker = batch.get("mel"), batch.get("speaker")
+        speaker = speaker[:1] if speaker is not None and teacher.num_speakers else None
+        length = min(self.media_samples, batch["audio"].shape[-1])
+        if teacher.n_mels:
+            mel = mel[:1, :, :math.ceil(length / teacher.conditioner.hop)]
+        else:
+            mel = None
+        return {"teacher": generate(teacher, mel, speaker, num_samples=length, batch=1)[0]}

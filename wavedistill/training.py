@@ -582,7 +582,8 @@ class Trainer:
         for name, clip in clips.items():
             clip = clip.detach().float().cpu().reshape(-1).clamp(-1, 1)
             self.writer.add_audio(f"audio/{name}", clip, self.step, sample_rate=sr)
-            self.writer.add_figure(f"mel/{name}", _mel_figure(clip, self.cfg), self.step)
+            if clip.numel() > self.cfg.audio.n_fft // 2:  # else too short for one mel frame
+                self.writer.add_figure(f"mel/{name}", _mel_figure(clip, self.cfg), self.step)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -671,7 +672,9 @@ def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume
     with distributed_processes(device) as (procs, dev):
         _seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = WaveNetTeacher.from_config(cfg)
-        trainer = Trainer("teacher", model, MaximumLikelihood(), cfg, data, out_dir, procs, dev)
+        media_samples = round(cfg.train.audio_seconds * cfg.audio.sample_rate)
+        trainer = Trainer("teacher", model, MaximumLikelihood(media_samples), cfg, data,
+                          out_dir, procs, dev)
         return trainer.run(resume=resume, init_from=init_from)
 
 

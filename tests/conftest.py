@@ -65,22 +65,31 @@ def tiny_config() -> Config:
     return config_from_dict(TINY_CONFIG)
 
 
-@pytest.fixture
-def tiny_corpus(tmp_path) -> Path:
-    """``corpus/`` with six 16 kHz 16-bit mono clips of 0.3-0.55 s, each a different tone."""
-    root = tmp_path / "corpus"
+def write_tiny_corpus(root: Path) -> Path:
+    """Six 16 kHz 16-bit mono clips of 0.3-0.55 s in ``root``, each a different tone."""
     for i in range(6):
         write_clip(root / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i,
                    frequency=150.0 + 70.0 * i)
     return root
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path, tiny_corpus, tiny_config) -> Path:
-    """The dataset folder written by ``preprocess`` from ``tiny_corpus`` with ``tiny_config``."""
+def write_tiny_dataset(root: Path) -> Path:
+    """``root/corpus`` (:func:`write_tiny_corpus`) preprocessed with ``TINY_CONFIG`` into
+    ``root/data``, which is returned."""
     from wavedistill.preprocess import preprocess
 
-    out = tmp_path / "dataset"
-    report = preprocess(tiny_config, tiny_corpus, out)
-    assert report.exit_code == 0
-    return out
+    corpus = write_tiny_corpus(root / "corpus")
+    assert preprocess(config_from_dict(TINY_CONFIG), corpus, root / "data").exit_code == 0
+    return root / "data"
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """``corpus/`` with six 16 kHz 16-bit mono clips of 0.3-0.55 s, each a different tone."""
+    return write_tiny_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """The dataset folder written by ``preprocess`` from ``tiny_corpus`` with ``tiny_config``."""
+    return write_tiny_dataset(tmp_path)

@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_CONFIG, write_clip
+from conftest import TINY_CONFIG, write_tiny_dataset
 
 from wavedistill.checkpoint import latest_checkpoint, load_checkpoint
 from wavedistill.config import config_from_dict
@@ -45,14 +45,10 @@ def _rank_main(rank: int, port: int, config: dict, data_dir, out_dir, results_di
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same tiny teacher trained by 2 processes with batch 2 each, and by 1 with batch 4."""
-    from wavedistill.preprocess import preprocess
     from wavedistill.training import train_teacher
 
     root = tmp_path_factory.mktemp("distributed")
-    for i in range(6):
-        write_clip(root / "corpus" / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i,
-                   frequency=150.0 + 70.0 * i)
-    assert preprocess(config_from_dict(TINY_CONFIG), root / "corpus", root / "data").exit_code == 0
+    write_tiny_dataset(root)
     mp.spawn(_rank_main, nprocs=WORLD_SIZE, join=True,
              args=(_free_port(), _config(2), root / "data", root / "ddp", root))
     single = train_teacher(config_from_dict(_config(2 * WORLD_SIZE)), root / "data",

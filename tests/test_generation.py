@@ -22,15 +22,6 @@ from wavedistill.teacher import WaveNetTeacher
 HOP, N_MELS, SPEAKERS = 8, 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny one-sample steps gain nothing from threads and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_teacher(output: str = "mol", kernel_size: int = 3, mel: bool = True,
                  speakers: int = 0, layers: int = 6, stacks: int = 2) -> WaveNetTeacher:
     """A tiny teacher with random weights large enough that every layer matters."""

@@ -19,15 +19,6 @@ from wavedistill.spectral import (
 RESOLUTIONS = ([128, 256, 64], [32, 64, 16], [96, 256, 48])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids synchronisation overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def noise() -> torch.Tensor:
     """Two clips of white noise (every bin far above the log floor), float64."""

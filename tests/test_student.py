@@ -19,15 +19,6 @@ HOP = 16
 N_MELS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids synchronisation overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_student(flow_layers=(2, 3), channels=4, kernel_size=3, cycle=2, noise="logistic",
                  num_speakers=0, tile=32, dtype=torch.float32, seed=0, out_std=0.3,
                  initial_scale=0.1) -> IAFStudent:

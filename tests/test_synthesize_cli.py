@@ -31,17 +31,6 @@ SHORTEST = 192  # whole frames with more samples than n_fft // 2 = 128
 # -- tiny trained models (one optimiser step each), shared by the module --------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for this module: the tiny models' operations (above all the batched
-    one-sample steps of teacher sampling) are far too small to split across threads, and on a
-    busy machine the split costs more than the work (speed is the benchmarks' concern)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(**overrides):
     data = json.loads(json.dumps(TINY_CONFIG))
     data["train"].update(steps=1)

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, write_clip
+from conftest import TINY_CONFIG, write_tiny_dataset
 
 from wavedistill.checkpoint import latest_checkpoint, load_checkpoint
 from wavedistill.config import TrainConfig, config_from_dict, config_to_dict
@@ -35,14 +35,7 @@ from wavedistill.training import (
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A preprocessed tiny corpus (5 train + 1 valid utterances), shared by this module."""
-    from wavedistill.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("training")
-    for i in range(6):
-        write_clip(root / "corpus" / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i,
-                   frequency=150.0 + 70.0 * i)
-    assert preprocess(config_from_dict(TINY_CONFIG), root / "corpus", root / "data").exit_code == 0
-    return root / "data"
+    return write_tiny_dataset(tmp_path_factory.mktemp("training"))
 
 
 def tiny_cfg(**train):

@@ -432,6 +432,8 @@ class Trainer:
         total = self.cfg.train.steps
         meter, bar = _Meter(), self._progress_bar()
         with self._tensorboard():
+            if self.step == 0 and self.procs.is_main:
+                self.validate()  # the starting point: the curve then shows what training gains
             while self.step < total:
                 batch = self._to_device(self.train_data.next())
                 result = self.train_step(batch)

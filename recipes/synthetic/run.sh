@@ -4,7 +4,7 @@
 # distilled from each, and a table of how far every model is from the truth (nats/sample):
 #   teacher NLL on held-out audio minus the exact entropy rate   (target < 0.01)
 #   KL(student || source) on the student's own samples           (target < 0.02)
-# printed and written to <exp>/results.json. About 13 minutes on 2 shared CPU cores.
+# printed and written to <exp>/results.json. About 6 minutes on 2 CPU cores.
 # Stages: 0 sources (training and held-out)  1 teachers  2 students  3 measure
 #   bash recipes/synthetic/run.sh [--exp exp/synthetic] [--stage N] [--stop_stage M]
 set -euo pipefail

@@ -236,21 +236,24 @@ def naive_teacher_flops(cfg: Config, receptive_field: int, steps: range, frames:
     the parallel pass."""
     from wavedistill.generation import naive_window
 
-    t = cfg.teacher
-    hop = cfg.audio.hop_length if t.use_mel else 1
-    context = t.conditioning_context if t.use_mel else 0
+    hop, context = _naive_hop_and_context(cfg)
     windows = [naive_window(step, receptive_field, hop, context, frames) for step in steps]
     mean_window = sum((f1 - f0) * hop for f0, f1 in windows) / len(steps)
     return FlopCount({name: value * mean_window
                       for name, value in teacher_flops(cfg).parts.items()})
 
 
+def _naive_hop_and_context(cfg: Config) -> tuple[int, int]:
+    """Samples per window unit and mel context frames of the naive sampler's windows (see
+    :func:`wavedistill.generation.naive_geometry`): ``(1, 0)`` without mel conditioning."""
+    t = cfg.teacher
+    return (cfg.audio.hop_length, t.conditioning_context) if t.use_mel else (1, 0)
+
+
 def steady_naive_steps(cfg: Config, receptive_field: int, count: int) -> tuple[range, int]:
     """``count`` steps of the naive sampler whose windows are full (past the receptive field
     and the mel context), and the frames of the clip that holds them."""
-    t = cfg.teacher
-    hop = cfg.audio.hop_length if t.use_mel else 1
-    context = t.conditioning_context if t.use_mel else 0
+    hop, context = _naive_hop_and_context(cfg)
     start = receptive_field + (context + 1) * hop
     stop = start + count
     return range(start, stop), (stop - 1) // hop + context + 1

@@ -212,6 +212,15 @@ def build_model(ckpt: dict[str, Any], use_ema: bool = True):
     return model.eval(), cfg, checkpoint_stats(ckpt)
 
 
+def load_frozen(path: str | Path, expected_kind: str | None = None, device="cpu",
+                use_ema: bool = True):
+    """A checkpoint's model ready for inference: rebuilt, its weights loaded, on ``device``, in
+    eval mode and without gradients. Returns ``(ckpt, model, Config, FeatureStats)``."""
+    ckpt = load_checkpoint(path, expected_kind)
+    model, cfg, stats = build_model(ckpt, use_ema)
+    return ckpt, model.to(device).requires_grad_(False), cfg, stats
+
+
 def _source(ckpt: dict[str, Any]) -> str:
     return ckpt.get("path", "checkpoint")
 

@@ -45,6 +45,7 @@ from wavedistill.distributions import DiscretizedGaussian, MuLawCategorical, Out
 from wavedistill.distributions.gaussian import gaussian_kl
 from wavedistill.errors import UserError
 from wavedistill.metrics import SILENCE_DB
+from wavedistill.networks import unwrap
 from wavedistill.spectral import MultiResolutionSTFT
 from wavedistill.student import NOISE_ENTROPY, sample_noise
 
@@ -161,10 +162,6 @@ def loudness_gap_db(x: Tensor, reference: Tensor) -> Tensor:
 # -- the objective -------------------------------------------------------------------------------
 
 
-def _bare(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 class Distillation:
     """The distillation objective for :class:`~wavedistill.training.Trainer`.
 
@@ -178,7 +175,7 @@ class Distillation:
     valid_metric = "stft_distance"
 
     def __init__(self, teacher: nn.Module, cfg: Config):
-        self.teacher = _bare(teacher).eval().requires_grad_(False)
+        self.teacher = unwrap(teacher).eval().requires_grad_(False)
         self.distribution = self.teacher.distribution
         self.cfg = cfg.distill
         self.noise = cfg.student.noise
@@ -237,8 +234,8 @@ class Distillation:
     # -- the trainer's interface -----------------------------------------------------------------
 
     def _check_noise(self, student: nn.Module) -> None:
-        if _bare(student).noise != self.noise:
-            raise UserError(f"the student's noise is {_bare(student).noise!r} but the config "
+        if unwrap(student).noise != self.noise:
+            raise UserError(f"the student's noise is {unwrap(student).noise!r} but the config "
                             f"given to the objective says student.noise={self.noise!r}")
 
     def loss(self, student: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -304,7 +301,7 @@ class Distillation:
     def log_media(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"student": (T,)}``: the student's copy-synthesis of the batch's first clip."""
         speaker = batch.get("speaker")
-        audio = _bare(student).synthesize(batch["mel"][:1],
+        audio = unwrap(student).synthesize(batch["mel"][:1],
                                           speaker[:1] if speaker is not None else None)
         return {"student": audio[0]}
 

@@ -87,12 +87,10 @@ class Results:
 
 
 def load_model(path: Path, device: torch.device, expected_kind: str | None = None) -> Loaded:
-    from wavedistill.checkpoint import build_model, load_checkpoint
+    from wavedistill.checkpoint import load_frozen
 
-    ckpt = load_checkpoint(path, expected_kind=expected_kind)
-    model, cfg, stats = build_model(ckpt)
-    model.requires_grad_(False)
-    return Loaded(ckpt["kind"], model.to(device).eval(), cfg, stats, Path(path))
+    ckpt, model, cfg, stats = load_frozen(path, expected_kind, device)
+    return Loaded(ckpt["kind"], model, cfg, stats, Path(path))
 
 
 FEATURE_KEYS = ("sample_rate", "hop_length", "n_fft", "win_length", "n_mels", "fmin", "fmax",

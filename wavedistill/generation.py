@@ -549,8 +549,7 @@ def _sample_naive(teacher, mel, speaker, audio, generator, report) -> None:
     hop, _, frames = naive_geometry(teacher, mel, T)
     # the passes read whole frames: past T (when fewer samples than frames are drawn) the
     # buffer holds zeros, which causality keeps from reaching any drawn step
-    conditioned = mel is not None and teacher.n_mels > 0
-    work = audio.new_zeros(B, frames * hop) if conditioned else audio
+    work = audio if frames * hop == T else audio.new_zeros(B, frames * hop)
     sample_naive_steps(teacher, mel, speaker, work, range(T), generator, report)
     audio.copy_(work[:, :T])
 

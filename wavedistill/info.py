@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from wavedistill.errors import UserError
@@ -20,21 +19,13 @@ def describe(path: str | Path) -> str:
     raise UserError(f"{path}: no such file or folder")
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: corrupt manifest line {exc.lineno}") from None
-
-
 def describe_dataset(folder: Path) -> str:
     """Utterances, hours and speakers per split, and the feature settings."""
     if not (folder / "train.jsonl").exists():
         raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
                         "run `wavedistill preprocess`")
     from wavedistill.config import load_config
+    from wavedistill.datasets import read_jsonl
 
     cfg = load_config(folder / "config.yaml")
     a = cfg.audio
@@ -42,7 +33,7 @@ def describe_dataset(folder: Path) -> str:
              f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, n_fft {a.n_fft}, "
              f"win {a.win_length}, {a.n_mels} mels ({a.fmin:g}-{a.fmax or a.sample_rate / 2:g} Hz)"]
     for split in ("train", "valid"):
-        items = _read_manifest(folder / f"{split}.jsonl")
+        items = read_jsonl(folder / f"{split}.jsonl")
         samples = sum(int(it["samples"]) for it in items)
         speakers = len({it.get("speaker", 0) for it in items})
         lines.append(f"  {split}: {len(items)} utterances, {samples / a.sample_rate / 3600:.3f} h, "

@@ -55,6 +55,12 @@ def dilation_cycle(layers: int, cycle: int) -> list[int]:
     return [2 ** (i % cycle) for i in range(layers)]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or any ``.module``) wrapper; itself
+    when unwrapped."""
+    return getattr(model, "module", model)
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable scalars in ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

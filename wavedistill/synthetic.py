@@ -395,10 +395,10 @@ GAP_BLOCK = 4000  # samples per block of the teacher's blocked standard error
 def _load(checkpoint: str | Path, kind: str, device: str):
     import torch
 
-    from wavedistill.checkpoint import build_model, load_checkpoint
+    from wavedistill.checkpoint import load_frozen
 
-    model, cfg, stats = build_model(load_checkpoint(checkpoint, kind))
-    return model.to(device).requires_grad_(False), cfg, stats, torch.device(device)
+    _, model, cfg, stats = load_frozen(checkpoint, kind, device)
+    return model, cfg, stats, torch.device(device)
 
 
 def _entries(data_dir: Path) -> list[dict]:

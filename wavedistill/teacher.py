@@ -34,6 +34,7 @@ from wavedistill.networks import (
     WaveNetStack,
     count_parameters,
     dilation_cycle,
+    unwrap,
 )
 
 
@@ -160,11 +161,6 @@ class WaveNetTeacher(nn.Module):
 # -- objective -----------------------------------------------------------------------------
 
 
-def _unwrap(model: nn.Module) -> WaveNetTeacher:
-    """The teacher inside a ``DistributedDataParallel`` (or any ``.module``) wrapper."""
-    return getattr(model, "module", model)
-
-
 class MaximumLikelihood:
     """Teacher training objective: mean negative log-likelihood per sample (nats).
 
@@ -178,7 +174,7 @@ class MaximumLikelihood:
     def _nll_nats(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         audio = batch["audio"]
         params = model(audio, batch.get("mel"), batch.get("speaker"))
-        return -_unwrap(model).distribution.log_prob(params, audio).mean()
+        return -unwrap(model).distribution.log_prob(params, audio).mean()
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """``(mean NLL in nats per sample (scalar, differentiable), {"nll_bits": float})``."""
@@ -195,7 +191,7 @@ class MaximumLikelihood:
         clip, drawn step by step from its mel (cached sampler)."""
         from wavedistill.generation import generate
 
-        teacher = _unwrap(model)
+        teacher = unwrap(model)
         mel, speaker = batch.get("mel"), batch.get("speaker")
         speaker = speaker[:1] if speaker is not None and teacher.num_speakers else None
         length = min(self.media_samples, batch["audio"].shape[-1])

@@ -5,6 +5,7 @@
 #   --overrides "k=v k2=v2"      config overrides for every stage that reads a config
 #   --input PATH                 clip or saved log-mel (.npy) to synthesise in stages 2 and 4
 #   --device cpu|cuda            training and synthesis device
+#   --eval_args "..."            extra options of the evaluation stage (e.g. "--max-clips 2")
 stage=0
 stop_stage=100
 overrides=""
@@ -22,7 +23,8 @@ parse_options() {
             --overrides) overrides="$2"; shift 2 ;;
             --input) synth_input="$2"; shift 2 ;;
             --device) device="$2"; shift 2 ;;
-            -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 0 ;;
+            --eval_args|--eval-args) eval_args="${eval_args:-} $2"; shift 2 ;;
+            -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}"; exit 0 ;;
             *) echo "unknown option: $1" >&2; exit 2 ;;
         esac
     done
@@ -45,7 +47,8 @@ first_valid_features() {  # path of the first validation utterance's saved log-m
 
 run_recipe() {
     # Stages shared by all recipes; needs conf, exp, data, format; optional synth_input
-    # (defaults to the first validation utterance's features) and synth_args (e.g. --speaker 0).
+    # (defaults to the first validation utterance's features), synth_args (e.g. --speaker 0)
+    # and eval_args (e.g. --max-clips 20).
     local teacher_ckpt="${exp}/teacher/checkpoints/best.pt"
     local student_ckpt="${exp}/student/checkpoints/best.pt"
     if run_stage 0 "preprocess ${data} (${format})"; then
@@ -64,7 +67,7 @@ run_recipe() {
         wavedistill synthesize --checkpoint "${teacher_ckpt}" --input "${input}" \
             --output "${exp}/synth/teacher.wav" "${device_args[@]}" ${synth_args:-}
     fi
-    if run_stage 3 "distil the student (KL to the teacher + power loss)"; then
+    if run_stage 3 "distil the student (KL to the teacher + spectral losses)"; then
         wavedistill distill --config "${conf}/student.yaml" --teacher "${teacher_ckpt}" \
             --data "${exp}/data" --out "${exp}/student" "${device_args[@]}" "${override_args[@]}"
     fi
@@ -74,7 +77,7 @@ run_recipe() {
     fi
     if run_stage 5 "evaluate the student against the teacher"; then
         wavedistill evaluate --checkpoint "${student_ckpt}" --data "${exp}/data" \
-            --teacher "${teacher_ckpt}" --out "${exp}/report" "${device_args[@]}"
+            --teacher "${teacher_ckpt}" --out "${exp}/report" "${device_args[@]}" ${eval_args:-}
     fi
     echo "done: audio in ${exp}/synth, report in ${exp}/report; watch training: tensorboard --logdir ${exp}"
 }

@@ -61,6 +61,12 @@ def test_int_is_accepted_where_float_is_expected():
         (["teacher.upsample_factors=4"], ["teacher.upsample_factors", "list"]),
         (["distill.power_hop_sizes=[10]"], ["power_hop_sizes", "equal lengths"]),
         (["train.ema_decay=1.5"], ["train.ema_decay", "1.5"]),
+        (["train.log_every=0"], ["train.log_every", "positive", "0"]),
+        (["train.valid_every=0"], ["train.valid_every", "positive", "0"]),
+        (["train.checkpoint_every=0"], ["train.checkpoint_every", "positive", "0"]),
+        (["train.decay_steps=0"], ["train.decay_steps", "positive", "0"]),
+        (["train.warmup_steps=-1"], ["train.warmup_steps", ">= 0", "-1"]),
+        (["train.max_minutes=-2"], ["train.max_minutes", ">= 0", "-2"]),
         (["oops"], ["oops", "key.sub=value"]),
     ],
 )
@@ -119,3 +125,15 @@ def test_unset_upsample_factors_are_derived_from_the_hop(hop):
         assert product == hop
     assert default_upsample_factors(256) == [16, 16]
     assert Config().teacher.upsample_factors == default_upsample_factors(Config().audio.hop_length)
+
+
+@pytest.mark.parametrize("override", ["train.log_every=0", "train.valid_every=0",
+                                      "train.checkpoint_every=0", "train.decay_steps=0"])
+def test_the_cli_answers_an_invalid_schedule_with_one_line_and_exit_2(tmp_path, capsys,
+                                                                       override):
+    from wavedistill.cli import main
+
+    code = main(["train-teacher", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                 override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and override.split("=")[0] in err[0]

@@ -190,6 +190,41 @@ def test_loss_logs_every_term_and_weights_them():
     assert all(math.isfinite(v) for v in logs.values())
 
 
+def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
+    from wavedistill.spectral import MultiResolutionSTFT
+
+    cfg = tiny_config(distill={"power_weight": 0.5, "stft_weight": 3.0})
+    teacher, student = models(cfg)
+    batch = batch_for(cfg)
+    torch.manual_seed(1)
+    loss, logs = Distillation(teacher, cfg).loss(student, batch)
+    expected = 1.0 * logs["kl"] + 0.5 * logs["power"] + 3.0 * (
+        logs["spectral_convergence"] + logs["log_magnitude"])
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    # the logged terms are the evaluation's distance of the same student sample
+    torch.manual_seed(1)
+    z = sample_noise(batch["audio"].shape, cfg.student.noise)
+    x, _, _ = student(z, batch["mel"], batch["speaker"])
+    with torch.no_grad():
+        d = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio).distances(x, batch["audio"])
+    assert logs["spectral_convergence"] == pytest.approx(float(d["spectral_convergence"]),
+                                                         rel=1e-5)
+
+
+def test_kl_weight_zero_trains_on_spectra_without_a_teacher_pass():
+    cfg = tiny_config(distill={"kl_weight": 0.0, "stft_weight": 1.0})
+    teacher, student = models(cfg)
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    torch.manual_seed(1)
+    loss, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    assert not calls and "kl" not in logs
+    expected = logs["power"] + logs["spectral_convergence"] + logs["log_magnitude"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
 def test_contrastive_term_against_an_identical_clip_is_the_kl_itself():
     # with both clips equal, the rolled conditioning is the true one: KL' = KL, same draws
     cfg = tiny_config(distill={"contrastive_weight": 0.3})

@@ -89,8 +89,15 @@ def test_student_report_scores_copy_synthesis_teacher_samples_and_kl(
         for metric in ("mcd", "pesq_wb", "stoi"):
             assert metric in scored["mean"]
     assert math.isfinite(results["kl"]["nats_per_sample"])
+    # Griffin-Lim from the same mel, scored alike; the student also on the teacher's spans
+    baseline = results["copy_synthesis"]["griffin_lim"]
+    assert set(baseline["clips"]) == set(clips)
+    assert math.isfinite(baseline["mean"]["stft_distance"])
+    span = results["copy_synthesis"]["student_span"]
+    assert set(span["clips"]) == set(clips)
     report = (out / "report.md").read_text()
     assert "| stft_distance |" in report and "KL(student" in report
+    assert "The student beats Griffin-Lim on" in report and "griffin_lim" in report
     assert len(list((out / "figures").glob("*.png"))) == min(len(clips), 3)
 
 
@@ -142,3 +149,77 @@ def test_teacher_option_is_refused_for_a_teacher_checkpoint(tmp_path, teacher_ck
                                                             tiny_dataset):
     with pytest.raises(UserError, match="--teacher is for students"):
         evaluate(teacher_ckpt, tiny_dataset, tmp_path / "report", teacher=teacher_ckpt)
+
+
+def test_griffin_lim_is_scored_on_the_clips_the_models_are(tmp_path, student_ckpt, tiny_dataset):
+    """The baseline's row is the same clips' Griffin-Lim, recomputed independently here."""
+    from wavedistill.checkpoint import build_model, load_checkpoint
+    from wavedistill.features import log_mel
+    from wavedistill.griffin_lim import griffin_lim
+    from wavedistill.metrics import compare
+
+    results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", griffin_lim_iters=4)
+    _, cfg, _ = build_model(load_checkpoint(student_ckpt))
+    entry = read_jsonl(tiny_dataset / "valid.jsonl")[0]
+    pcm = np.load(tiny_dataset / entry["audio"]).astype(np.float64)
+    audio = ((pcm + 32768) / 32767.5 - 1).astype(np.float32)
+    mel = log_mel(torch.from_numpy(audio), cfg.audio).numpy()
+    expected = compare(audio, griffin_lim(mel, cfg.audio, n_iter=4, seed=0), cfg)
+    got = results["copy_synthesis"]["griffin_lim"]["clips"][entry["id"]]
+    assert got["stft_distance"] == pytest.approx(expected["stft_distance"], rel=1e-5)
+
+
+def test_griffin_lim_can_be_left_out(tmp_path, student_ckpt, tiny_dataset):
+    results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", griffin_lim_iters=0)
+    assert "griffin_lim" not in results["copy_synthesis"]
+    with pytest.raises(UserError, match="--griffin-lim-iters"):
+        evaluate(student_ckpt, tiny_dataset, tmp_path / "r2", griffin_lim_iters=-1)
+
+
+def test_the_verdict_names_the_metrics_on_each_side():
+    from wavedistill.evaluation import against_baseline, verdict
+
+    def row(**means):
+        full = {"stft_distance": "n/a", "log_spectral_distance": "n/a",
+                "loudness_difference": "n/a", "mcd": "n/a", "pesq_wb": "n/a", "stoi": "n/a"}
+        return {"mean": {**full, **means}}
+
+    samples = {"student": row(stft_distance=0.8, log_spectral_distance=7.0,
+                              loudness_difference=-0.2, stoi=0.9),
+               "griffin_lim": row(stft_distance=0.9, log_spectral_distance=6.0,
+                                  loudness_difference=0.5, stoi=0.95)}
+    result = against_baseline(samples, "student")
+    assert result == {"beats": ["stft_distance", "loudness_difference"],
+                      "loses": ["log_spectral_distance", "stoi"]}
+    sentence = verdict(samples)
+    assert sentence.startswith("The student beats Griffin-Lim on stft_distance, "
+                               "loudness_difference;")
+    assert verdict({"student": samples["student"]}) is None
+
+
+def test_the_teacher_curve_is_drawn_from_its_run_history(tmp_path, teacher_ckpt, tiny_dataset):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.pt"
+    ckpt.write_bytes(teacher_ckpt.read_bytes())
+    lines = [{"step": 0, "minutes": 0.0, "nll_bits": 17.0}, {"step": 10, "minutes": 0.1,
+                                                             "nll_bits": 12.0}]
+    (run / "validation.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "report"
+    results = evaluate(ckpt, tiny_dataset, out, teacher_seconds=0.02, griffin_lim_iters=0)
+    assert results["nll_curve"] == "figures/teacher_nll.png"
+    assert (out / "figures" / "teacher_nll.png").read_bytes()[:8] == PNG_MAGIC
+    assert "figures/teacher_nll.png" in (out / "report.md").read_text()
+    # no history beside the checkpoint: no curve, no error
+    assert evaluate(teacher_ckpt, tiny_dataset, tmp_path / "r2", teacher_seconds=0.02,
+                    griffin_lim_iters=0).get("nll_curve") is None
+
+
+def test_split_all_scores_every_utterance_of_an_unseen_corpus(tmp_path, student_ckpt,
+                                                              tiny_dataset):
+    everyone = [e["id"] for split in ("train", "valid")
+                for e in read_jsonl(tiny_dataset / f"{split}.jsonl")]
+    results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", max_clips=100,
+                       griffin_lim_iters=0, split="all")
+    assert sorted(results["copy_synthesis"]["student"]["clips"]) == sorted(everyone)
+    assert "whole folder" in (tmp_path / "report" / "report.md").read_text()

@@ -3,9 +3,10 @@
 The real corpora cannot be fetched in tests, so each test builds a tiny corpus in the layout
 its recipe expects (LJSpeech: ``metadata.csv`` + ``wavs/`` at 22.05 kHz; VCTK:
 ``wav48_silence_trimmed/<speaker>/*_mic1.flac`` at 48 kHz; the template: a nested folder of
-mixed formats; the demo: the bundled ``data/arctic``) and runs ``recipes/<name>/run.sh`` as a
-user would, with overrides that shrink the models and the training to a few seconds. The
-audio settings stay the recipe's own, so the features, hop and upsampling are the real ones.
+mixed formats; the demo and ``alice``: the bundled voice ``data/alice``) and runs
+``recipes/<name>/run.sh`` as a user would, with overrides that shrink the models and the
+training to a few seconds. The audio settings stay the recipe's own, so the features, hop and
+upsampling are the real ones.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ TINY_STUDENT = ("student.flow_layers=[1,1] student.channels=4 distill.num_draws=
                 "distill.power_win_lengths=[256]")
 
 
-def run_recipe(name: str, cwd: Path, *options: str) -> subprocess.CompletedProcess:
-    """``bash recipes/<name>/run.sh OPTIONS`` in ``cwd`` with this environment's tools on PATH."""
+def run_recipe(name: str, cwd: Path, *options: str, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """``bash recipes/<name>/run.sh OPTIONS`` in ``cwd`` with this environment's tools on PATH
+    (and the variables ``env``)."""
     # One intra-op thread, as recipes/synthetic does for its tiny models: threads cost more
     # than they save at these sizes.
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(["bash", str(ROOT / "recipes" / name / "run.sh"), *options], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=600)
 
@@ -186,18 +189,51 @@ def test_demo_recipe_help_lists_the_options(tmp_path):
         assert option in result.stdout
 
 
-@pytest.mark.slow
-def test_demo_recipe_runs_end_to_end_to_both_syntheses(tmp_path, capsys):
-    """Stages 0-4 on the bundled clips: preprocess, teacher, teacher synthesis, distillation,
-    student synthesis. A short excerpt is synthesised (the teacher samples sequentially)."""
+def arctic_excerpt(tmp_path: Path) -> Path:
+    """1650 samples (8 frames + 50) of a bundled ARCTIC clip: short enough for the teacher."""
     clip, sr = sf.read(ROOT / "data" / "arctic" / "arctic_a0009.wav", dtype="int16")
     excerpt = tmp_path / "excerpt.wav"
-    sf.write(excerpt, clip[8000:9650], sr, subtype="PCM_16")  # 1650 samples: 8 frames + 50
+    sf.write(excerpt, clip[8000:9650], sr, subtype="PCM_16")
+    return excerpt
+
+
+@pytest.mark.slow
+def test_alice_recipe_runs_every_stage_and_ships_loadable_models(tmp_path, capsys):
+    """Stages 0-6 of the CPU voice recipe for a few steps: the bundled voice with its fixed
+    split, both models, both syntheses, the held-out and unseen-speaker reports with their
+    Griffin-Lim rows, and inference copies shipped to a folder of the test's own."""
+    exp, ship = tmp_path / "exp", tmp_path / "models"
+    env_ship = {"SHIP_DIR": str(ship)}
+    result = run_recipe("alice", tmp_path, "--exp", str(exp), "--input",
+                        str(arctic_excerpt(tmp_path)),
+                        "--eval_args", "--max-clips 1 --teacher-seconds 0.02 "
+                                       "--griffin-lim-iters 2",
+                        "--overrides", f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800",
+                        env=env_ship)
+    check_ran(result)
+    check_dataset(exp / "data", utterances=108, speakers=1)
+    held_out = (ROOT / "data" / "alice" / "heldout.txt").read_text().split()
+    assert [item["id"] for item in read_manifest(exp / "data" / "valid.jsonl")] == held_out
+    for report in ("report", "report_arctic"):
+        scored = json.loads((exp / report / "metrics.json").read_text())["copy_synthesis"]
+        assert {"student", "teacher", "griffin_lim", "student_span"} <= set(scored), report
+    assert (exp / "report" / "figures" / "teacher_nll.png").is_file()
+    from wavedistill.pretrained import SHIPPED
+    from wavedistill.synthesis import Synthesizer
+
+    for model in SHIPPED:
+        assert Synthesizer.from_checkpoint(ship / model.filename).kind == model.kind
+
+
+@pytest.mark.slow
+def test_demo_recipe_runs_end_to_end_to_both_syntheses(tmp_path, capsys):
+    """Stages 0-4 on the bundled voice: preprocess, teacher, teacher synthesis, distillation,
+    student synthesis. A short excerpt is synthesised (the teacher samples sequentially)."""
     exp = tmp_path / "exp"
     check_ran(run_recipe("demo", tmp_path, "--exp", str(exp), "--stop_stage", "4",
-                         "--input", str(excerpt),
+                         "--input", str(arctic_excerpt(tmp_path)),
                          "--overrides", f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800"))
-    check_dataset(exp / "data", utterances=2, speakers=1)
+    check_dataset(exp / "data", utterances=108, speakers=1)
     check_teacher(exp, capsys, sample_rate=16000)
     student = describe(exp / "student" / "checkpoints" / "best.pt", capsys)
     assert student.startswith("student checkpoint") and "2 flows" in student

@@ -291,6 +291,27 @@ def test_non_finite_features_are_refused(capsys, tmp_path, dataset, teacher, bad
     expect_refusal(capsys, tmp_path, teacher, "--input", feats, says="feats.npy: features contain")
 
 
+def test_features_below_the_log_floor_are_refused_naming_the_convention(capsys, tmp_path,
+                                                                          dataset, teacher):
+    mel = np.load(saved_features(dataset)[0])
+    feats = tmp_path / "feats.npy"
+    np.save(feats, mel - 20.0)  # e.g. another toolkit's lower floor: values below log(1e-5)
+    expect_refusal(capsys, tmp_path, teacher, "--input", feats,
+                   says="feats.npy: values down to")
+
+
+def test_features_far_from_the_models_statistics_are_refused(capsys, tmp_path, dataset,
+                                                              teacher):
+    mel = np.load(saved_features(dataset)[0])
+    feats = tmp_path / "feats.npy"
+    np.save(feats, mel + 40.0)  # far above anything these clips give
+    expect_refusal(capsys, tmp_path, teacher, "--input", feats,
+                   says="standard deviations from the model's feature statistics")
+    np.save(feats, mel)  # the model's own features pass
+    code, _, _ = synthesize(capsys, teacher, "--input", feats, "--output", tmp_path / "o.wav")
+    assert code == 0
+
+
 def test_a_corrupt_feature_file_is_refused(capsys, tmp_path, teacher):
     feats = tmp_path / "feats.npy"
     feats.write_bytes(b"\x93NUMPY garbage")

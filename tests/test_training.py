@@ -420,3 +420,28 @@ def test_distillation_refuses_a_student_checkpoint_as_teacher(dataset, teacher_c
     with pytest.raises(UserError, match="is a student checkpoint; a teacher checkpoint is needed"):
         train_student(student_cfg(steps=1), tmp_path / "s" / "checkpoints" / "best.pt", dataset,
                       tmp_path / "run")
+
+
+def test_a_wall_time_budget_stops_after_the_step_that_passes_it_and_saves(dataset, tmp_path):
+    out = tmp_path / "run"
+    # a budget of ~0 minutes: the first step passes it, and is the last
+    trainer = train_teacher(tiny_cfg(steps=50, max_minutes=1e-9, valid_every=100,
+                                     checkpoint_every=100), dataset, out)
+    assert trainer.step == 1
+    assert latest_checkpoint(out).name == "step-000001.pt"
+    assert (out / "checkpoints" / "best.pt").is_file()
+
+
+def test_every_validation_is_appended_to_the_run_history(dataset, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    train_teacher(tiny_cfg(steps=4, valid_every=2), dataset, out)
+    lines = [json.loads(x) for x in (out / "validation.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 2, 4]
+    assert all(math.isfinite(x["nll_bits"]) and x["minutes"] >= 0 for x in lines)
+
+
+def test_a_negative_wall_time_budget_is_refused():
+    with pytest.raises(UserError, match="train.max_minutes"):
+        tiny_cfg(max_minutes=-1.0)

@@ -56,6 +56,11 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_info(args) -> int:
+    if args.path is None:
+        from wavedistill.pretrained import describe_shipped
+
+        print(describe_shipped())
+        return 0
     from wavedistill.info import describe
 
     print(describe(args.path))
@@ -124,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("info", help="summarise a preprocessed dataset or a checkpoint")
-    p.add_argument("path", type=Path, help="dataset folder or checkpoint file")
+    p = sub.add_parser("info", help="summarise a preprocessed dataset, a checkpoint, or (with "
+                       "no path) the shipped models")
+    p.add_argument("path", type=Path, nargs="?",
+                   help="dataset folder or checkpoint file (omit to list the shipped models)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-teacher", help="train the WaveNet teacher by maximum likelihood")
@@ -138,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("synthesize", help="generate audio with a teacher or student checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path,
+                   help="teacher or student checkpoint (default: the shipped student, "
+                        "alice-student)")
     p.add_argument("--input", type=Path, nargs="+", help="clip(s) to copy-synthesise (audio) or "
                    "saved log-mel features (.npy, n_mels x frames)")
     p.add_argument("--seconds", type=float, help="length for unconditional models")
@@ -182,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=8)
     p.add_argument("--teacher-seconds", type=float, default=0.5,
                    help="length of teacher samples (sequential sampling is slow)")
+    p.add_argument("--split", choices=["valid", "all"], default="valid",
+                   help="clips to score: the validation split, or every utterance of the "
+                        "folder (a corpus the model never saw, e.g. another speaker)")
+    p.add_argument("--griffin-lim-iters", type=int, default=32,
+                   help="iterations of the Griffin-Lim baseline scored beside the models "
+                        "(0 leaves it out)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 

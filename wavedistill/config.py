@@ -103,6 +103,9 @@ class DistillConfig:
     power_hop_sizes: list[int] = field(default_factory=lambda: [120, 240, 50])
     power_win_lengths: list[int] = field(default_factory=lambda: [600, 1200, 240])
     power_log_weight: float = 0.0  # weight of a log-magnitude STFT distance beside the power loss
+    # weight of the multi-resolution STFT distance (spectral convergence + log magnitude, the
+    # copy-synthesis distance that evaluation reports) at the power loss's resolutions
+    stft_weight: float = 0.0
     contrastive_weight: float = 0.0  # gamma; 0 disables the contrastive term
     gaussian_reg_lambda: float = 4.0  # ClariNet's lambda (log sigma_T - log sigma_S)^2
     # Floors on log-scales inside the KL, above the teacher's own floor: a peaked teacher
@@ -133,6 +136,9 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     audio_every: int = 0  # write audio samples to TensorBoard every N steps (0 = never)
     audio_seconds: float = 0.5  # length of the teacher's logged samples (sequential: slow)
+    # wall-clock budget: stop (validate, save) after the first step past it; 0 = no budget.
+    # For comparisons at equal time; the schedule still runs over train.steps.
+    max_minutes: float = 0.0
 
 
 @dataclass
@@ -387,6 +393,13 @@ def validate(cfg: Config) -> None:
     _check(0 <= tr.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
     _check(tr.keep_last >= 1, f"train.keep_last must be at least 1, got {tr.keep_last}")
     _check(len(tr.betas) == 2, f"train.betas must have two entries, got {tr.betas}")
+    _check(tr.max_minutes >= 0, f"train.max_minutes must be >= 0, got {tr.max_minutes}")
+    for key in ("log_every", "valid_every", "checkpoint_every", "decay_steps"):
+        value = getattr(tr, key)
+        _check(value > 0, f"train.{key} must be positive, got {value}")
+    for key in ("warmup_steps", "audio_every", "valid_batches"):
+        value = getattr(tr, key)
+        _check(value >= 0, f"train.{key} must be >= 0, got {value}")
 
 
 def receptive_field(layers: int, stacks: int, kernel_size: int) -> int:

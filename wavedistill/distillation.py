@@ -22,7 +22,11 @@ Per sample (all terms are means over the batch and the ``T`` steps, in nats per 
   (``teacher_floor_rate``: the share of teacher mixture weight on floored components;
   ``student_floor_rate``: the share of floored steps).
 - Power loss (:mod:`wavedistill.spectral`): the student sample against the real clip whose mel
-  conditions both models, relative squared power error, averaged over resolutions.
+  conditions both models, relative squared power error, averaged over resolutions. Optionally
+  also a log-magnitude distance (``power_log_weight``) and the multi-resolution STFT distance,
+  spectral convergence + log magnitude (``stft_weight``): the squared power error alone has its
+  optimum at half the power for a noise-like student and ignores quiet bins, which a log term
+  does not.
 - Contrastive term: ``-gamma * KL(student || teacher given mismatched conditioning)``, the
   batch's mel (and speaker) rolled by one clip, scored with the same student sample and draws
   (one more teacher pass).
@@ -240,20 +244,26 @@ class Distillation:
 
     def loss(self, student: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Weighted total ``kl_weight (KL + reg) + power_weight power
-        [+ power_log_weight log_magnitude] - contrastive_weight KL_mismatched`` and its parts."""
+        [+ power_log_weight log_magnitude] [+ stft_weight (spectral_convergence +
+        log_magnitude)] - contrastive_weight KL_mismatched`` and its parts."""
         self._check_noise(student)
         audio, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
         z = _noise(audio, audio.shape, self.noise)
         x, mu_tot, log_s_tot = student(z, mel, speaker)
         eps = self._draws(x)
-        terms = self.kl_terms(x, mu_tot, log_s_tot, mel, speaker, eps)
         c = self.cfg
-        total = c.kl_weight * (terms.kl + terms.regulariser)
-        logs = self._kl_logs(terms, log_s_tot)
+        total, logs = x.new_zeros(()), {}
+        if c.kl_weight > 0:  # kl_weight 0 trains on the spectral terms alone: no teacher pass
+            terms = self.kl_terms(x, mu_tot, log_s_tot, mel, speaker, eps)
+            total = c.kl_weight * (terms.kl + terms.regulariser)
+            logs = self._kl_logs(terms, log_s_tot)
         spectra = self._spectral(x.float(), audio.float())
         total = total + c.power_weight * spectra["power"]
         if c.power_log_weight > 0:
             total = total + c.power_log_weight * spectra["log_magnitude"]
+        if c.stft_weight > 0:
+            total = total + c.stft_weight * (spectra["spectral_convergence"]
+                                             + spectra["log_magnitude"])
         contrastive = torch.zeros((), device=x.device)
         if c.contrastive_weight > 0 and x.shape[0] > 1:
             rolled = speaker.roll(1, 0) if speaker is not None else None
@@ -265,9 +275,8 @@ class Distillation:
         return total, logs
 
     def _spectral(self, x: Tensor, audio: Tensor) -> dict[str, Tensor]:
-        if self.cfg.power_log_weight > 0:
-            d = self.stft.distances(x, audio)
-            return {"power": d["power"], "log_magnitude": d["log_magnitude"]}
+        if self.cfg.power_log_weight > 0 or self.cfg.stft_weight > 0:
+            return self.stft.distances(x, audio)
         return {"power": self.stft.power(x, audio)}
 
     def _kl_logs(self, terms: KLTerms, log_s_tot: Tensor) -> dict[str, float]:

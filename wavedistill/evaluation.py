@@ -12,7 +12,18 @@
   the first ``data.segment_length`` samples of those clips, and teacher samples of the same
   clips as above, scored alike.
 
-The clips are the validation split's, in manifest order. Models are conditioned on the
+Every evaluation also scores **Griffin-Lim** (:mod:`wavedistill.griffin_lim`,
+``--griffin-lim-iters`` iterations, 32 by default; 0 leaves it out) from the same
+unnormalised log-mel, with the same metrics on the same clips, and ``report.md`` says in
+words on which metrics the student (or, for a teacher checkpoint, the teacher) beats it.
+When teacher samples exist, the student is also scored on the teacher's spans
+(``student_span``), so the two compare on equal audio. When the teacher's run folder holds
+``validation.jsonl`` (written by the trainer), its held-out bits/sample are drawn against
+steps in ``figures/teacher_nll.png``.
+
+The clips are the validation split's, in manifest order (``--split all``: every utterance of
+the folder, for a corpus the model never saw, such as another speaker's clips preprocessed with
+the model's config). Models are conditioned on the
 dataset's log-mel normalised by the checkpoint's own feature statistics.
 
 The report folder holds ``metrics.json`` (every number, per clip and averaged), ``report.md``
@@ -110,16 +121,26 @@ def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
         raise UserError(f"{data_dir}: features differ from those of {source}: {', '.join(differ)}")
 
 
-def held_out_clips(data_dir: Path, cfg: Config, stats, limit: int | None = None) -> list[Clip]:
-    """The validation split's utterances, whole, in manifest order (the first ``limit``)."""
+SPLITS = ("valid", "all")
+
+
+def held_out_clips(data_dir: Path, cfg: Config, stats, limit: int | None = None,
+                   split: str = "valid") -> list[Clip]:
+    """The utterances of ``split``, whole, in manifest order (the first ``limit``):
+    ``valid`` is the validation split; ``all`` is every utterance of the folder (training
+    split first), for a corpus the model never saw, such as another speaker's."""
     from wavedistill.datasets import SegmentDataset
 
-    dataset = SegmentDataset(data_dir, "valid", cfg, stats, full_utterances=True)
-    if len(dataset) == 0:
-        raise UserError(f"{data_dir}: the validation split (valid.jsonl) is empty")
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    return [Clip(it["id"], it["audio"], it["mel"], it["speaker"])
-            for it in (dataset[i] for i in range(count))]
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    parts = ("valid",) if split == "valid" else ("train", "valid")
+    datasets = [SegmentDataset(data_dir, p, cfg, stats, full_utterances=True) for p in parts]
+    items = [d[i] for d in datasets for i in range(len(d))]
+    if not items:
+        raise UserError(f"{data_dir}: the {split} split has no utterances "
+                        f"({' + '.join(p + '.jsonl' for p in parts)} empty)")
+    items = items if limit is None else items[:limit]
+    return [Clip(it["id"], it["audio"], it["mel"], it["speaker"]) for it in items]
 
 
 def _speaker(section, clip: Clip, device: torch.device) -> torch.Tensor | None:
@@ -208,6 +229,23 @@ def kl_estimate(student: Loaded, teacher: Loaded, clips: list[Clip], device: tor
             "segment_length": length, "clips": per_clip}
 
 
+# -- the baseline ----------------------------------------------------------------------------
+
+
+def griffin_lim_samples(clips: list[Clip], cfg: Config, n_iter: int) -> dict[str, np.ndarray]:
+    """Griffin-Lim of every clip from its unnormalised log-mel (the features preprocessing
+    stored, recomputed from the clip's 16-bit audio)."""
+    from wavedistill.features import log_mel
+    from wavedistill.griffin_lim import griffin_lim
+
+    out = {}
+    for clip in clips:
+        usable = clip.audio.shape[-1] - clip.audio.shape[-1] % cfg.audio.hop_length
+        mel = log_mel(clip.audio[:usable], cfg.audio).numpy()
+        out[clip.id] = griffin_lim(mel, cfg.audio, n_iter=n_iter, seed=SEED)
+    return out
+
+
 # -- scoring ---------------------------------------------------------------------------------
 
 
@@ -239,11 +277,47 @@ def _cell(value: float | str) -> str:
     return f"{value:.3f}" if isinstance(value, float) else value
 
 
+def _wins(ours: float, theirs: float, better: str) -> bool:
+    if better == "lower":
+        return ours < theirs
+    if better == "higher":
+        return ours > theirs
+    return abs(ours) < abs(theirs)  # "closer to 0"
+
+
+def against_baseline(samples: dict[str, dict[str, Any]], name: str,
+                     baseline: str = "griffin_lim") -> dict[str, list[str]]:
+    """``{"beats": [...], "loses": [...]}``: the metrics on which ``name``'s mean is better
+    than / not better than ``baseline``'s (metrics without a value on either side are left
+    out)."""
+    out: dict[str, list[str]] = {"beats": [], "loses": []}
+    for metric in metrics.METRICS:
+        ours = samples[name]["mean"][metric.name]
+        theirs = samples[baseline]["mean"][metric.name]
+        if isinstance(ours, float) and isinstance(theirs, float):
+            out["beats" if _wins(ours, theirs, metric.better) else "loses"].append(metric.name)
+    return out
+
+
+def verdict(samples: dict[str, dict[str, Any]]) -> str | None:
+    """One sentence: on which metrics the model beats Griffin-Lim (None without both rows)."""
+    name = next((n for n in ("student", "teacher") if n in samples), None)
+    if name is None or "griffin_lim" not in samples:
+        return None
+    result = against_baseline(samples, name)
+    beats = ", ".join(result["beats"]) or "no metric"
+    loses = ", ".join(result["loses"]) or "no metric"
+    return (f"The {name} beats Griffin-Lim on {beats}; Griffin-Lim is as good or better on "
+            f"{loses}.")
+
+
 def markdown(results: Results) -> str:
     """``report.md``: the averages as tables, the reason where a metric has no value."""
     h = results.header
     lines = [f"# Evaluation of `{h['checkpoint']}`", "",
-             f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} held-out clip(s).", ""]
+             f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} clip(s) of the "
+             + ("validation split." if h.get("split", "valid") == "valid"
+                else "whole folder (never trained on)."), ""]
     if results.nll is not None:
         lines += [f"Held-out NLL: **{results.nll['bits_per_sample']:.4f} bits/sample** over "
                   f"{results.nll['samples']} samples.", ""]
@@ -259,10 +333,20 @@ def markdown(results: Results) -> str:
             cells = [_cell(results.samples[n]["mean"][metric.name]) for n in names]
             lines.append(f"| {label} | {metric.better} | " + " | ".join(cells) + " |")
         lines.append("")
+        sentence = verdict(results.samples)
+        if sentence:
+            lines += [sentence, ""]
+        if "griffin_lim" in results.samples:
+            lines += [f"Griffin-Lim: {h['griffin_lim_iters']} iterations from the same log-mel "
+                      "(librosa), whole clips.", ""]
         if "teacher" in results.samples:
             lines += [f"Teacher samples cover the first {h['teacher_seconds']:g} s of each clip"
-                      + ("; the student's cover the whole clip." if "student" in names else ".")
+                      + ("; the student's cover the whole clip, and `student_span` scores them "
+                         "on the teacher's span." if "student" in names else ".")
                       + " Metrics compare them with the same span of the original.", ""]
+    if h.get("nll_curve"):
+        lines += ["## Teacher: held-out bits/sample against steps", "",
+                  f"![teacher NLL]({h['nll_curve']})", ""]
     if h.get("figures"):
         lines += ["## Log-mel spectrograms", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in h["figures"]]
@@ -320,14 +404,16 @@ def write_report(out_dir: Path, results: Results) -> None:
 
 
 def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
-             max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu"
-             ) -> dict[str, Any]:
+             max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
+             griffin_lim_iters: int = 32, split: str = "valid") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
     folder ``out_dir``; returns the contents of ``metrics.json``."""
     if max_clips < 1:
         raise UserError(f"--max-clips must be at least 1, got {max_clips}")
     if teacher_seconds <= 0:
         raise UserError(f"--teacher-seconds must be positive, got {teacher_seconds}")
+    if griffin_lim_iters < 0:
+        raise UserError(f"--griffin-lim-iters must be >= 0, got {griffin_lim_iters}")
     dev = torch.device(device)
     main = load_model(checkpoint, dev)
     if main.kind == "teacher" and teacher is not None:
@@ -340,15 +426,17 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         check_teacher_compatible(ref.cfg, main.cfg)
     the_teacher = main if main.kind == "teacher" else ref
 
-    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips)
+    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips, split)
     results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
                        "teacher": str(teacher) if teacher else None, "clips": len(clips),
                        "teacher_seconds": teacher_seconds,
+                       "griffin_lim_iters": griffin_lim_iters, "split": split,
                        "config": config_to_dict(main.cfg)})
     synthesis: dict[str, dict[str, np.ndarray]] = {}
     if main.kind == "teacher":
         log.info("held-out NLL over the validation split")
-        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.stats), dev)
+        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.stats,
+                                                        split=split), dev)
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
         synthesis["student"] = student_samples(main, clips, dev)
@@ -358,13 +446,55 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if the_teacher is not None:
         log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
         # The teacher's own statistics normalise its conditioning.
-        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips)
+        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips, split)
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
+    if griffin_lim_iters > 0:
+        log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
+        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, griffin_lim_iters)
     for name, audio in synthesis.items():
         results.samples[name] = score(clips, audio, main.cfg)
+    if "student" in synthesis and "teacher" in synthesis:
+        span = {c: synthesis["student"][c][: len(a)] for c, a in synthesis["teacher"].items()}
+        results.samples["student_span"] = score(clips, span, main.cfg)
     results.header["figures"] = draw_figures(out_dir, clips, synthesis, main.cfg)
+    if the_teacher is not None:
+        results.header["nll_curve"] = plot_nll_curve(out_dir, the_teacher.path)
     write_report(out_dir, results)
     return results.to_dict()
+
+
+def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
+    """``figures/teacher_nll.png``: held-out bits/sample against steps, from the
+    ``validation.jsonl`` of the teacher's run folder (``<run>/checkpoints/<ckpt>``); its path
+    relative to ``out_dir``, or None when the run folder has no history."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from wavedistill.training import VALIDATION_HISTORY
+
+    history = Path(teacher_ckpt).resolve().parent.parent / VALIDATION_HISTORY
+    if not history.is_file():
+        return None
+    points: dict[int, float] = {}  # by step: a resumed run's repeated steps keep the last value
+    for line in history.read_text().splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        if "nll_bits" in entry:
+            points[int(entry["step"])] = float(entry["nll_bits"])
+    if not points:
+        return None
+    steps = sorted(points)
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(steps, [points[s] for s in steps], marker="o")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out NLL (bits/sample)")
+    ax.set_title("teacher: held-out negative log-likelihood")
+    ax.grid(alpha=0.3)
+    name = "figures/teacher_nll.png"
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / name, dpi=100)
+    return name
 
 
 def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str, np.ndarray]],
@@ -373,7 +503,7 @@ def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str
     folder = out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    order = [n for n in ("teacher", "student") if n in synthesis]
+    order = [n for n in ("teacher", "student", "griffin_lim") if n in synthesis]
     for clip in clips[:FIGURE_CLIPS]:
         name = f"figures/{clip.id.replace('/', '_')}.png"
         plot_clip(out_dir / name, clip, {n: synthesis[n][clip.id] for n in order}, cfg)
@@ -385,9 +515,13 @@ def evaluate_cli(args) -> int:
     """``wavedistill evaluate``: write the report folder and print where it is."""
     results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
                        max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
-                       device=args.device)
+                       device=args.device, griffin_lim_iters=args.griffin_lim_iters,
+                       split=args.split)
     summary = f"report written to {args.out}"
     if "nll" in results:
         summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
     print(summary)
+    sentence = verdict(results["copy_synthesis"])
+    if sentence:
+        print(sentence)
     return 0

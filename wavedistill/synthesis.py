@@ -24,6 +24,11 @@ from wavedistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Mean of normalised saved features, in standard deviations of the training statistics, past
+# which they are taken for another convention (speech and silence of the model's own
+# features stay within about ±1.5).
+MAX_LEVEL_OFFSET = 4.0
+
 
 @dataclass
 class Synthesizer:
@@ -87,7 +92,27 @@ class Synthesizer:
                             f"got {array.shape}")
         if not np.isfinite(array).all():
             raise UserError(f"{path}: features contain NaN or inf")
-        return torch.from_numpy(array.astype(np.float32))
+        mel = torch.from_numpy(array.astype(np.float32))
+        self._check_convention(path, mel)
+        return mel
+
+    def _check_convention(self, path: Path, mel: torch.Tensor) -> None:
+        """Refuse features that cannot be this model's un-normalised log-mel: values below the
+        log floor, or a level many standard deviations away from the training statistics
+        (features already normalised, log10, or another toolkit's floor)."""
+        a = self.cfg.audio
+        lowest = math.log(a.log_floor)
+        if float(mel.min()) < lowest - 1e-3:
+            raise UserError(f"{path}: values down to {float(mel.min()):.2f} lie below "
+                            f"log(audio.log_floor) = {lowest:.2f}; the model expects "
+                            f"un-normalised natural-log mel magnitudes ({a.n_mels}, frames) "
+                            "floored at audio.log_floor")
+        offset = float(self.stats.normalize(mel).mean())
+        if abs(offset) > MAX_LEVEL_OFFSET:
+            raise UserError(f"{path}: the features sit {offset:+.1f} standard deviations from "
+                            f"the model's feature statistics (at most ±{MAX_LEVEL_OFFSET:g} "
+                            "expected); the model expects un-normalised natural-log mel "
+                            f"magnitudes ({a.n_mels}, frames) of {a.sample_rate} Hz audio")
 
     def _speaker(self, speaker: int | None, batch: int) -> torch.Tensor | None:
         if self.num_speakers == 0:
@@ -186,7 +211,13 @@ def synthesize_cli(args) -> int:
     WAVs."""
     from wavedistill.audio import write_wav
 
-    synth = Synthesizer.from_checkpoint(args.checkpoint, device=args.device,
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from wavedistill.pretrained import DEFAULT_STUDENT, default_student_path
+
+        checkpoint = default_student_path()
+        log.info("no --checkpoint: using the shipped student %s", DEFAULT_STUDENT)
+    synth = Synthesizer.from_checkpoint(checkpoint, device=args.device,
                                         use_ema=not args.no_ema)
     # Every option is checked before the (possibly long) generation starts.
     if args.input and not synth.conditional:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -59,6 +60,9 @@ from wavedistill.config import Config, TrainConfig, config_to_dict, read_yaml, s
 from wavedistill.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+VALIDATION_HISTORY = "validation.jsonl"  # in the run folder, one line per validation
 
 
 class TrainingDiverged(UserError):
@@ -349,6 +353,7 @@ class Trainer:
         self._valid_cache: list[dict[str, Tensor]] | None = None
         self.step, self.best_valid = 0, None
         self.bad_in_row, self.bad_total = 0, 0
+        self._started = time.monotonic()
         self.writer = None
 
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -431,6 +436,8 @@ class Trainer:
         the last step always validates and saves."""
         total = self.cfg.train.steps
         meter, bar = _Meter(), self._progress_bar()
+        budget = _Budget(self.cfg.train.max_minutes, self.procs, self.device)
+        self._started = time.monotonic()
         with self._tensorboard():
             if self.step == 0 and self.procs.is_main:
                 self.validate()  # the starting point: the curve then shows what training gains
@@ -440,11 +447,17 @@ class Trainer:
                 if result is None:
                     continue
                 self.step += 1
+                final = self.step == total or budget.spent()
                 meter.add(result, batch["audio"].numel() * self.procs.world_size)
                 bar.update(1)
-                self._log_step(meter, bar, final=self.step == total)
+                self._log_step(meter, bar, final=final)
                 with meter.paused():
-                    self._after_step(final=self.step == total)
+                    self._after_step(final=final)
+                if final:
+                    break
+        if budget.spent():
+            log.info("stopped at step %d: train.max_minutes (%g) reached", self.step,
+                     self.cfg.train.max_minutes)
         bar.close()
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
@@ -544,10 +557,19 @@ class Trainer:
         means = {k: v / count for k, v in totals.items()}
         for key, value in means.items():
             self.writer.add_scalar(f"valid/{key}", value, self.step)
+        self._append_history(means)
         key = getattr(self.objective, "valid_metric", None) or next(iter(means))
         log.info("step %d validation: %s", self.step,
                  ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
         return means[key]
+
+    def _append_history(self, means: dict[str, float]) -> None:
+        """One line per validation in ``<out>/validation.jsonl`` (``{"step", "minutes",
+        metrics...}``): the learning curve as a plain file, for reports and plots."""
+        minutes = (time.monotonic() - self._started) / 60.0
+        line = json.dumps({"step": self.step, "minutes": round(minutes, 3), **means})
+        with open(self.out_dir / VALIDATION_HISTORY, "a") as f:
+            f.write(line + "\n")
 
     def _valid_batches(self) -> list[dict[str, Tensor]]:
         """The first ``train.valid_batches`` batches of the validation split, read once and
@@ -733,6 +755,25 @@ def _check_same_model(ckpt: dict[str, Any], cfg: Config, kind: str) -> None:
 
 
 # -- small helpers ---------------------------------------------------------------------------
+
+
+class _Budget:
+    """``train.max_minutes`` of wall time from the start of :meth:`Trainer.fit`; every rank
+    takes rank 0's decision, so all stop after the same step."""
+
+    def __init__(self, minutes: float, procs: Processes, device: torch.device):
+        self.deadline = time.monotonic() + 60.0 * minutes if minutes > 0 else None
+        self.procs, self.device = procs, device
+        self._spent = False
+
+    def spent(self) -> bool:
+        if self.deadline is None or self._spent:
+            return self._spent
+        over = torch.tensor(float(time.monotonic() >= self.deadline), device=self.device)
+        if self.procs.distributed:
+            dist.broadcast(over, src=0)
+        self._spent = bool(over.item())
+        return self._spent
 
 
 class _Meter:

@@ -328,11 +328,18 @@ def markdown(results: Results) -> str:
         names = list(results.samples)
         lines += ["| metric | better | " + " | ".join(names) + " |",
                   "|---|---|" + "---|" * len(names)]
+        missing: list[str] = []  # reasons of metrics without a value, each said once
         for metric in metrics.METRICS:
             label = f"{metric.name} ({metric.unit})" if metric.unit else metric.name
-            cells = [_cell(results.samples[n]["mean"][metric.name]) for n in names]
+            values = [results.samples[n]["mean"][metric.name] for n in names]
+            if all(isinstance(v, str) for v in values) and len(set(values)) == 1:
+                missing.append(f"{metric.name}: {values[0]}")
+                values = ["—"] * len(names)
+            cells = [_cell(v) for v in values]
             lines.append(f"| {label} | {metric.better} | " + " | ".join(cells) + " |")
         lines.append("")
+        if missing:
+            lines += ["No value (—): " + "; ".join(missing) + ".", ""]
         sentence = verdict(results.samples)
         if sentence:
             lines += [sentence, ""]

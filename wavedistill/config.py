@@ -136,8 +136,9 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     audio_every: int = 0  # write audio samples to TensorBoard every N steps (0 = never)
     audio_seconds: float = 0.5  # length of the teacher's logged samples (sequential: slow)
-    # wall-clock budget: stop (validate, save) after the first step past it; 0 = no budget.
-    # For comparisons at equal time; the schedule still runs over train.steps.
+    # wall-clock budget of one invocation (a resumed run gets it afresh): stop, validate and
+    # save after the first step past it; 0 = no budget. For comparisons at equal time; the
+    # schedule still runs over train.steps.
     max_minutes: float = 0.0
 
 

@@ -25,8 +25,8 @@ from wavedistill.errors import UserError
 log = logging.getLogger(__name__)
 
 # Mean of normalised saved features, in standard deviations of the training statistics, past
-# which they are taken for another convention (speech and silence of the model's own
-# features stay within about ±1.5).
+# which they are taken for another convention. For the shipped models, whole utterances of the
+# training voice average within ±0.3, another speaker's -0.04 and pure digital silence -3.1.
 MAX_LEVEL_OFFSET = 4.0
 
 

@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (install, then train a teacher and a student on the bundled
-# clips and synthesise) and `make test` (install with the dev extra, then run the tests).
+# voice, synthesise and evaluate) and `make test` (install with the dev extra, then run the tests).
 PYTHON ?= python3
 VENV ?= .venv
 # CPU wheel by default; set TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"

@@ -1,7 +1,8 @@
 """The shipped models: both load from the installed package with valid configs, the student
-synthesises a bundled held-out utterance of the voice it learned (and an unseen speaker's
-clip) as finite audio in [-1, 1], ``synthesize`` uses it when no checkpoint is given, ``info``
-lists both, and inference copies keep exactly the weights synthesis uses."""
+synthesises a bundled held-out utterance of the voice it learned as finite audio in [-1, 1]
+(and takes audio of another sample rate, resampled), ``synthesize`` uses it when no
+checkpoint is given, ``info`` lists both, and inference copies keep exactly the weights
+synthesis uses."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ import torch
 from wavedistill import metrics
 from wavedistill.config import Config, config_to_dict, load_config
 from wavedistill.errors import UserError
+
+if TYPE_CHECKING:
+    from wavedistill.features import FeatureStats
 
 log = logging.getLogger(__name__)
 
@@ -232,18 +235,15 @@ def kl_estimate(student: Loaded, teacher: Loaded, clips: list[Clip], device: tor
 # -- the baseline ----------------------------------------------------------------------------
 
 
-def griffin_lim_samples(clips: list[Clip], cfg: Config, n_iter: int) -> dict[str, np.ndarray]:
-    """Griffin-Lim of every clip from its unnormalised log-mel (the features preprocessing
-    stored, recomputed from the clip's 16-bit audio)."""
-    from wavedistill.features import log_mel
+def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_iter: int
+                        ) -> dict[str, np.ndarray]:
+    """Griffin-Lim of every clip from the log-mel that conditions the models, un-normalised
+    with the same ``stats`` that normalised it."""
     from wavedistill.griffin_lim import griffin_lim
 
-    out = {}
-    for clip in clips:
-        usable = clip.audio.shape[-1] - clip.audio.shape[-1] % cfg.audio.hop_length
-        mel = log_mel(clip.audio[:usable], cfg.audio).numpy()
-        out[clip.id] = griffin_lim(mel, cfg.audio, n_iter=n_iter, seed=SEED)
-    return out
+    return {clip.id: griffin_lim(stats.denormalize(clip.mel).numpy(), cfg.audio, n_iter=n_iter,
+                                 seed=SEED)
+            for clip in clips}
 
 
 # -- scoring ---------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def markdown(results: Results) -> str:
     h = results.header
     lines = [f"# Evaluation of `{h['checkpoint']}`", "",
              f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} clip(s) of the "
-             + ("validation split." if h.get("split", "valid") == "valid"
+             + ("validation split." if h["split"] == "valid"
                 else "whole folder (never trained on)."), ""]
     if results.nll is not None:
         lines += [f"Held-out NLL: **{results.nll['bits_per_sample']:.4f} bits/sample** over "
@@ -457,7 +457,8 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
     if griffin_lim_iters > 0:
         log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
-        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, griffin_lim_iters)
+        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, main.stats,
+                                                       griffin_lim_iters)
     for name, audio in synthesis.items():
         results.samples[name] = score(clips, audio, main.cfg)
     if "student" in synthesis and "teacher" in synthesis:

@@ -83,7 +83,7 @@ def inference_copy(src: str | Path, dst: str | Path) -> Path:
     ckpt = load_checkpoint(src)
     weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
     payload = {"kind": ckpt["kind"], "config": ckpt["config"], "stats": ckpt["stats"],
-               "model": {k: v.clone() for k, v in weights.items()}, "ema": None,
+               "model": weights, "ema": None,
                "step": ckpt.get("step", 0), "best_valid": ckpt.get("best_valid"),
                "speakers": ckpt.get("speakers") or {}}
     return save_checkpoint(dst, payload)

@@ -455,7 +455,7 @@ class Trainer:
                     self._after_step(final=final)
                 if final:
                     break
-        if budget.spent():
+        if self.step < total:  # the loop ends early only when the clock ran out
             log.info("stopped at step %d: train.max_minutes (%g) reached", self.step,
                      self.cfg.train.max_minutes)
         bar.close()

@@ -1,5 +1,13 @@
-# CPU image: `docker build -t wavedistill .` then `docker run --rm -v $PWD:/data wavedistill info /data/exp/teacher/checkpoints/best.pt`
-FROM python:3.11-slim
+# CPU image:
+#   docker build -t wavedistill .
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/work" -w /work wavedistill \
+#       synthesize --input clip.wav --output out.wav
+# Runs as whichever user --user names (the owner of the bind-mounted folder), so files it
+# writes there belong to that user; every cache lives under /tmp, writable by any user.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libsndfile1 \
@@ -8,11 +16,11 @@ RUN apt-get update \
 WORKDIR /opt/wavedistill
 COPY pyproject.toml README.md LICENSE ./
 COPY wavedistill ./wavedistill
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install --no-cache-dir .
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && pip install --no-cache-dir ".[hub,onnx,kaldi]"
 
-RUN useradd --create-home --uid 1000 wavedistill
-USER wavedistill
-WORKDIR /home/wavedistill
+ENV HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib NUMBA_CACHE_DIR=/tmp/numba \
+    HF_HOME=/tmp/huggingface
+WORKDIR /work
 ENTRYPOINT ["wavedistill"]
 CMD ["--help"]

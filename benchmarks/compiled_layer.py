@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from wavedistill.profiling import time_round_robin
 
 
 def make_layer(residual: int = 64, gate: int = 128, skip: int = 64, kernel: int = 3):
@@ -41,12 +41,13 @@ def make_layer(residual: int = 64, gate: int = 128, skip: int = 64, kernel: int 
     return layer, (window, cond)
 
 
-def time_calls(fn, args, calls: int) -> float:
-    """Microseconds per call over ``calls`` calls."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn(*args)
-    return (time.perf_counter() - start) / calls * 1e6
+def repeated(fn, args, calls: int):
+    """A function that calls ``fn(*args)`` ``calls`` times: one call is too short to time."""
+    def run() -> None:
+        for _ in range(calls):
+            fn(*args)
+
+    return run
 
 
 def main() -> None:
@@ -59,18 +60,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     layer, inputs = make_layer()
     variants = {"eager": layer, "compiled": torch.compile(layer, dynamic=False)}
-    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
         reference = layer(*inputs)
         for fn in variants.values():  # warm-up (compiles) and a correctness check
             torch.testing.assert_close(fn(*inputs), reference, rtol=1e-4, atol=1e-5)
-            time_calls(fn, inputs, 200)
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                times[name].append(time_calls(fn, inputs, args.calls))
-    rows = {name: {"us_per_call": statistics.median(t),
-                   "spread": (max(t) - min(t)) / statistics.median(t)}
-            for name, t in times.items()}
+            repeated(fn, inputs, 200)()
+        timings = time_round_robin({name: repeated(fn, inputs, args.calls)
+                                    for name, fn in variants.items()},
+                                   torch.device("cpu"), args.repeats, warmup=0)
+    rows = {name: {"us_per_call": t.median / args.calls * 1e6, "spread": t.spread}
+            for name, t in timings.items()}
     eager = rows["eager"]["us_per_call"]
     print(f"torch {torch.__version__}, {args.threads} thread(s), one residual layer at batch 1")
     print(f"{'variant':<10} {'us/call':>9} {'spread':>8} {'vs eager':>9}")

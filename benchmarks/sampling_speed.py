@@ -28,9 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from wavedistill.config import Config, load_config
 from wavedistill.generation import generate
+from wavedistill.profiling import time_round_robin
 from wavedistill.teacher import WaveNetTeacher
 
 # name -> (config overrides, steps timed per run)
@@ -178,21 +178,18 @@ def measure(size: str, batches: list[int], repeats: int, steps_scale: float) -> 
         g = torch.Generator().manual_seed(0)
         mel = torch.randn(batch, cfg.audio.n_mels, -(-steps // hop), generator=g)
         runs = variants(teacher)
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for fn in runs.values():  # warm-up: allocator, weight layouts, kernels
+        for fn in runs.values():  # warm-up on a few steps: allocator, weight layouts, kernels
             fn(mel, min(steps, 20), g)
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                fn(mel, steps, g)
-                times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["straightforward"])
-        for name, ts in times.items():
-            med = statistics.median(ts)
+        timings = time_round_robin({name: partial(fn, mel, steps, g)
+                                    for name, fn in runs.items()},
+                                   torch.device("cpu"), repeats, warmup=0)
+        base = timings["straightforward"].median
+        for name, timing in timings.items():
+            med = timing.median
             rows.append({
                 "size": size, "batch": batch, "method": name, "steps": steps,
                 "samples_per_s": batch * steps / med,
-                "spread": (max(ts) - min(ts)) / med,
+                "spread": timing.spread,
                 "ratio": base / med,
                 "yardstick_max_abs_error": error,
                 "parameters": teacher.num_parameters,

@@ -36,6 +36,15 @@ TINY_CONFIG = {
 }
 
 
+def rebuilt(ckpt: dict, use_ema: bool = True):
+    """``(model, Config, FeatureStats)`` of a loaded checkpoint dict, via the loader the
+    package uses."""
+    from wavedistill.loading import from_checkpoint
+
+    loaded = from_checkpoint(ckpt, use_ema)
+    return loaded.model, loaded.cfg, loaded.stats
+
+
 def write_clip(path: str | Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1,
                subtype: str | None = "PCM_16", amplitude: float = 0.5, seed: int = 0,
                frequency: float = 220.0) -> Path:

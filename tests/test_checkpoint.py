@@ -11,13 +11,11 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, rebuilt
 
 from wavedistill import __version__
 from wavedistill.checkpoint import (
-    build_model,
     capture_rng_state,
-    describe_checkpoint,
     latest_checkpoint,
     link_or_copy,
     load_checkpoint,
@@ -29,6 +27,7 @@ from wavedistill.checkpoint import (
 from wavedistill.config import config_from_dict, config_to_dict
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats
+from wavedistill.info import describe_checkpoint
 
 
 def teacher_payload(config: dict | None = None, seed: int = 0) -> dict:
@@ -145,13 +144,13 @@ def test_the_wrong_kind_is_refused(saved):
 
 def test_build_model_rebuilds_the_teacher_with_ema_or_raw_weights(saved):
     ckpt = load_checkpoint(saved)
-    model, cfg, stats = build_model(ckpt)
+    model, cfg, stats = rebuilt(ckpt)
     assert not model.training
     assert config_to_dict(cfg) == ckpt["config"]
     torch.testing.assert_close(stats.mean, ckpt["stats"]["mean"])
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, ckpt["ema"][name])
-    raw, _, _ = build_model(ckpt, use_ema=False)
+    raw, _, _ = rebuilt(ckpt, use_ema=False)
     for name, tensor in raw.state_dict().items():
         torch.testing.assert_close(tensor, ckpt["model"][name])
 
@@ -163,7 +162,7 @@ def test_weights_that_do_not_fit_the_stored_config_are_refused_naming_the_file(t
     payload["config"] = config_to_dict(config_from_dict(other))
     path = save_checkpoint(tmp_path / "mismatch.pt", payload)
     with pytest.raises(UserError, match=r"mismatch.pt: weights do not fit .*size mismatch"):
-        build_model(load_checkpoint(path))
+        rebuilt(load_checkpoint(path))
 
 
 def test_an_invalid_stored_config_is_refused_naming_the_file(tmp_path):
@@ -171,11 +170,11 @@ def test_an_invalid_stored_config_is_refused_naming_the_file(tmp_path):
     payload["config"]["teacher"]["layrs"] = 3
     path = save_checkpoint(tmp_path / "badcfg.pt", payload)
     with pytest.raises(UserError, match=r"badcfg.pt: stored config is invalid: .*teacher.layrs"):
-        build_model(load_checkpoint(path))
+        rebuilt(load_checkpoint(path))
 
 
 def test_describe_names_kind_step_receptive_field_and_parameters(saved):
-    model, _, _ = build_model(load_checkpoint(saved))
+    model, _, _ = rebuilt(load_checkpoint(saved))
     text = describe_checkpoint(saved)
     assert text.startswith("teacher checkpoint")
     assert "step 7" in text and "best validation 12.5000" in text

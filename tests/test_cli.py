@@ -9,7 +9,7 @@ import pytest
 from wavedistill.cli import build_parser, main
 
 SUBCOMMANDS = ["preprocess", "info", "train-teacher", "distill", "synthesize", "benchmark",
-               "evaluate", "make-synthetic"]
+               "evaluate", "make-synthetic", "export"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -127,13 +127,136 @@ def test_unset_upsample_factors_are_derived_from_the_hop(hop):
     assert Config().teacher.upsample_factors == default_upsample_factors(Config().audio.hop_length)
 
 
-@pytest.mark.parametrize("override", ["train.log_every=0", "train.valid_every=0",
-                                      "train.checkpoint_every=0", "train.decay_steps=0"])
-def test_the_cli_answers_an_invalid_schedule_with_one_line_and_exit_2(tmp_path, capsys,
-                                                                       override):
+# One bad value per invariant of ``validate``: (overrides, the key the message must name).
+INVARIANTS = [
+    (["data.format=tar"], "data.format"),
+    (["teacher.output=wav"], "teacher.output"),
+    (["student.noise=uniform"], "student.noise"),
+    (["train.decay=step"], "train.decay"),
+    (["train.precision=fp8"], "train.precision"),
+    (["audio.sample_rate=0"], "audio.sample_rate"),
+    (["audio.hop_length=0"], "audio.hop_length"),
+    (["audio.n_mels=0"], "audio.n_mels"),
+    (["audio.n_fft=0", "audio.win_length=0"], "audio.n_fft"),
+    (["audio.win_length=0"], "audio.win_length"),
+    (["audio.win_length=2048"], "audio.win_length"),
+    (["audio.fmax=9000"], "audio.fmax"),
+    (["audio.fmin=8000"], "audio.fmin"),
+    (["audio.log_floor=0"], "audio.log_floor"),
+    (["audio.log_base=2"], "audio.log_base"),
+    (["audio.frame_center=end"], "audio.frame_center"),
+    (["audio.frame_center=middle", "audio.hop_length=2048", "audio.n_fft=1024",
+      "teacher.upsample_factors=[16, 16, 8]", "student.upsample_factors=[16, 16, 8]",
+      "data.segment_length=8192"], "audio.frame_center"),
+    (["audio.magnitude_eps=-1"], "audio.magnitude_eps"),
+    (["audio.stats_std_floor=0"], "audio.stats_std_floor"),
+    (["data.segment_length=1010"], "data.segment_length"),
+    (["data.valid_fraction=1"], "data.valid_fraction"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["data.valid_min=-1"], "data.valid_min"),
+    (["data.num_workers=-1"], "data.num_workers"),
+    (["data.silence_threshold_db=3"], "data.silence_threshold_db"),
+    (["teacher.upsample_factors=[0, 200]"], "teacher.upsample_factors"),
+    (["student.upsample_factors=[2, 50]"], "student.upsample_factors"),
+    (["teacher.layers=10", "teacher.stacks=4"], "teacher.layers"),
+    (["teacher.stacks=0"], "teacher.stacks"),
+    (["teacher.kernel_size=1"], "teacher.kernel_size"),
+    (["teacher.gate_channels=7"], "teacher.gate_channels"),
+    (["teacher.residual_channels=0"], "teacher.residual_channels"),
+    (["teacher.skip_channels=0"], "teacher.skip_channels"),
+    (["teacher.speaker_dim=0"], "teacher.speaker_dim"),
+    (["teacher.mu_law_levels=1"], "teacher.mu_law_levels"),
+    (["teacher.num_mixtures=0"], "teacher.num_mixtures"),
+    (["teacher.num_speakers=-1"], "teacher.num_speakers"),
+    (["teacher.conditioning_context=-1"], "teacher.conditioning_context"),
+    (["student.flow_layers=[10, 0]"], "student.flow_layers"),
+    (["student.kernel_size=1"], "student.kernel_size"),
+    (["student.channels=0"], "student.channels"),
+    (["student.speaker_dim=0"], "student.speaker_dim"),
+    (["student.num_speakers=-1"], "student.num_speakers"),
+    (["student.dilation_cycle=0"], "student.dilation_cycle"),
+    (["student.initial_scale=0"], "student.initial_scale"),
+    (["student.synthesis_tile=0"], "student.synthesis_tile"),
+    (["student.conditioning_context=-1"], "student.conditioning_context"),
+    (["distill.num_draws=0"], "distill.num_draws"),
+    (["distill.power_hop_sizes=[10]"], "distill.power_fft_sizes"),
+    (["distill.power_hop_sizes=[0, 240, 50]"], "distill.power_hop_sizes"),
+    (["distill.power_win_lengths=[2000, 1200, 240]"], "distill.power_win_lengths"),
+    (["distill.kl_weight=-1"], "distill.kl_weight"),
+    (["distill.power_weight=-1"], "distill.power_weight"),
+    (["distill.power_log_weight=-1"], "distill.power_log_weight"),
+    (["distill.stft_weight=-1"], "distill.stft_weight"),
+    (["distill.contrastive_weight=-1"], "distill.contrastive_weight"),
+    (["distill.gaussian_reg_lambda=-1"], "distill.gaussian_reg_lambda"),
+    (["distill.kl_weight=0", "distill.power_weight=0"], "distill.stft_weight"),
+    (["train.steps=0"], "train.steps"),
+    (["train.audio_seconds=0"], "train.audio_seconds"),
+    (["train.learning_rate=0"], "train.learning_rate"),
+    (["train.ema_decay=1"], "train.ema_decay"),
+    (["train.keep_last=0"], "train.keep_last"),
+    (["train.betas=[0.9, 1.0]"], "train.betas"),
+    (["train.weight_decay=-1"], "train.weight_decay"),
+    (["train.decay_rate=0"], "train.decay_rate"),
+    (["train.grad_clip=-1"], "train.grad_clip"),
+    (["train.max_bad_steps=0"], "train.max_bad_steps"),
+    (["train.max_minutes=-2"], "train.max_minutes"),
+    (["train.log_every=0"], "train.log_every"),
+    (["train.valid_every=0"], "train.valid_every"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every"),
+    (["train.decay_steps=0"], "train.decay_steps"),
+    (["train.warmup_steps=-1"], "train.warmup_steps"),
+    (["train.audio_every=-1"], "train.audio_every"),
+    (["train.valid_batches=-1"], "train.valid_batches"),
+]
+
+
+def _refused_keys() -> set[str]:
+    """Every config key for which ``validate`` refuses 0 or -1 (numbers, lists of numbers are
+    refused for their type), and every key with a fixed set of choices."""
+    import dataclasses
+
+    from wavedistill.config import CHOICES, Config
+
+    refused = set(CHOICES)
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            if f.type in ("bool", "str"):  # a type error or a choice, not an invariant
+                continue
+            key = f"{section.name}.{f.name}"
+            for bad in ("0", "-1"):
+                try:
+                    load_config(None, [f"{key}={bad}"])
+                except UserError:
+                    refused.add(key)
+    return refused
+
+
+@pytest.mark.parametrize("overrides, key", INVARIANTS, ids=[k for _, k in INVARIANTS])
+def test_the_cli_answers_each_invariant_with_one_line_naming_the_key_and_exit_2(
+        tmp_path, capsys, overrides, key):
     from wavedistill.cli import main
 
     code = main(["train-teacher", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                 override])
+                 *overrides])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and override.split("=")[0] in err[0]
+    assert code == 2 and len(err) == 1 and key in err[0], err
+
+
+def test_every_key_validate_refuses_has_a_row_in_the_invariants_table():
+    """Every key for which ``validate`` refuses a value (probed with 0 and -1) is among the keys
+    the table above proves the CLI refuses with one line."""
+    tested = {k for _, k in INVARIANTS}
+    assert _refused_keys() <= tested, sorted(_refused_keys() - tested)
+
+
+def test_audio_settings_stored_before_a_key_existed_compare_as_its_default():
+    """A dataset folder or checkpoint written before ``audio.log_base`` (and the other
+    convention keys) existed holds the defaults' features, so it still matches."""
+    import dataclasses
+
+    from wavedistill.config import AudioConfig, audio_differences
+
+    old = {k: v for k, v in dataclasses.asdict(AudioConfig()).items()
+           if k not in ("log_base", "frame_center", "magnitude_eps", "normalize")}
+    assert audio_differences(old, AudioConfig()) == []
+    assert audio_differences(old, AudioConfig(log_base="10")) == ["audio.log_base 'e' vs '10'"]

@@ -19,11 +19,11 @@ from wavedistill.distillation import (
     draw_values,
     entropy_per_step,
     gaussian_kl_per_step,
-    loudness_gap_db,
     mc_cross_entropy,
 )
 from wavedistill.distributions import DiscretizedGaussian, DiscretizedLogisticMixture
 from wavedistill.errors import UserError
+from wavedistill.metrics import loudness_gap_db
 from wavedistill.student import IAFStudent, sample_noise
 from wavedistill.teacher import WaveNetTeacher
 
@@ -58,6 +58,13 @@ def batch_for(cfg, batch=2, frames=8, seed=0):
     audio = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(batch, T, generator=g)
     return {"audio": audio, "mel": torch.randn(batch, cfg.audio.n_mels, frames, generator=g),
             "speaker": torch.zeros(batch, dtype=torch.long)}
+
+
+def on_host(result):
+    """``(loss, logs)`` of ``Distillation.loss`` with the logs (detached 0-dim tensors) read as
+    floats, as the trainer reads them when it writes a log line."""
+    loss, logs = result
+    return loss, {k: float(v) for k, v in logs.items()}
 
 
 def assert_within(estimate: torch.Tensor, expected: float, sigmas: float = 4.0) -> None:
@@ -182,7 +189,7 @@ def test_loss_logs_every_term_and_weights_them():
     cfg = tiny_config(distill={"power_weight": 0.5, "kl_weight": 2.0})
     teacher, student = models(cfg)
     torch.manual_seed(1)
-    loss, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert {"kl", "cross_entropy", "entropy", "power", "contrastive", "loudness_gap_db",
             "ce_stderr", "ce_stderr_rel", "teacher_floor_rate", "student_floor_rate"} <= set(logs)
     assert logs["kl"] == pytest.approx(logs["cross_entropy"] - logs["entropy"], rel=1e-5)
@@ -197,7 +204,7 @@ def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
     teacher, student = models(cfg)
     batch = batch_for(cfg)
     torch.manual_seed(1)
-    loss, logs = Distillation(teacher, cfg).loss(student, batch)
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch))
     expected = 1.0 * logs["kl"] + 0.5 * logs["power"] + 3.0 * (
         logs["spectral_convergence"] + logs["log_magnitude"])
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
@@ -217,7 +224,7 @@ def test_kl_weight_zero_trains_on_spectra_without_a_teacher_pass():
     calls = []
     teacher.register_forward_hook(lambda *args: calls.append(1))
     torch.manual_seed(1)
-    loss, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert not calls and "kl" not in logs
     expected = logs["power"] + logs["spectral_convergence"] + logs["log_magnitude"]
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
@@ -232,7 +239,7 @@ def test_contrastive_term_against_an_identical_clip_is_the_kl_itself():
     batch = batch_for(cfg, batch=1)
     batch = {k: torch.cat([v, v]) for k, v in batch.items()}
     torch.manual_seed(2)
-    loss, logs = Distillation(teacher, cfg).loss(student, batch)
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch))
     assert logs["contrastive"] == pytest.approx(logs["kl"], rel=1e-6)
     assert float(loss.detach()) == pytest.approx(0.7 * logs["kl"] + logs["power"], rel=1e-4)
 
@@ -241,7 +248,7 @@ def test_gaussian_teacher_uses_the_closed_form_with_its_regulariser():
     cfg = tiny_config(teacher={"output": "gaussian"}, student={"noise": "gaussian"})
     teacher, student = models(cfg)
     torch.manual_seed(3)
-    loss, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["ce_stderr"] == 0.0 and logs["gaussian_reg"] > 0
     assert float(loss.detach()) == pytest.approx(logs["kl"] + logs["gaussian_reg"] + logs["power"],
                                         rel=1e-5)
@@ -250,11 +257,11 @@ def test_gaussian_teacher_uses_the_closed_form_with_its_regulariser():
 def test_floor_rates_report_how_often_each_floor_binds():
     cfg = tiny_config(distill={"teacher_log_scale_min": 50.0, "student_log_scale_min": 0.0})
     teacher, student = models(cfg)
-    _, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    _, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["teacher_floor_rate"] == pytest.approx(1.0)
     assert logs["student_floor_rate"] == 1.0  # a fresh student's log s_tot is log 0.01 < 0
     cfg = tiny_config(distill={"teacher_log_scale_min": -50.0, "student_log_scale_min": -50.0})
-    _, logs = Distillation(teacher, cfg).loss(student, batch_for(cfg))
+    _, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["teacher_floor_rate"] == 0.0 and logs["student_floor_rate"] == 0.0
 
 
@@ -268,6 +275,26 @@ def test_validation_reports_copy_synthesis_distance_loudness_and_kl():
     assert {"stft_distance", "loudness_gap_db", "kl", "cross_entropy", "entropy"} <= set(result)
     assert result["loudness_gap_db"] < -10  # a fresh student whispers (initial scale 0.01)
     assert objective.log_media(student, batch)["student"].shape == batch["audio"][0].shape
+
+
+def test_the_student_noise_check_runs_once_per_student_and_still_refuses(monkeypatch):
+    cfg = tiny_config()
+    teacher, student = models(cfg)
+    objective = Distillation(teacher, cfg)
+    checked = []
+    check = Distillation._check_noise
+    monkeypatch.setattr(Distillation, "_check_noise",
+                        lambda self, model: checked.append(model) or check(self, model))
+    batch = batch_for(cfg)
+    for _ in range(3):
+        objective.loss(student, batch)
+    objective.validate(student, batch)
+    assert checked == [student]
+    other = IAFStudent.from_config(tiny_config(student={"noise": "gaussian"}))
+    for _ in range(2):  # a refused student is never taken as checked
+        with pytest.raises(UserError, match="student.noise='logistic'"):
+            objective.loss(other, batch)
+    assert checked == [student, other, other]
 
 
 def test_loudness_gap_of_a_gain_is_its_decibels():

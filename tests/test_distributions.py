@@ -74,6 +74,32 @@ def test_bfloat16_parameters_are_scored_in_float32(output):
 
 
 @pytest.mark.parametrize("output", HEADS)
+def test_float64_parameters_are_scored_in_float64(output):
+    torch.manual_seed(0)
+    head = make_head(output)
+    params = torch.randn(1, head.num_params, 6, dtype=torch.float64)
+    x = torch.rand(1, 6, dtype=torch.float64) * 2 - 1
+    logp = head.log_prob(params, x)
+    assert logp.dtype == torch.float64
+    # the float32 answer differs from it by float32 rounding, not by less
+    assert (logp - head.log_prob(params.float(), x.float())).abs().max() > 1e-12
+    if output != "categorical":
+        assert head.log_density(params, x).dtype == torch.float64
+        assert all(p.dtype == torch.float64 for p in head.location_scale(params))
+    x = head.sample(params, torch.Generator().manual_seed(0))  # draws stay float32 audio
+    assert x.dtype == torch.float32
+
+
+def test_categorical_float64_log_prob_is_the_float64_log_softmax():
+    torch.manual_seed(0)
+    params = torch.randn(2, 256, 11, dtype=torch.float64)
+    x = torch.rand(2, 11, dtype=torch.float64) * 2 - 1
+    want = torch.log_softmax(params, 1).gather(1, mu_law_quantize(x).unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(MuLawCategorical(256).log_prob(params, x), want,
+                               rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("output", HEADS)
 def test_sampling_is_reproducible_from_a_generator(output):
     head = make_head(output)
     params = torch.randn(1, head.num_params, 50)

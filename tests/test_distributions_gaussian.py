@@ -14,6 +14,8 @@ from wavedistill.distributions.gaussian import log_ndtr
 mpmath = pytest.importorskip("mpmath")
 
 FLOOR = -9.0
+# float64 scores: the midpoint rule's dropped term is below 5e-12 where it is used
+TOL64 = 1e-11
 
 
 def gauss_params(mean, log_scale, T=1):
@@ -27,11 +29,11 @@ def all_levels_log_prob(head, params):
     return head.log_prob(params.expand(n, -1, -1), x)
 
 
-def mp_truth(mean, log_scale, level, num_classes=65536, floor=FLOOR):
-    """log P(level) from the float32 parameters with 80 digits (tail differences taken on the
-    side of the mean where both terms are small)."""
+def mp_truth(mean, log_scale, level, num_classes=65536, floor=FLOOR, dtype=torch.float32):
+    """log P(level) from the parameters rounded to ``dtype`` with 80 digits (tail differences
+    taken on the side of the mean where both terms are small)."""
     mpmath.mp.dps = 80
-    mean, log_scale = (float(torch.tensor(v, dtype=torch.float32)) for v in (mean, log_scale))
+    mean, log_scale = (float(torch.tensor(v, dtype=dtype)) for v in (mean, log_scale))
     x = mpmath.mpf(2 * level) / (num_classes - 1) - 1  # the exact level value
     h = mpmath.mpf(1) / (num_classes - 1)
     s = mpmath.exp(mpmath.mpf(max(log_scale, floor)))
@@ -89,6 +91,18 @@ def test_log_prob_equals_high_precision_brute_force(mean, log_scale, level):
     want = mp_truth(mean, log_scale, level)
     assert math.isfinite(got)
     assert got == pytest.approx(want, rel=2e-6, abs=2e-6)
+
+
+@pytest.mark.parametrize("mean, log_scale, level", BRUTE_FORCE_CASES)
+def test_float64_parameters_are_scored_in_float64(mean, log_scale, level):
+    # 0.1 / 65535 off the case's mean: a float64 number that float32 would round
+    mean = mean + 0.1 / 65535
+    params = torch.tensor([mean, log_scale], dtype=torch.float64).view(1, 2, 1)
+    x = from_level(torch.tensor([[level]]), 65536).double()
+    got = DiscretizedGaussian(FLOOR).log_prob(params, x)
+    want = mp_truth(mean, log_scale, level, dtype=torch.float64)
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(want, rel=TOL64, abs=TOL64)
 
 
 def test_log_ndtr_is_exact_in_both_tails():

@@ -10,14 +10,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import rebuilt
 
-from wavedistill.checkpoint import new_model, save_checkpoint
+from wavedistill.checkpoint import save_checkpoint
 from wavedistill.cli import main
 from wavedistill.config import config_to_dict
 from wavedistill.datasets import read_jsonl
 from wavedistill.errors import UserError
 from wavedistill.evaluation import evaluate
 from wavedistill.features import FeatureStats
+from wavedistill.loading import new_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,9 +45,9 @@ def student_ckpt(tmp_path, tiny_config, tiny_dataset):
 def direct_nll_bits(ckpt_path, dataset):
     """Bits per sample of the valid split computed straight from the files (int16 PCM and
     un-normalised mel), independently of the evaluation module's loading."""
-    from wavedistill.checkpoint import build_model, load_checkpoint
+    from wavedistill.checkpoint import load_checkpoint
 
-    model, cfg, stats = build_model(load_checkpoint(ckpt_path))
+    model, cfg, stats = rebuilt(load_checkpoint(ckpt_path))
     nats, samples = 0.0, 0
     for entry in read_jsonl(dataset / "valid.jsonl"):
         pcm = np.load(dataset / entry["audio"]).astype(np.float64)
@@ -153,13 +155,13 @@ def test_teacher_option_is_refused_for_a_teacher_checkpoint(tmp_path, teacher_ck
 
 def test_griffin_lim_is_scored_on_the_clips_the_models_are(tmp_path, student_ckpt, tiny_dataset):
     """The baseline's row is the same clips' Griffin-Lim, recomputed independently here."""
-    from wavedistill.checkpoint import build_model, load_checkpoint
+    from wavedistill.checkpoint import load_checkpoint
     from wavedistill.features import log_mel
     from wavedistill.griffin_lim import griffin_lim
     from wavedistill.metrics import compare
 
     results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", griffin_lim_iters=4)
-    _, cfg, _ = build_model(load_checkpoint(student_ckpt))
+    _, cfg, _ = rebuilt(load_checkpoint(student_ckpt))
     entry = read_jsonl(tiny_dataset / "valid.jsonl")[0]
     pcm = np.load(tiny_dataset / entry["audio"]).astype(np.float64)
     audio = ((pcm + 32768) / 32767.5 - 1).astype(np.float32)

@@ -5,6 +5,7 @@ value (silence, too short, extra not installed) say why instead of failing."""
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,6 +99,17 @@ def test_digital_silence_has_the_floor_level_and_finite_distances(cfg):
     assert metrics.level_db(silence) == metrics.SILENCE_DB
     assert metrics.loudness_difference_db(silence, silence) == 0.0
     assert metrics.log_spectral_distance(silence, silence, cfg.audio) == 0.0
+
+
+def test_the_metrics_know_no_training_objective():
+    # signal code is a leaf: the objective uses the loudness measure, never the other way round
+    code = ("import sys, numpy as np, wavedistill.metrics as m; x = np.full(64, 0.1); "
+            "m.level_db(x); m.loudness_difference_db(x, x); "
+            "print('wavedistill.distillation' in sys.modules)")
+    root = Path(metrics.__file__).resolve().parents[1]  # the package under test comes first
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=root)
+    assert result.stdout.strip() == "False"
 
 
 def test_clips_of_different_lengths_are_refused(speech):

@@ -161,7 +161,7 @@ def test_a_rerun_adds_new_files_and_keeps_the_old(tiny_corpus, tiny_config, tmp_
 
 def test_adding_with_other_audio_settings_is_refused(tiny_dataset, tiny_corpus, tiny_config):
     tiny_config.audio.n_mels = 40
-    with pytest.raises(UserError, match="audio.n_mels 20 -> 40"):
+    with pytest.raises(UserError, match="audio.n_mels 20 vs 40"):
         preprocess(tiny_config, tiny_corpus, tiny_dataset)
 
 
@@ -206,3 +206,114 @@ def test_worker_processes_write_the_same_dataset(tiny_corpus, tiny_config, tmp_p
                 == (tmp_path / "parallel" / name).read_text())
     for path in (tmp_path / "serial" / "mel").iterdir():
         assert np.array_equal(np.load(path), np.load(tmp_path / "parallel" / "mel" / path.name))
+
+
+# -- external mels (fine-tuning on an acoustic model's predictions) ---------------------------
+
+
+def _external_mels(corpus: Path, cfg, folder: Path, shift: dict[str, int] | None = None,
+                   transpose: bool = False) -> dict[str, np.ndarray]:
+    """A stand-in for an acoustic model's teacher-forced predictions: each clip's own log-mel
+    plus an offset (so it differs from what preprocess computes), with ``shift[id]`` frames
+    added (> 0, repeating the last) or removed (< 0). Written as ``folder/<id>.npy``."""
+    from wavedistill.audio import read_audio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mels = {}
+    for wav in sorted(corpus.glob("*.wav")):
+        audio, _ = read_audio(wav, cfg.audio.sample_rate)
+        usable = len(audio) - len(audio) % cfg.audio.hop_length
+        mel = log_mel(torch.from_numpy(audio[:usable]), cfg.audio).numpy() + 0.25
+        extra = (shift or {}).get(wav.stem, 0)
+        if extra > 0:
+            mel = np.concatenate([mel, np.repeat(mel[:, -1:], extra, axis=1)], axis=1)
+        elif extra < 0:
+            mel = mel[:, :extra]
+        mels[wav.stem] = mel
+        np.save(folder / f"{wav.stem}.npy", mel.T if transpose else mel)
+    return mels
+
+
+def test_external_mels_replace_the_computed_ones(tiny_corpus, tiny_config, tmp_path):
+    mels = _external_mels(tiny_corpus, tiny_config, tmp_path / "pred")
+    out = tmp_path / "data"
+    report = preprocess(tiny_config, tiny_corpus, out, mel_dir=tmp_path / "pred")
+    assert report.written == 6 and not report.rejected
+    for split in ("train", "valid"):
+        for entry in map(json.loads, (out / f"{split}.jsonl").read_text().splitlines()):
+            stored = np.load(out / entry["mel"])
+            np.testing.assert_array_equal(stored, mels[entry["id"]].astype(np.float32))
+            assert len(np.load(out / entry["audio"])) == stored.shape[1] * 64
+            assert entry["mel_source"].endswith(f"{entry['id']}.npy")
+
+
+def test_a_difference_of_up_to_two_frames_is_trimmed_and_said(tiny_corpus, tiny_config,
+                                                               tmp_path):
+    shift = {"clip0": 2, "clip1": -1, "clip2": -2}
+    mels = _external_mels(tiny_corpus, tiny_config, tmp_path / "pred", shift, transpose=True)
+    out = tmp_path / "data"
+    report = preprocess(tiny_config, tiny_corpus, out, mel_dir=tmp_path / "pred",
+                        mel_layout="frames,n_mels")
+    assert not report.rejected
+    said = {k: v for k, v in report.conversions.items() if "trimmed" in k}
+    assert said == {"external mel and audio differ by 1-2 frames: mel trimmed": 1,
+                    "external mel and audio differ by 1-2 frames: audio trimmed": 2}
+    entries = {e["id"]: e for s in ("train", "valid")
+               for e in map(json.loads, (out / f"{s}.jsonl").read_text().splitlines())}
+    for uid, extra in shift.items():
+        frames = mels[uid].shape[1] - max(extra, 0)  # the shorter side decides
+        assert entries[uid]["frames"] == frames
+        assert np.load(out / entries[uid]["mel"]).shape == (20, frames)
+        assert len(np.load(out / entries[uid]["audio"])) == frames * 64
+
+
+def test_a_larger_frame_difference_or_a_missing_mel_is_refused_naming_the_file(
+        tiny_corpus, tiny_config, tmp_path):
+    _external_mels(tiny_corpus, tiny_config, tmp_path / "pred", {"clip3": 3})
+    (tmp_path / "pred" / "clip4.npy").unlink()
+    report = preprocess(tiny_config, tiny_corpus, tmp_path / "data", mel_dir=tmp_path / "pred")
+    rejected = sorted(report.rejected)
+    assert len(rejected) == 2
+    assert "clip3.npy:" in rejected[0] and "at most 2 may differ" in rejected[0]
+    assert "clip4.npy: no external mel for utterance clip4" in rejected[1]
+    assert report.train + report.valid == 4
+
+
+def test_external_mels_in_another_convention_are_refused(tiny_corpus, tiny_config, tmp_path):
+    mels = _external_mels(tiny_corpus, tiny_config, tmp_path / "pred")
+    np.save(tmp_path / "pred" / "clip0.npy", mels["clip0"] - 30.0)  # below log(1e-5)
+    report = preprocess(tiny_config, tiny_corpus, tmp_path / "data", mel_dir=tmp_path / "pred")
+    assert len(report.rejected) == 1 and "clip0.npy: values down to" in report.rejected[0]
+
+
+def test_fine_tuning_on_external_mels_through_the_cli(tiny_corpus, tmp_path, config_file,
+                                                      capsys):
+    """preprocess --mel-dir, then train-teacher --init-from a trained teacher: the run starts
+    from its weights and trains on the external mels."""
+    from wavedistill.checkpoint import load_checkpoint
+
+    cfg = load_config(config_file)
+    _external_mels(tiny_corpus, cfg, tmp_path / "pred")
+    assert main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "plain"),
+                 "--config", str(config_file)]) == 0
+    assert main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "ft"),
+                 "--config", str(config_file), "--mel-dir", str(tmp_path / "pred")]) == 0
+    assert main(["train-teacher", "--data", str(tmp_path / "plain"), "--out",
+                 str(tmp_path / "base"), "--config", str(config_file)]) == 0
+    base = tmp_path / "base" / "checkpoints" / "best.pt"
+    assert main(["train-teacher", "--data", str(tmp_path / "ft"), "--out", str(tmp_path / "tuned"),
+                 "--config", str(config_file), "--init-from", str(base)]) == 0
+    tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "best.pt")
+    assert tuned["step"] == 2
+    # the fine-tuned run's statistics are those of the external mels, not the recomputed ones
+    ft_stats = FeatureStats.load(tmp_path / "ft" / "stats.npz")
+    torch.testing.assert_close(tuned["stats"]["mean"], ft_stats.mean)
+    plain_stats = FeatureStats.load(tmp_path / "plain" / "stats.npz")
+    assert not torch.allclose(ft_stats.mean, plain_stats.mean)
+
+
+def test_mel_dir_that_does_not_exist_is_one_line_and_exit_2(tiny_corpus, tmp_path, capsys):
+    code = main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "o"),
+                 "--mel-dir", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--mel-dir" in err[0] and "nope" in err[0]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import rebuilt
 
-from wavedistill.checkpoint import build_model, load_checkpoint, save_checkpoint
+from wavedistill.checkpoint import load_checkpoint, save_checkpoint
 from wavedistill.cli import main
 from wavedistill.config import config_to_dict, validate
 from wavedistill.errors import UserError
@@ -39,7 +40,7 @@ def held_out_clip() -> Path:
 @pytest.mark.parametrize("model", SHIPPED, ids=lambda m: m.name)
 def test_each_shipped_model_loads_with_a_valid_config(model):
     ckpt = load_checkpoint(shipped(model.name).path, expected_kind=model.kind)
-    net, cfg, stats = build_model(ckpt)
+    net, cfg, stats = rebuilt(ckpt)
     validate(cfg)
     assert cfg.audio.sample_rate == 16000 and stats.n_mels == cfg.audio.n_mels
     assert ckpt.get("optimizer") is None  # an inference copy: no training state
@@ -98,7 +99,7 @@ def test_an_unknown_shipped_name_is_refused_with_the_list():
 
 def test_an_inference_copy_keeps_the_ema_weights_and_drops_training_state(
         tmp_path, tiny_config):
-    from wavedistill.checkpoint import new_model
+    from wavedistill.loading import new_model
 
     torch.manual_seed(0)
     model = new_model("student", tiny_config)
@@ -113,8 +114,8 @@ def test_an_inference_copy_keeps_the_ema_weights_and_drops_training_state(
     for key, value in ema.items():
         assert torch.equal(copy["model"][key], value)
     # synthesis from the copy equals synthesis from the original's EMA weights
-    a = Synthesizer.from_checkpoint(src).model
-    b = Synthesizer.from_checkpoint(tmp_path / "slim.pt").model
+    a = Synthesizer.from_checkpoint(src).loaded.model
+    b = Synthesizer.from_checkpoint(tmp_path / "slim.pt").loaded.model
     mel = torch.randn(1, n, 6)
     g = torch.Generator().manual_seed(0)
     x = a.synthesize(mel, generator=g)

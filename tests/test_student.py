@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wavedistill import student as student_module
 from wavedistill.config import Config, config_from_dict
 from wavedistill.errors import UserError
+from wavedistill.profiling import student_flops
 from wavedistill.student import IAFStudent
 
 HOP = 16
@@ -212,6 +214,16 @@ def test_a_fresh_student_starts_near_its_initial_scale():
     assert mu_tot.abs().max() < 0.05
 
 
+def test_the_constructor_defaults_to_the_configs_initial_scale():
+    # the collapsed log-scale at initialisation is the sum of the flows' log s biases
+    cfg = config_from_dict({"student": {"flow_layers": [1, 1], "channels": 2}})
+    built = IAFStudent(cfg.audio.n_mels, [1, 1], channels=2)
+    configured = IAFStudent.from_config(cfg)
+    totals = [sum(f.output.bias[1].item() for f in m.flows) for m in (built, configured)]
+    assert totals[0] == totals[1]
+    assert totals[0] == pytest.approx(math.log(Config().student.initial_scale), rel=1e-6)
+
+
 def test_flop_count_matches_a_flop_counter_on_the_module_path():
     # The counter sees every convolution; the conditioning add before each gate (2G per layer,
     # an elementwise multiply-add) is the one counted part it does not see.
@@ -220,9 +232,8 @@ def test_flop_count_matches_a_flop_counter_on_the_module_path():
     with FlopCounterMode(display=False) as counter:
         student(z, mel)
     counted = counter.get_total_flops() / z.shape[-1]
-    parts = student.flop_parts()
-    assert counted == pytest.approx(student.flops_per_sample() - parts["conditioning_add"],
-                                    rel=1e-12)
+    count = student_flops(student)
+    assert counted == pytest.approx(count.total - count.parts["conditioning_add"], rel=1e-12)
 
 
 def test_bad_conditioning_is_a_user_error():
@@ -234,3 +245,102 @@ def test_bad_conditioning_is_a_user_error():
         student(z[:, :-1], mel, torch.tensor([0]))
     with pytest.raises(UserError, match="student.num_speakers"):
         student(z, mel, torch.tensor([2]))
+
+
+# -- the fused path at scale, batched, and its weight cache --------------------------------------
+
+PARALLEL_WAVENET = {"flow_layers": (10, 10, 10, 30), "channels": 64, "cycle": 10,
+                    "out_std": 0.03}
+
+
+def fused_x(student: IAFStudent, z, mel, speaker=None) -> torch.Tensor:
+    """The fused path's unclamped output (what ``synthesize_from_noise`` clamps)."""
+    with torch.inference_mode():
+        return student._fused_run(z, student.conditioning(mel, speaker))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("device_path", ["cpu", "gpu"])
+def test_fused_path_equals_forward_for_the_parallel_wavenet_layout(batch, device_path,
+                                                                   monkeypatch):
+    # 60 layers of 64 channels with dilations up to 512: taps reach across several tiles
+    # (128 steps of 16-sample frames, split by the batch) and into the left padding
+    if device_path == "gpu":  # what a GPU runs: conditioning upsampled apart, addmm products
+        monkeypatch.setattr(student_module, "_conditioning_in_product", lambda device: False)
+        monkeypatch.setattr(student_module, "_onednn", lambda x: False)
+    student = make_student(**PARALLEL_WAVENET, tile=128)
+    z, mel = inputs(student, batch, 40)
+    x, _, _ = student(z, mel)
+    fused = fused_x(student, z, mel)
+    torch.testing.assert_close(fused, x, rtol=1e-5, atol=1e-5)
+    assert x.abs().max() > 0.5  # a real signal, not a near-constant one
+    if batch > 1:
+        assert (x[1:] - x[0]).abs().min(-1).values.max() > 0  # the clips differ
+
+
+def test_a_batch_synthesises_each_clip_as_alone():
+    student = make_student(**PARALLEL_WAVENET, num_speakers=3, tile=96)
+    z, mel = inputs(student, 4, 12)
+    speaker = torch.tensor([2, 0, 1, 2])
+    together = student.synthesize_from_noise(z, mel, speaker)
+    for i in range(4):
+        alone = student.synthesize_from_noise(z[i:i + 1], mel[i:i + 1], speaker[i:i + 1])
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_is_one_computation_not_a_loop_over_clips(monkeypatch):
+    # with a tile longer than the clip, every layer is one product however many clips
+    student = make_student(flow_layers=(2, 3), tile=10_000)
+    calls = []
+    product = student_module._linear_sigmoid
+    monkeypatch.setattr(student_module, "_linear_sigmoid",
+                        lambda *args: calls.append(args[0].shape) or product(*args))
+    for batch in (1, 4):
+        calls.clear()
+        z, mel = inputs(student, batch, 5)
+        student.synthesize_from_noise(z, mel)
+        assert len(calls) == 5  # one per layer
+        assert all(shape[0] == batch * 5 * HOP for shape in calls)
+
+
+def test_fused_weights_are_cached_and_follow_every_parameter_change():
+    student = make_student(**PARALLEL_WAVENET)
+    z, mel = inputs(student, 2, 4)
+    flow = student.flows[0]
+
+    def check():
+        torch.testing.assert_close(fused_x(student, z, mel), student(z, mel)[0],
+                                   rtol=1e-5, atol=1e-5)
+
+    check()
+    layers = student_module._fused_layers(flow, torch.float32)
+    check()
+    # rearranged once, not per call
+    assert student_module._fused_layers(flow, torch.float32) is layers
+
+    # load_state_dict
+    student.load_state_dict(make_student(**PARALLEL_WAVENET, seed=7).state_dict())
+    check()
+    # an optimiser step
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
+    student(z, mel)[0].pow(2).mean().backward()
+    optimizer.step()
+    check()
+    # an edit under no_grad
+    with torch.no_grad():
+        flow.stack.blocks[3].dilated.weight.mul_(-1.5)
+        student.flows[-1].stack.blocks[-1].output.bias.add_(0.1)
+    check()
+    assert student_module._fused_layers(flow, torch.float32) is not layers
+
+
+def test_synthesis_under_autocast_runs_in_its_dtype():
+    # wavedistill benchmark --dtype bfloat16 times the student under autocast
+    student = make_student(**PARALLEL_WAVENET)
+    z, mel = inputs(student, 2, 6)
+    exact = student.synthesize_from_noise(z, mel)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = student.synthesize_from_noise(z, mel)
+    assert half.dtype == torch.bfloat16
+    error = (half.float() - exact).pow(2).sum() / exact.pow(2).sum()
+    assert 0 < error < 1e-2  # rounded, yet the same audio

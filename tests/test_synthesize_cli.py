@@ -279,7 +279,7 @@ def test_features_of_the_wrong_shape_are_refused(capsys, tmp_path, teacher, shap
     feats = tmp_path / "feats.npy"
     np.save(feats, np.zeros(shape, np.float32))
     expect_refusal(capsys, tmp_path, teacher, "--input", feats,
-                   says=f"feats.npy: features must have shape ({N_MELS}, frames)")
+                   says="feats.npy: features of shape")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

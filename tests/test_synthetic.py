@@ -185,9 +185,10 @@ def save_untrained(path, kind, cfg, folder):
     """A checkpoint of a freshly initialised ``kind`` model on ``folder``'s features."""
     import torch
 
-    from wavedistill.checkpoint import new_model, save_checkpoint
+    from wavedistill.checkpoint import save_checkpoint
     from wavedistill.config import config_to_dict
     from wavedistill.features import FeatureStats
+    from wavedistill.loading import new_model
 
     torch.manual_seed(0)
     model = new_model(kind, cfg)

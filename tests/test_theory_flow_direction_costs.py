@@ -2,14 +2,20 @@
 
 MAF direction (the teacher): the density of a whole clip takes ONE pass of the network,
 sampling takes one pass PER SAMPLE. IAF direction (the student): sampling a whole clip takes
-ONE pass of every flow, the density of a given clip takes one pass PER SAMPLE. Passes are
-counted by forward hooks on the real modules (the teacher's residual stack, each student
-flow), so the count is what the code does, not what it claims.
+ONE pass of every flow, the density of a given clip takes one pass PER SAMPLE.
+
+Passes are counted on the code that ships, so the count is what the code does, not what it
+claims: forward hooks on the real modules (the teacher's residual stack, each student flow)
+where the modules run, and counting wrappers around the fast paths that bypass them -- the
+teacher's cached sampler calls :func:`wavedistill.generation.step` once per network pass, and
+the student's synthesis calls :func:`wavedistill.student.fused_flow` once per flow pass.
 """
 
 import pytest
 import torch
 
+from wavedistill import generation
+from wavedistill import student as student_module
 from wavedistill.config import config_from_dict
 from wavedistill.generation import generate
 from wavedistill.student import IAFStudent
@@ -33,6 +39,19 @@ class PassCounter:
 
     def _hook(self, module, inputs, output):
         self.calls += 1
+
+
+def count_calls(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper that records each call's arguments; returns the
+    list of recorded argument tuples."""
+    calls, inner = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
 
 
 @pytest.fixture
@@ -59,7 +78,17 @@ def test_teacher_density_of_a_clip_takes_one_network_pass(teacher, frames):
 
 
 @pytest.mark.parametrize("frames", [2, 4])
-def test_teacher_sampling_takes_one_network_pass_per_sample(teacher, frames):
+def test_teacher_sampling_takes_one_network_pass_per_sample(teacher, frames, monkeypatch):
+    # the shipped (cached) sampler: one fused step of the whole network per sample, and the
+    # stack module itself never runs
+    steps = count_calls(monkeypatch, generation, "step")
+    counter = PassCounter(teacher.stack)
+    generate(teacher, torch.randn(1, 4, frames), generator=torch.Generator().manual_seed(0))
+    assert (len(steps), counter.calls) == (frames * HOP, 0)
+
+
+@pytest.mark.parametrize("frames", [2, 4])
+def test_teacher_reference_sampler_takes_one_parallel_pass_per_sample(teacher, frames):
     counter = PassCounter(teacher.stack)
     generate(teacher, torch.randn(1, 4, frames), method="naive",
              generator=torch.Generator().manual_seed(0))
@@ -67,7 +96,31 @@ def test_teacher_sampling_takes_one_network_pass_per_sample(teacher, frames):
 
 
 @pytest.mark.parametrize("frames", [2, 4])
-def test_student_sampling_of_a_clip_takes_one_pass_of_every_flow(student, frames):
+def test_student_synthesis_of_a_clip_takes_one_pass_of_every_flow(student, frames,
+                                                                  monkeypatch):
+    # the shipped path: one fused pass per flow, each over the whole clip at once; the flow
+    # modules themselves never run
+    passes = count_calls(monkeypatch, student_module, "fused_flow")
+    counters = [PassCounter(flow) for flow in student.flows]
+    audio = student.synthesize(torch.randn(2, 4, frames))
+    assert audio.shape == (2, frames * HOP)
+    assert [args[0] for args in passes] == list(student.flows)
+    assert [args[1].shape for args in passes] == [audio.shape] * len(student.flows)
+    assert [c.calls for c in counters] == [0] * len(student.flows)
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_chunked_student_synthesis_takes_one_pass_of_every_flow_per_chunk(student, chunks,
+                                                                          monkeypatch):
+    passes = count_calls(monkeypatch, student_module, "fused_flow")
+    frames = 4
+    student.synthesize_chunked(torch.randn(1, 4, frames), chunk_frames=frames // chunks)
+    assert [args[0] for args in passes] == list(student.flows) * chunks
+
+
+@pytest.mark.parametrize("frames", [2, 4])
+def test_student_training_pass_takes_one_pass_of_every_flow(student, frames):
+    # the module path that distillation differentiates through
     counters = [PassCounter(flow) for flow in student.flows]
     z = student.sample_noise((2, frames * HOP))
     student(z, torch.randn(2, 4, frames))

@@ -4,30 +4,27 @@ or a checkpoint; bad inputs are refused with one line."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG, write_tiny_dataset
 
+import wavedistill
 from wavedistill.checkpoint import latest_checkpoint, load_checkpoint
 from wavedistill.config import TrainConfig, config_from_dict, config_to_dict
+from wavedistill.distributed import Processes, autocast_dtype
 from wavedistill.errors import UserError
-from wavedistill.training import (
-    EMA,
-    Processes,
-    ShardedBatchSampler,
-    Trainer,
-    TrainingDiverged,
-    autocast_dtype,
-    lr_factor,
-    make_optimizer,
-    open_data_folder,
-    train_teacher,
-)
+from wavedistill.optim import EMA, lr_factor, make_optimizer
+from wavedistill.stream import ShardedBatchSampler, open_data_folder
+from wavedistill.trainer import Trainer, TrainingDiverged
+from wavedistill.training import train_teacher
 
 # -- fixtures --------------------------------------------------------------------------------
 
@@ -159,7 +156,10 @@ def test_starting_mid_epoch_yields_the_rest_of_that_epoch():
 # -- precision -------------------------------------------------------------------------------
 
 
-def test_auto_precision_is_float32_on_cpu_and_bfloat16_can_be_asked_for():
+def test_auto_precision_is_float32_on_cpu_and_bfloat16_can_be_asked_for(monkeypatch):
+    from wavedistill import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None
     assert autocast_dtype("float32", cpu) is None
@@ -366,8 +366,9 @@ def test_without_a_validation_split_best_is_the_newest_checkpoint(dataset, tmp_p
 @pytest.fixture(scope="module")
 def teacher_ckpt(dataset, tmp_path_factory):
     """A teacher checkpoint whose statistics differ from the dataset's (the teacher's win)."""
-    from wavedistill.checkpoint import new_model, save_checkpoint
+    from wavedistill.checkpoint import save_checkpoint
     from wavedistill.features import FeatureStats
+    from wavedistill.loading import new_model
 
     cfg = tiny_cfg()
     torch.manual_seed(0)
@@ -445,3 +446,80 @@ def test_every_validation_is_appended_to_the_run_history(dataset, tmp_path):
 def test_a_negative_wall_time_budget_is_refused():
     with pytest.raises(UserError, match="train.max_minutes"):
         tiny_cfg(max_minutes=-1.0)
+
+
+# -- no step waits for the device for its logs -----------------------------------------------
+
+
+PACKAGE = str(Path(wavedistill.__file__).resolve().parent)
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> collections.Counter:
+    """Counts, by calling function, every read of a tensor's value into Python (each one
+    waits for the device) made by the package's own code; torch's own are left out."""
+    calls: collections.Counter = collections.Counter()
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(PACKAGE):
+                calls[caller.co_name] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    return calls
+
+
+def objective_and_model(kind: str):
+    """A tiny model of ``kind`` with its training objective, and a batch it trains on."""
+    from wavedistill.distillation import Distillation
+    from wavedistill.student import IAFStudent
+    from wavedistill.teacher import MaximumLikelihood, WaveNetTeacher
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    teacher = WaveNetTeacher.from_config(cfg)
+    frames = cfg.data.segment_length // cfg.audio.hop_length
+    batch = {"audio": 0.1 * torch.randn(2, cfg.data.segment_length),
+             "mel": torch.randn(2, cfg.audio.n_mels, frames)}
+    if kind == "teacher":
+        return MaximumLikelihood(), teacher, batch
+    return Distillation(teacher, cfg), IAFStudent.from_config(cfg), batch
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_objective_logs_are_detached_device_tensors_read_by_no_step(kind, host_reads):
+    objective, model, batch = objective_and_model(kind)
+    host_reads.clear()
+    loss, logs = objective.loss(model, batch)
+    assert not host_reads
+    assert logs and all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
+                        for v in logs.values())
+    assert loss.requires_grad
+
+
+def test_steps_wait_only_to_decide_a_skip_and_a_log_line_reads_all_means_at_once(
+        dataset, tmp_path, host_reads):
+    from wavedistill.trainer import _Meter
+
+    trainer = teacher_trainer(tiny_cfg(), dataset, tmp_path / "run")
+    batches = [trainer._to_device(trainer.train_data.next()) for _ in range(3)]
+    meter, results = _Meter(), []
+    host_reads.clear()
+    for batch in batches:
+        results.append(trainer.train_step(batch))
+        meter.add(results[-1], batch["audio"].numel())
+    assert host_reads == {"_finite": 3}  # one finiteness decision per step, nothing else
+    host_reads.clear()
+    means = meter.pop()
+    assert host_reads == {"_to_host": 1}
+    for key in ("loss", "grad_norm", "nll_bits"):
+        expected = sum(float(r[key]) for r in results) / len(results)
+        assert means[key] == pytest.approx(expected, rel=1e-6)
+    assert all(isinstance(v, float) for v in means.values())

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import soundfile as sf
 import torch
 
 from wavedistill.errors import UserError
+from wavedistill.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,20 @@ def write_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: i
     if audio.ndim != 1:
         raise ValueError(f"write_wav expects mono audio of shape (T,), got {audio.shape}")
     pcm = quantize_16bit(audio)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wav")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def write_wav_stream(path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int) -> int:
+    """Write mono audio arriving in pieces (each (n,) in [-1, 1]) as one 16-bit PCM WAV,
+    atomically, holding one piece at a time. Returns the samples written."""
+    written = 0
+    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", sample_rate, 1, subtype="PCM_16",
+                                                format="WAV") as out:
+        for piece in pieces:
+            out.write(quantize_16bit(np.asarray(piece, dtype=np.float32)))
+            written += len(piece)
+    return written
 
 
 # -- 16-bit grid -----------------------------------------------------------------------------

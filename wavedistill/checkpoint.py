@@ -7,7 +7,7 @@ A checkpoint is a ``torch.save`` dict holding only tensors and plain Python type
      "config": dict (the resolved Config), "stats": {"mean": (n_mels,), "std": (n_mels,)},
      "model": state_dict, "ema": state_dict | None, "optimizer": dict, "scheduler": dict,
      "step": int, "rng": [per-rank RNG state], "data_state": {"epoch": int, "position": int},
-     "best_valid": float | None, "speakers": {name: id}}
+     "best_valid": float | None, "speakers": {name: id}, "skipped_steps": int}
 
 It is read with ``torch.load(weights_only=True)``, so a file from a stranger can hold no code
 that runs on load; anything else is refused with a one-line :class:`UserError`. Files are
@@ -24,7 +24,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ import torch
 from wavedistill import __version__
 from wavedistill.config import Config, config_from_dict
 from wavedistill.errors import UserError
+from wavedistill.features import FeatureStats
+from wavedistill.fileio import atomic_write
 
 FORMAT = "wavedistill"
 KINDS = ("teacher", "student")
@@ -57,17 +58,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     _check_payload(path, payload)
     payload = {"format": FORMAT, "version": __version__, **payload}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never expose a file whose bytes are not on disk
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
@@ -87,7 +78,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        tmp.write_bytes(src.read_bytes())
+        atomic_write(dst, lambda f: f.write(src.read_bytes()))
+        return
     os.replace(tmp, dst)
 
 
@@ -169,56 +161,12 @@ def checkpoint_config(ckpt: dict[str, Any]) -> Config:
         raise UserError(f"{_source(ckpt)}: stored config is invalid: {exc}") from None
 
 
-def checkpoint_stats(ckpt: dict[str, Any]):
-    """The feature statistics (``FeatureStats``) stored in a checkpoint."""
-    from wavedistill.features import FeatureStats
-
+def checkpoint_stats(ckpt: dict[str, Any]) -> FeatureStats:
+    """The feature statistics stored in a checkpoint."""
     stats = ckpt["stats"]
     if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
         raise UserError(f"{_source(ckpt)}: stored feature statistics lack mean/std")
     return FeatureStats.from_dict(stats)
-
-
-def new_model(kind: str, cfg: Config) -> torch.nn.Module:
-    """A freshly initialised teacher or student for ``cfg``."""
-    if kind == "teacher":
-        from wavedistill.teacher import WaveNetTeacher
-
-        return WaveNetTeacher.from_config(cfg)
-    from wavedistill.student import IAFStudent
-
-    return IAFStudent.from_config(cfg)
-
-
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state)`` (strict); a mismatch becomes a one-line UserError that
-    names ``source`` and the first offending keys."""
-    try:
-        result = model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise UserError(f"{source}: weights do not fit the model built from its config "
-                        f"({detail[:300]})") from None
-    del result
-
-
-def build_model(ckpt: dict[str, Any], use_ema: bool = True):
-    """Rebuild the model a checkpoint describes and load its weights (the EMA weights when
-    stored and ``use_ema``). Returns ``(model in eval mode, Config, FeatureStats)``."""
-    cfg = checkpoint_config(ckpt)
-    model = new_model(ckpt["kind"], cfg)
-    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    load_weights(model, weights, _source(ckpt))
-    return model.eval(), cfg, checkpoint_stats(ckpt)
-
-
-def load_frozen(path: str | Path, expected_kind: str | None = None, device="cpu",
-                use_ema: bool = True):
-    """A checkpoint's model ready for inference: rebuilt, its weights loaded, on ``device``, in
-    eval mode and without gradients. Returns ``(ckpt, model, Config, FeatureStats)``."""
-    ckpt = load_checkpoint(path, expected_kind)
-    model, cfg, stats = build_model(ckpt, use_ema)
-    return ckpt, model.to(device).requires_grad_(False), cfg, stats
 
 
 def _source(ckpt: dict[str, Any]) -> str:
@@ -255,41 +203,3 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -- description -----------------------------------------------------------------------------
-
-
-def describe_checkpoint(path: str | Path) -> str:
-    """A few lines for ``wavedistill info``: kind, step, architecture, receptive field,
-    parameters, audio settings, validation value."""
-    ckpt = load_checkpoint(path)
-    model, cfg, _ = build_model(ckpt)
-    a = cfg.audio
-    best = ckpt.get("best_valid")
-    field = model.receptive_field
-    lines = [
-        f"{ckpt['kind']} checkpoint {path} (wavedistill {ckpt.get('version', '?')})",
-        f"  step {ckpt.get('step', 0)}, best validation "
-        + (f"{best:.4f}" if best is not None else "none"),
-        _architecture_line(ckpt["kind"], cfg),
-        f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {model.num_parameters:,}"
-        + (" (EMA weights stored)" if ckpt.get("ema") is not None else ""),
-        f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
-        f"  speakers: {max(1, len(ckpt.get('speakers') or {}))}",
-    ]
-    return "\n".join(lines)
-
-
-def _architecture_line(kind: str, cfg: Config) -> str:
-    if kind == "teacher":
-        t = cfg.teacher
-        return (f"  WaveNet teacher: {t.layers} layers in {t.stacks} stacks, "
-                f"kernel {t.kernel_size}, {t.residual_channels} residual channels, "
-                f"output {t.output}, "
-                f"upsampling {'x'.join(map(str, t.upsample_factors))}")
-    s = cfg.student
-    return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
-            f"{s.channels} channels, {s.noise} noise, "
-            f"upsampling {'x'.join(map(str, s.upsample_factors))}")

@@ -19,6 +19,9 @@ log = logging.getLogger("wavedistill")
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--preset", metavar="NAME",
+                   help="start from another toolkit's log-mel convention: hifigan or "
+                        "parallelwavegan (--config and overrides apply on top)")
     p.add_argument("--config", type=Path, required=required,
                    help="YAML config (defaults if omitted)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -40,7 +43,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _load_cfg(args):
     from wavedistill.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, preset=getattr(args, "preset", None))
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -51,7 +54,8 @@ def cmd_preprocess(args) -> int:
 
     overrides = list(args.overrides) + ([f"data.format={args.format}"] if args.format else [])
     args.overrides = overrides
-    report = preprocess(_load_cfg(args), args.data, args.out, strict=args.strict)
+    report = preprocess(_load_cfg(args), args.data, args.out, strict=args.strict,
+                        mel_dir=args.mel_dir, mel_layout=args.mel_layout)
     return report.exit_code
 
 
@@ -84,27 +88,93 @@ def cmd_distill(args) -> int:
 
 
 def cmd_synthesize(args) -> int:
-    from wavedistill.synthesis import synthesize_cli
+    from wavedistill.decode import decode_corpus, open_synthesizer, synthesize_files
+    from wavedistill.mel_input import MelConvention, read_stats
 
-    return synthesize_cli(args)
+    sources = [bool(args.input), args.input_dir is not None, args.scp is not None]
+    if sum(sources) > 1:
+        raise UserError("give one of --input, --input-dir and --scp")
+    stats = read_stats(args.stats) if args.stats is not None else None
+    convention = MelConvention(args.mel_layout, stats, args.no_normalize)
+    synth = open_synthesizer(args.checkpoint, args.device, use_ema=not args.no_ema,
+                             dtype=args.dtype)
+    if args.input_dir is not None or args.scp is not None:
+        if args.seconds is not None or args.chunk_seconds is not None:
+            raise UserError("--seconds and --chunk-seconds are not for --input-dir/--scp")
+        batch = 1 if args.batch_size is None else args.batch_size
+        report = decode_corpus(synth, args.output, args.input_dir, args.scp, batch_size=batch,
+                               speaker=args.speaker, seed=args.seed, convention=convention)
+        for name, reason in report.skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        print(report.summary())
+        return 1 if report.skipped else 0
+    if args.batch_size is not None:
+        raise UserError("--batch-size is for --input-dir and --scp (--input files are one batch)")
+    report = synthesize_files(synth, args.output, args.input, seconds=args.seconds,
+                              speaker=args.speaker, seed=args.seed,
+                              chunk_seconds=args.chunk_seconds, convention=convention)
+    for path, seconds in report.written:
+        print(f"wrote {path} ({seconds:.2f} s)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from wavedistill.export import export_bundle, export_onnx, export_torchscript
+    from wavedistill.loading import load_pretrained
+
+    loaded = load_pretrained(args.checkpoint)
+    if (args.onnx or args.torchscript) and loaded.kind != "student":
+        raise UserError(f"{args.checkpoint}: --onnx and --torchscript export the parallel "
+                        "student; a teacher samples step by step")
+    out = export_bundle(loaded, args.out, trained_on=args.trained_on)
+    print(f"wrote the {loaded.kind} bundle {out}")
+    if args.torchscript:
+        print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
+    if args.onnx:
+        print(f"wrote {export_onnx(loaded, out / 'student.onnx')}")
+    return 0
 
 
 def cmd_benchmark(args) -> int:
-    from wavedistill.benchmark import benchmark_cli
+    from wavedistill.benchmark import Settings, benchmark, format_table, report_json
+    from wavedistill.fileio import atomic_write_text
 
-    return benchmark_cli(args)
+    settings = Settings.checked(args.seconds, args.naive_steps, args.batch, args.repeats,
+                                device=args.device, dtype=args.dtype, clip=args.clip)
+    report = benchmark(settings, teacher=args.teacher, student=args.student,
+                       teacher_config=args.teacher_config, student_config=args.student_config,
+                       threads=args.threads, training=args.training)
+    print(format_table(report))
+    if args.json is not None:
+        atomic_write_text(args.json, report_json(report))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
-    from wavedistill.evaluation import evaluate_cli
+    from wavedistill.evaluation import evaluate, verdict
 
-    return evaluate_cli(args)
+    results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
+                       max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
+                       device=args.device, griffin_lim_iters=args.griffin_lim_iters,
+                       split=args.split)
+    summary = f"report written to {args.out}"
+    if "nll" in results:
+        summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
+    print(summary)
+    sentence = verdict(results["copy_synthesis"])
+    if sentence:
+        print(sentence)
+    return 0
 
 
 def cmd_make_synthetic(args) -> int:
-    from wavedistill.synthetic import make_synthetic_cli
+    from wavedistill.synthetic import make_synthetic
 
-    return make_synthetic_cli(args)
+    summary = make_synthetic(args.kind, args.out, args.seconds, args.clips, args.seed)
+    print(f"{args.out}: {args.clips} clips of {args.kind}; entropy rate "
+          f"{summary['entropy_rate_bits']:.4f} bits/sample on the 16-bit grid "
+          f"({summary['entropy_rate_16bit_nats']:.4f} nats); clip rate {summary['clip_rate']:.2g}")
+    return 0
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -126,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["folder", "ljspeech", "vctk", "wavscp"],
                    help="corpus layout (default: data.format from the config)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file is rejected")
+    p.add_argument("--mel-dir", type=Path,
+                   help="store the mels of this folder (<utterance id>.npy, e.g. an acoustic "
+                        "model's predictions) instead of computing them, for fine-tuning")
+    p.add_argument("--mel-layout", default="auto", choices=["auto", "n_mels,frames",
+                                                            "frames,n_mels", "1,n_mels,frames"],
+                   help="layout of the --mel-dir arrays")
     _config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
@@ -146,10 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthesize", help="generate audio with a teacher or student checkpoint")
     p.add_argument("--checkpoint", type=Path,
-                   help="teacher or student checkpoint (default: the shipped student, "
-                        "alice-student)")
+                   help="teacher or student checkpoint, exported bundle folder, or shipped "
+                        "model name (default: the shipped student, alice-student)")
     p.add_argument("--input", type=Path, nargs="+", help="clip(s) to copy-synthesise (audio) or "
-                   "saved log-mel features (.npy, n_mels x frames)")
+                   "saved log-mel features (.npy), all as one batch")
+    p.add_argument("--input-dir", type=Path,
+                   help="a folder of .wav/.flac/.npy inputs, one output file each")
+    p.add_argument("--scp", type=Path, help="a Kaldi feats.scp of log-mel features (kaldiio)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="utterances per batch for --input-dir/--scp, length-sorted (default 1)")
+    p.add_argument("--mel-layout", default="auto", choices=["auto", "n_mels,frames",
+                                                            "frames,n_mels", "1,n_mels,frames"],
+                   help="layout of saved features (auto refuses ambiguous shapes)")
+    p.add_argument("--stats", type=Path,
+                   help="statistics that normalised the saved features (stats.npz, or "
+                        "ParallelWaveGAN's stats.npy): undone before the model's own")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="saved features are already normalised with the model's statistics")
     p.add_argument("--seconds", type=float, help="length for unconditional models")
     p.add_argument("--speaker", type=int, help="speaker id for multi-speaker models")
     p.add_argument("--seed", type=int, default=0)
@@ -159,7 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="student only: synthesise long inputs in chunks of this length")
     p.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision of synthesis; reduced ones only where the device computes "
+                        "them natively")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("export", help="write an inference bundle (safetensors, no pickle), "
+                       "optionally ONNX and TorchScript files of the student")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, bundle folder or shipped model name")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--onnx", action="store_true", help="also write student.onnx (onnx extra)")
+    p.add_argument("--torchscript", action="store_true",
+                   help="also write student.torchscript.pt")
+    p.add_argument("--trained-on", help="what the model was trained on, for the model card")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="samples/s of student and teacher, side by side")
     p.add_argument("--teacher", type=Path, help="teacher checkpoint")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 import yaml
 
 from wavedistill.errors import UserError
+from wavedistill.fileio import atomic_write_text
 
 
 @dataclass
@@ -33,7 +32,17 @@ class AudioConfig:
     n_mels: int = 80
     fmin: float = 0.0
     fmax: float | None = 8000.0  # None means sample_rate / 2
+    # The log-mel convention (presets for other toolkits: recipes/presets/):
     log_floor: float = 1e-5  # log-mel = log(max(mel, log_floor))
+    log_base: str = "e"  # e (natural log: HiFi-GAN, Tacotron 2) | 10 (ParallelWaveGAN, ESPnet)
+    # where frame f's window is centred: on sample f*hop ("start": librosa center=True, as
+    # ParallelWaveGAN and ESPnet) or on f*hop + hop/2 ("middle": HiFi-GAN's (n_fft - hop) / 2
+    # reflection padding without centring)
+    frame_center: str = "start"
+    magnitude_eps: float = 0.0  # |STFT| = sqrt(re^2 + im^2 + eps) (HiFi-GAN: 1e-9)
+    # False: models take the log-mel as it is (the feature statistics are the identity), for
+    # features that another toolkit does not normalise
+    normalize: bool = True
     stats_std_floor: float = 0.01  # floor on each mel channel's std in the feature statistics
 
 
@@ -88,7 +97,8 @@ class StudentConfig:
     # audio-like level rather than unit noise far outside [-1, 1], where the teacher has no mass
     initial_scale: float = 0.01
     conditioning_context: int = 1  # mel frames of context on each side (0 = frame f alone)
-    # samples per time tile of the fused CPU synthesis path (rounded down to whole frames):
+    # float32 samples per thread in a time tile of the fused CPU synthesis path (rows of the
+    # whole batch, scaled by the thread count and the dtype's size, rounded to whole frames):
     # small enough that a layer's gate activations stay in cache, large enough for fast GEMMs
     synthesis_tile: int = 2048
 
@@ -126,7 +136,9 @@ class TrainConfig:
     decay_steps: int = 200000
     grad_clip: float = 10.0
     ema_decay: float = 0.9999  # 0 disables EMA
-    precision: str = "auto"  # auto (bf16 where supported) | float32 | bfloat16
+    # auto (bf16 on GPUs with native bf16, else float32) | float32 | bfloat16 | float16 (with
+    # a gradient scaler, for GPUs without bf16); reduced ones only where native
+    precision: str = "auto"
     seed: int = 1
     log_every: int = 50
     valid_every: int = 1000
@@ -158,11 +170,13 @@ class Config:
 
 
 CHOICES = {
+    "audio.log_base": ("e", "10"),
+    "audio.frame_center": ("start", "middle"),
     "data.format": ("folder", "ljspeech", "vctk", "wavscp"),
     "teacher.output": ("mol", "gaussian", "categorical"),
     "student.noise": ("logistic", "gaussian"),
     "train.decay": ("exponential", "cosine", "none"),
-    "train.precision": ("auto", "float32", "bfloat16"),
+    "train.precision": ("auto", "float32", "bfloat16", "float16"),
 }
 
 # -- building from dicts ---------------------------------------------------------------------
@@ -199,8 +213,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         return value
     if typ is bool and isinstance(value, bool):
         return value
-    if typ is str and isinstance(value, str):
-        return value
+    if typ is str and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)  # YAML reads `log_base: 10` as a number
     raise UserError(f"config key '{key}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
@@ -295,9 +309,28 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file, then ``key.sub=value`` overrides; validated."""
-    data = read_yaml(path) if path is not None else {}
+# Partial configs for other toolkits' log-mel conventions (``--preset NAME``), shipped with the
+# package as ``presets/<NAME>.yaml``.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset ``name``; a UserError listing the presets when there is none."""
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown preset '{name}'{hint}; the presets are: {', '.join(names)}")
+    return PRESETS_DIR / f"{name}.yaml"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset: str | None = None) -> Config:
+    """Defaults, then the preset (:func:`preset_path`), then the YAML file, then
+    ``key.sub=value`` overrides; validated."""
+    data = read_yaml(preset_path(preset)) if preset is not None else {}
+    if path is not None:  # an empty section (`audio:` with every key commented out) adds nothing
+        data = _merge(data, {k: v for k, v in read_yaml(path).items() if v is not None})
     data = _merge(data, parse_overrides(overrides or []))
     return config_from_dict(data)
 
@@ -308,12 +341,21 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def audio_differences(ours: AudioConfig | dict[str, Any], theirs: AudioConfig | dict[str, Any]
+                      ) -> list[str]:
+    """The audio settings (every ``audio.*`` key) on which two configs disagree, as
+    ``"audio.key A vs B"`` phrases; empty when the features of one are the features of the
+    other. The one check of "same audio settings" (dataset folders, teachers, resumed runs,
+    evaluation)."""
+    # a stored dict may predate a key: it then holds that key's default
+    defaults = dataclasses.asdict(AudioConfig())
+    a = {**defaults, **ours} if isinstance(ours, dict) else dataclasses.asdict(ours)
+    b = {**defaults, **theirs} if isinstance(theirs, dict) else dataclasses.asdict(theirs)
+    keys = [f.name for f in dataclasses.fields(AudioConfig)]
+    return [f"audio.{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -335,6 +377,8 @@ def validate(cfg: Config) -> None:
     _check(a.sample_rate > 0, f"audio.sample_rate must be positive, got {a.sample_rate}")
     _check(a.hop_length > 0, f"audio.hop_length must be positive, got {a.hop_length}")
     _check(a.n_mels > 0, f"audio.n_mels must be positive, got {a.n_mels}")
+    _check(a.n_fft > 0, f"audio.n_fft must be positive, got {a.n_fft}")
+    _check(a.win_length > 0, f"audio.win_length must be positive, got {a.win_length}")
     _check(a.win_length <= a.n_fft,
            f"audio.win_length ({a.win_length}) must not exceed audio.n_fft ({a.n_fft})")
     fmax = a.fmax if a.fmax is not None else a.sample_rate / 2
@@ -342,6 +386,10 @@ def validate(cfg: Config) -> None:
            f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})")
     _check(0 <= a.fmin < fmax, f"audio.fmin ({a.fmin:g}) must be in [0, fmax={fmax:g})")
     _check(a.log_floor > 0, f"audio.log_floor must be positive, got {a.log_floor}")
+    _check(a.magnitude_eps >= 0, f"audio.magnitude_eps must be >= 0, got {a.magnitude_eps}")
+    _check(a.frame_center == "start" or a.hop_length <= a.n_fft,
+           f"audio.frame_center 'middle' pads (n_fft - hop_length) / 2 samples; audio.hop_length "
+           f"({a.hop_length}) must not exceed audio.n_fft ({a.n_fft})")
     _check(a.stats_std_floor > 0,
            f"audio.stats_std_floor must be positive, got {a.stats_std_floor}")
     d = cfg.data
@@ -352,6 +400,11 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.valid_fraction < 1,
            f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
     _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
+    _check(d.valid_min >= 0, f"data.valid_min must be >= 0, got {d.valid_min}")
+    _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _check(d.silence_threshold_db <= 0,
+           f"data.silence_threshold_db is a level in dBFS and must be <= 0, "
+           f"got {d.silence_threshold_db:g}")
     for section in ("teacher", "student"):
         factors = getattr(cfg, section).upsample_factors
         _check(len(factors) > 0 and all(f > 0 for f in factors),
@@ -364,8 +417,12 @@ def validate(cfg: Config) -> None:
            f"teacher.layers ({t.layers}) must be a positive multiple of "
            f"teacher.stacks ({t.stacks})")
     _check(t.kernel_size >= 2, f"teacher.kernel_size must be at least 2, got {t.kernel_size}")
-    _check(t.gate_channels % 2 == 0,
-           f"teacher.gate_channels must be even (tanh and sigmoid halves), got {t.gate_channels}")
+    _check(t.gate_channels > 0 and t.gate_channels % 2 == 0,
+           f"teacher.gate_channels must be positive and even (tanh and sigmoid halves), "
+           f"got {t.gate_channels}")
+    for key in ("residual_channels", "skip_channels", "speaker_dim"):
+        _check(getattr(t, key) > 0, f"teacher.{key} must be positive, got {getattr(t, key)}")
+    _check(t.mu_law_levels >= 2, f"teacher.mu_law_levels must be at least 2, got {t.mu_law_levels}")
     _check(t.num_mixtures > 0, f"teacher.num_mixtures must be positive, got {t.num_mixtures}")
     _check(t.num_speakers >= 0, f"teacher.num_speakers must be >= 0, got {t.num_speakers}")
     _check(t.conditioning_context >= 0,
@@ -374,6 +431,9 @@ def validate(cfg: Config) -> None:
     _check(len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
            f"student.flow_layers must be positive integers, got {s.flow_layers}")
     _check(s.kernel_size >= 2, f"student.kernel_size must be at least 2, got {s.kernel_size}")
+    for key in ("channels", "speaker_dim"):
+        _check(getattr(s, key) > 0, f"student.{key} must be positive, got {getattr(s, key)}")
+    _check(s.num_speakers >= 0, f"student.num_speakers must be >= 0, got {s.num_speakers}")
     _check(s.dilation_cycle > 0, f"student.dilation_cycle must be positive, got {s.dilation_cycle}")
     _check(s.initial_scale > 0, f"student.initial_scale must be positive, got {s.initial_scale}")
     _check(s.synthesis_tile > 0, f"student.synthesis_tile must be positive, got {s.synthesis_tile}")
@@ -385,15 +445,30 @@ def validate(cfg: Config) -> None:
     _check(len(k.power_hop_sizes) == n and len(k.power_win_lengths) == n,
            f"distill.power_fft_sizes/power_hop_sizes/power_win_lengths must have equal lengths, "
            f"got {n}, {len(k.power_hop_sizes)}, {len(k.power_win_lengths)}")
+    for key in ("power_fft_sizes", "power_hop_sizes", "power_win_lengths"):
+        sizes = getattr(k, key)
+        _check(all(v > 0 for v in sizes), f"distill.{key} must be positive, got {sizes}")
     for fft, win in zip(k.power_fft_sizes, k.power_win_lengths, strict=True):
         _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
+    weights = ("kl_weight", "power_weight", "power_log_weight", "stft_weight",
+               "contrastive_weight", "gaussian_reg_lambda")
+    for key in weights:
+        _check(getattr(k, key) >= 0, f"distill.{key} must be >= 0, got {getattr(k, key)}")
+    _check(k.kl_weight + k.power_weight + k.stft_weight > 0,
+           "distill.kl_weight, distill.power_weight and distill.stft_weight are all 0: "
+           "the student would learn nothing")
     tr = cfg.train
     _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")
     _check(tr.audio_seconds > 0, f"train.audio_seconds must be positive, got {tr.audio_seconds}")
     _check(tr.learning_rate > 0, f"train.learning_rate must be positive, got {tr.learning_rate}")
     _check(0 <= tr.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
     _check(tr.keep_last >= 1, f"train.keep_last must be at least 1, got {tr.keep_last}")
-    _check(len(tr.betas) == 2, f"train.betas must have two entries, got {tr.betas}")
+    _check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas),
+           f"train.betas must be two values in [0, 1), got {tr.betas}")
+    _check(tr.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tr.weight_decay}")
+    _check(0 < tr.decay_rate <= 1, f"train.decay_rate must be in (0, 1], got {tr.decay_rate}")
+    _check(tr.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: no clipping), got {tr.grad_clip}")
+    _check(tr.max_bad_steps >= 1, f"train.max_bad_steps must be at least 1, got {tr.max_bad_steps}")
     _check(tr.max_minutes >= 0, f"train.max_minutes must be >= 0, got {tr.max_minutes}")
     for key in ("log_every", "valid_every", "checkpoint_every", "decay_steps"):
         value = getattr(tr, key)

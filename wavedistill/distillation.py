@@ -40,15 +40,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
 
-from wavedistill.config import Config
+from wavedistill.config import Config, audio_differences
 from wavedistill.distributions import DiscretizedGaussian, MuLawCategorical, OutputDistribution
 from wavedistill.distributions.gaussian import gaussian_kl
 from wavedistill.errors import UserError
-from wavedistill.metrics import SILENCE_DB
+from wavedistill.metrics import loudness_gap_db
 from wavedistill.networks import unwrap
 from wavedistill.spectral import MultiResolutionSTFT
 from wavedistill.student import NOISE_ENTROPY, sample_noise
@@ -62,11 +63,9 @@ def check_teacher_compatible(teacher_cfg: Config, student_cfg: Config) -> None:
     differing hop of the upsamplers, a teacher head without a continuous density, a Gaussian
     teacher with non-Gaussian student noise, an unconditional teacher."""
     problems = []
-    t_audio, s_audio = dataclasses.asdict(teacher_cfg.audio), dataclasses.asdict(student_cfg.audio)
-    for key, value in t_audio.items():
-        if s_audio.get(key) != value:
-            problems.append(f"audio.{key} is {value!r} for the teacher, "
-                            f"{s_audio.get(key)!r} for the student")
+    audio = audio_differences(teacher_cfg.audio, student_cfg.audio)
+    if audio:
+        problems.append("the audio settings differ, teacher vs student: " + ", ".join(audio))
     t_hop = math.prod(teacher_cfg.teacher.upsample_factors)
     s_hop = math.prod(student_cfg.student.upsample_factors)
     if t_hop != s_hop:
@@ -123,51 +122,37 @@ def gaussian_kl_per_step(mu_s: Tensor, log_s_s: Tensor, mu_t: Tensor, log_s_t: T
     return gaussian_kl(mu_s, log_s_s, mu_t, log_s_t), reg_lambda * (log_s_t - log_s_s).square()
 
 
-def teacher_floor_rate(distribution: OutputDistribution, params: Tensor, floor: float) -> float:
+def teacher_floor_rate(distribution: OutputDistribution, params: Tensor, floor: float) -> Tensor:
     """Share of the teacher's probability weight whose log-scale is below ``floor`` (for a
-    mixture, weighted by the components' mixture weights)."""
+    mixture, weighted by the components' mixture weights): a 0-dim tensor, no gradient."""
     parts = distribution.location_scale(params.detach())
     log_scales = parts[-1]
     below = (log_scales < floor).float()
     if len(parts) == 3:  # mixture: (log weights, means, log-scales), each (B, K, T)
-        return float((parts[0].exp() * below).sum(1).mean())
-    return float(below.mean())
+        return (parts[0].exp() * below).sum(1).mean()
+    return below.mean()
 
 
 @dataclasses.dataclass
 class KLTerms:
-    """Per-sample means over the batch and steps (scalars). ``kl``, ``cross_entropy`` and
-    ``entropy`` carry gradients; ``regulariser`` is the Gaussian scale penalty (0 otherwise)."""
+    """Per-sample means over the batch and steps (0-dim tensors). ``kl``, ``cross_entropy`` and
+    ``entropy`` carry gradients; ``regulariser`` is the Gaussian scale penalty (0 otherwise);
+    the diagnostics ``ce_stderr``, ``ce_stderr_rel`` and ``teacher_floor_rate`` do not."""
 
     kl: Tensor
     cross_entropy: Tensor
     entropy: Tensor
     regulariser: Tensor
-    ce_stderr: float
-    ce_stderr_rel: float
-    teacher_floor_rate: float
-
-
-# -- loudness ------------------------------------------------------------------------------------
-
-
-def level_db(x: Tensor) -> Tensor:
-    """RMS level of each clip in dB re full scale, floored at the silence level: ``(B,)``."""
-    power = x.detach().double().square().mean(-1)
-    return (10.0 * torch.log10(power.clamp_min(10.0 ** (SILENCE_DB / 10.0)))).float()
-
-
-def loudness_gap_db(x: Tensor, reference: Tensor) -> Tensor:
-    """The whisper detector: RMS level of ``x`` minus that of ``reference`` per clip, in dB
-    (negative: the student is too quiet). ``(B, T), (B, T) -> (B,)``."""
-    return level_db(x) - level_db(reference)
+    ce_stderr: Tensor
+    ce_stderr_rel: Tensor
+    teacher_floor_rate: Tensor
 
 
 # -- the objective -------------------------------------------------------------------------------
 
 
 class Distillation:
-    """The distillation objective for :class:`~wavedistill.training.Trainer`.
+    """The distillation objective for :class:`~wavedistill.trainer.Trainer`.
 
     Holds the frozen teacher (``eval()`` and ``requires_grad_(False)``: its weights never
     change). ``loss(student, batch)`` draws noise, runs the student once and the teacher once
@@ -202,6 +187,7 @@ class Distillation:
         self.teacher_floor = max(self.distribution.log_scale_min, self.cfg.teacher_log_scale_min)
         self.student_floor = self.cfg.student_log_scale_min
         self.stft = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio)
+        self._checked_students: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # -- KL(student || teacher) --------------------------------------------------------------
 
@@ -219,12 +205,14 @@ class Distillation:
             mu_t, log_s_t = self.distribution.location_scale(params, self.teacher_floor)
             kl, reg = gaussian_kl_per_step(mu_tot, log_s, mu_t, log_s_t,
                                            self.cfg.gaussian_reg_lambda)
+            zero = kl.new_zeros(())  # no Monte-Carlo draws: no spread
             return KLTerms(kl.mean(), (kl + entropy).mean(), entropy.mean(), reg.mean(),
-                           0.0, 0.0, floor_rate)
+                           zero, zero, floor_rate)
         values = draw_values(mu_tot, log_s, eps)
         ce, stderr = mc_cross_entropy(self.distribution, params, values, self.teacher_floor)
-        spread = float(stderr.mean())
-        rel = spread / max(float(ce.detach().abs().mean()), torch.finfo(torch.float32).tiny)
+        spread = stderr.mean()
+        # the float32 tiny floor, as a tensor op: no wait for the device on every step
+        rel = spread / ce.detach().abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
         zero = ce.new_zeros(())
         return KLTerms((ce - entropy).mean(), ce.mean(), entropy.mean(), zero, spread, rel,
                        floor_rate)
@@ -237,16 +225,27 @@ class Distillation:
 
     # -- the trainer's interface -----------------------------------------------------------------
 
+    def _checked(self, student: nn.Module) -> None:
+        """:meth:`_check_noise` once per student module (the training weights, the EMA copy):
+        a module's noise kind is fixed at construction, so one check covers every step."""
+        model = unwrap(student)
+        if model not in self._checked_students:
+            self._check_noise(model)
+            self._checked_students.add(model)
+
     def _check_noise(self, student: nn.Module) -> None:
+        """The student must draw the noise kind whose entropy and draws this objective uses."""
         if unwrap(student).noise != self.noise:
             raise UserError(f"the student's noise is {unwrap(student).noise!r} but the config "
                             f"given to the objective says student.noise={self.noise!r}")
 
-    def loss(self, student: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, student: nn.Module, batch: dict[str, Tensor]
+             ) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted total ``kl_weight (KL + reg) + power_weight power
         [+ power_log_weight log_magnitude] [+ stft_weight (spectral_convergence +
-        log_magnitude)] - contrastive_weight KL_mismatched`` and its parts."""
-        self._check_noise(student)
+        log_magnitude)] - contrastive_weight KL_mismatched`` and its parts, as detached 0-dim
+        tensors on the device (converting them here would make every step wait for it)."""
+        self._checked(student)
         audio, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
         z = _noise(audio, audio.shape, self.noise)
         x, mu_tot, log_s_tot = student(z, mel, speaker)
@@ -271,7 +270,7 @@ class Distillation:
             total = total - c.contrastive_weight * contrastive
         logs.update({k: _value(v) for k, v in spectra.items()})
         logs["contrastive"] = _value(contrastive)
-        logs["loudness_gap_db"] = float(loudness_gap_db(x, audio).mean())
+        logs["loudness_gap_db"] = loudness_gap_db(x, audio).mean()
         return total, logs
 
     def _spectral(self, x: Tensor, audio: Tensor) -> dict[str, Tensor]:
@@ -279,12 +278,12 @@ class Distillation:
             return self.stft.distances(x, audio)
         return {"power": self.stft.power(x, audio)}
 
-    def _kl_logs(self, terms: KLTerms, log_s_tot: Tensor) -> dict[str, float]:
+    def _kl_logs(self, terms: KLTerms, log_s_tot: Tensor) -> dict[str, Tensor]:
         logs = {"kl": _value(terms.kl), "cross_entropy": _value(terms.cross_entropy),
-                "entropy": _value(terms.entropy), "ce_stderr": terms.ce_stderr,
-                "ce_stderr_rel": terms.ce_stderr_rel,
-                "teacher_floor_rate": terms.teacher_floor_rate,
-                "student_floor_rate": float((log_s_tot < self.student_floor).float().mean())}
+                "entropy": _value(terms.entropy), "ce_stderr": _value(terms.ce_stderr),
+                "ce_stderr_rel": _value(terms.ce_stderr_rel),
+                "teacher_floor_rate": _value(terms.teacher_floor_rate),
+                "student_floor_rate": (log_s_tot.detach() < self.student_floor).float().mean()}
         if self.closed_form:
             logs["gaussian_reg"] = _value(terms.regulariser)
         return logs
@@ -294,7 +293,7 @@ class Distillation:
         """Copy-synthesis of one held-out batch: ``stft_distance`` (multi-resolution spectral
         convergence + log magnitude, student audio vs the real clips), ``power``,
         ``loudness_gap_db``, and the KL estimate (``kl``, ``cross_entropy``, ``entropy``)."""
-        self._check_noise(student)
+        self._checked(student)
         audio, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
         z = _noise(audio, audio.shape, self.noise)
         x, mu_tot, log_s_tot = student(z, mel, speaker)
@@ -315,9 +314,9 @@ class Distillation:
         return {"student": audio[0]}
 
 
-def _value(t: Tensor) -> float:
-    """A logged scalar: the value of ``t``, without its graph."""
-    return float(t.detach())
+def _value(t: Tensor) -> Tensor:
+    """A logged scalar: ``t`` without its graph, left on the device (0-dim)."""
+    return t.detach()
 
 
 def _noise(like: Tensor, shape, noise: str) -> Tensor:

@@ -39,17 +39,17 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from wavedistill import metrics
-from wavedistill.config import Config, config_to_dict, load_config
+from wavedistill.config import Config, audio_differences, config_to_dict, load_config
 from wavedistill.errors import UserError
-
-if TYPE_CHECKING:
-    from wavedistill.features import FeatureStats
+from wavedistill.features import FeatureStats, lowest_log_mel
+from wavedistill.fileio import atomic_write_text
+from wavedistill.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,6 @@ class Clip:
     audio: torch.Tensor
     mel: torch.Tensor
     speaker: int
-
-
-@dataclass
-class Loaded:
-    """A model from a checkpoint with its config and feature statistics."""
-
-    kind: str
-    model: torch.nn.Module
-    cfg: Config
-    stats: Any
-    path: Path
 
 
 @dataclass
@@ -100,26 +89,13 @@ class Results:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load_model(path: Path, device: torch.device, expected_kind: str | None = None) -> Loaded:
-    from wavedistill.checkpoint import load_frozen
-
-    ckpt, model, cfg, stats = load_frozen(path, expected_kind, device)
-    return Loaded(ckpt["kind"], model, cfg, stats, Path(path))
-
-
-FEATURE_KEYS = ("sample_rate", "hop_length", "n_fft", "win_length", "n_mels", "fmin", "fmax",
-                "log_floor")
-
-
 def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
     """The dataset's features must be the ones the model was trained on."""
     config = data_dir / "config.yaml"
     if not config.is_file():
         raise UserError(f"{data_dir}: not a dataset folder (no config.yaml); run "
                         "`wavedistill preprocess`")
-    data_audio = load_config(config).audio
-    differ = [f"audio.{k} ({getattr(data_audio, k)} vs {getattr(cfg.audio, k)})"
-              for k in FEATURE_KEYS if getattr(data_audio, k) != getattr(cfg.audio, k)]
+    differ = audio_differences(load_config(config).audio, cfg.audio)
     if differ:
         raise UserError(f"{data_dir}: features differ from those of {source}: {', '.join(differ)}")
 
@@ -127,7 +103,7 @@ def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
 SPLITS = ("valid", "all")
 
 
-def held_out_clips(data_dir: Path, cfg: Config, stats, limit: int | None = None,
+def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int | None = None,
                    split: str = "valid") -> list[Clip]:
     """The utterances of ``split``, whole, in manifest order (the first ``limit``):
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
@@ -146,22 +122,22 @@ def held_out_clips(data_dir: Path, cfg: Config, stats, limit: int | None = None,
     return [Clip(it["id"], it["audio"], it["mel"], it["speaker"]) for it in items]
 
 
-def _speaker(section, clip: Clip, device: torch.device) -> torch.Tensor | None:
-    return torch.tensor([clip.speaker], device=device) if section.num_speakers > 0 else None
+def _speaker(model: LoadedModel, clip: Clip, device: torch.device) -> torch.Tensor | None:
+    return torch.tensor([clip.speaker], device=device) if model.num_speakers > 0 else None
 
 
 # -- teacher: likelihood and samples -----------------------------------------------------------
 
 
 @torch.inference_mode()
-def held_out_nll(teacher: Loaded, clips: list[Clip], device: torch.device) -> dict[str, Any]:
+def held_out_nll(teacher: LoadedModel, clips: list[Clip], device: torch.device) -> dict[str, Any]:
     """NLL in bits per sample over all ``clips``, and per clip."""
     total_nats, total_samples, per_clip = 0.0, 0, {}
     mel_on = teacher.cfg.teacher.use_mel
     for clip in clips:
         audio = clip.audio[None].to(device)
         mel = clip.mel[None].to(device) if mel_on else None
-        logp = teacher.model.log_prob(audio, mel, _speaker(teacher.cfg.teacher, clip, device))
+        logp = teacher.model.log_prob(audio, mel, _speaker(teacher, clip, device))
         nats = -float(logp.double().sum())
         per_clip[clip.id] = nats / audio.shape[-1] / math.log(2.0)
         total_nats += nats
@@ -171,7 +147,7 @@ def held_out_nll(teacher: Loaded, clips: list[Clip], device: torch.device) -> di
 
 
 @torch.inference_mode()
-def teacher_samples(teacher: Loaded, clips: list[Clip], seconds: float,
+def teacher_samples(teacher: LoadedModel, clips: list[Clip], seconds: float,
                     device: torch.device) -> dict[str, np.ndarray]:
     """Teacher samples conditioned on the first ``seconds`` of every clip, generated as one
     batch (shorter clips are padded with mean features and their samples cut back)."""
@@ -184,7 +160,7 @@ def teacher_samples(teacher: Loaded, clips: list[Clip], seconds: float,
               "speaker": c.speaker} for c in clips]
     batch = collate(items)
     mel = batch["mel"].to(device) if teacher.cfg.teacher.use_mel else None
-    speaker = batch["speaker"].to(device) if teacher.cfg.teacher.num_speakers > 0 else None
+    speaker = batch["speaker"].to(device) if teacher.num_speakers > 0 else None
     generator = torch.Generator(device=device).manual_seed(SEED)
     audio = generate(teacher.model, mel, speaker, num_samples=batch["mel"].shape[-1] * hop,
                      generator=generator, method="cached")
@@ -196,21 +172,21 @@ def teacher_samples(teacher: Loaded, clips: list[Clip], seconds: float,
 
 
 @torch.inference_mode()
-def student_samples(student: Loaded, clips: list[Clip], device: torch.device
+def student_samples(student: LoadedModel, clips: list[Clip], device: torch.device
                     ) -> dict[str, np.ndarray]:
     """Copy-synthesis of every clip from its own mel, in one pass each."""
     out = {}
     for clip in clips:
         generator = torch.Generator(device=device).manual_seed(SEED)
         audio = student.model.synthesize(clip.mel[None].to(device),
-                                         _speaker(student.cfg.student, clip, device),
+                                         _speaker(student, clip, device),
                                          generator=generator)
         out[clip.id] = audio[0].float().cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def kl_estimate(student: Loaded, teacher: Loaded, clips: list[Clip], device: torch.device
+def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], device: torch.device
                 ) -> dict[str, Any]:
     """The distillation objective's KL(student || teacher) estimate (nats per sample) on the
     first ``data.segment_length`` samples of every clip, and its mean over clips. Segments
@@ -380,7 +356,7 @@ def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Con
     rows = [("original", clip.audio.numpy())] + list(synthesis.items())
     mels = [_log_mel(audio, cfg) for _, audio in rows]
     sr, hop = cfg.audio.sample_rate, cfg.audio.hop_length
-    vmin = math.log(cfg.audio.log_floor)
+    vmin = lowest_log_mel(cfg.audio)
     vmax = max((float(m.max()) for m in mels if m is not None), default=vmin + 1.0)
     fig = Figure(figsize=(8, 2.2 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)  # Agg canvas: no display and no global pyplot state
@@ -403,8 +379,8 @@ def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Con
 
 def write_report(out_dir: Path, results: Results) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(results.to_dict(), indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(results))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(results.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", markdown(results))
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -422,11 +398,11 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if griffin_lim_iters < 0:
         raise UserError(f"--griffin-lim-iters must be >= 0, got {griffin_lim_iters}")
     dev = torch.device(device)
-    main = load_model(checkpoint, dev)
+    main = load_model(checkpoint, device=dev)
     if main.kind == "teacher" and teacher is not None:
         raise UserError(f"{checkpoint}: is a teacher checkpoint; --teacher is for students")
     check_dataset(data_dir, main.cfg, checkpoint)
-    ref = load_model(teacher, dev, expected_kind="teacher") if teacher is not None else None
+    ref = load_model(teacher, "teacher", dev) if teacher is not None else None
     if ref is not None:
         from wavedistill.distillation import check_teacher_compatible
 
@@ -466,7 +442,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         results.samples["student_span"] = score(clips, span, main.cfg)
     results.header["figures"] = draw_figures(out_dir, clips, synthesis, main.cfg)
     if the_teacher is not None:
-        results.header["nll_curve"] = plot_nll_curve(out_dir, the_teacher.path)
+        results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
     write_report(out_dir, results)
     return results.to_dict()
 
@@ -478,7 +454,7 @@ def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from wavedistill.training import VALIDATION_HISTORY
+    from wavedistill.trainer import VALIDATION_HISTORY
 
     history = Path(teacher_ckpt).resolve().parent.parent / VALIDATION_HISTORY
     if not history.is_file():
@@ -517,19 +493,3 @@ def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str
         plot_clip(out_dir / name, clip, {n: synthesis[n][clip.id] for n in order}, cfg)
         names.append(name)
     return names
-
-
-def evaluate_cli(args) -> int:
-    """``wavedistill evaluate``: write the report folder and print where it is."""
-    results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
-                       max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
-                       device=args.device, griffin_lim_iters=args.griffin_lim_iters,
-                       split=args.split)
-    summary = f"report written to {args.out}"
-    if "nll" in results:
-        summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
-    print(summary)
-    sentence = verdict(results["copy_synthesis"])
-    if sentence:
-        print(sentence)
-    return 0

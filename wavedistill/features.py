@@ -1,23 +1,27 @@
 """The one feature function, :func:`log_mel`, and per-channel statistics, :class:`FeatureStats`.
 
-Frame alignment. ``log_mel`` returns exactly ``F = T // hop`` frames for ``T`` samples. Frame ``f``
-is centred on sample ``f * hop``: its Hann window (``win_length`` long, centred inside ``n_fft``)
-weights samples ``[f*hop - win_length//2, f*hop + win_length//2)`` (even sizes), reflected
-at the clip's edges (``torch.stft(center=True, pad_mode="reflect")``). The STFT yields one more
-frame, centred on sample ``T``; it is dropped so that frame ``f`` pairs with the samples
-``[f*hop, (f+1)*hop)`` it conditions. Hence a hop-aligned segment starting at sample ``s`` is
-paired with frames ``[s/hop, s/hop + T/hop)`` of the whole clip's features.
+Frame alignment. ``log_mel`` returns exactly ``F = T // hop`` frames for ``T`` samples; frame
+``f`` conditions the samples ``[f*hop, (f+1)*hop)``. With ``audio.frame_center = "start"``
+(the default; librosa's ``center=True``, as ParallelWaveGAN and ESPnet) frame ``f``'s Hann
+window (``win_length`` long, centred inside ``n_fft``) is centred on sample ``f * hop``,
+reflected at the clip's edges; the STFT's extra frame, centred on sample ``T``, is dropped.
+With ``"middle"`` (HiFi-GAN) the clip is reflection-padded by ``(n_fft - hop) / 2`` on each
+side and framed without centring, so frame ``f`` is centred on ``f * hop + hop / 2``. Either
+way a hop-aligned segment starting at sample ``s`` is paired with frames
+``[s/hop, s/hop + T/hop)`` of the whole clip's features.
 
-Magnitude, not power: mel = M |STFT| (``power=1``), the convention of MelGAN, HiFi-GAN and
-Parallel WaveGAN, whose log-floor of 1e-5 (``audio.log_floor``) assumes it; the log-mel is
-``log(max(mel, log_floor))`` in nats.
+Magnitude, not power: mel = M |STFT| with the Slaney-normalised filterbank, the convention of
+MelGAN, HiFi-GAN, ParallelWaveGAN and ESPnet. The log-mel is
+``log_b(max(mel, audio.log_floor))`` with ``b = audio.log_base``; the toolkits differ in base
+and floor (HiFi-GAN and NVIDIA's Tacotron 2: natural log, floor 1e-5; ParallelWaveGAN and
+ESPnet: log10, floor 1e-10), and a vocoder must be trained on the convention of the acoustic
+model that feeds it (presets in ``recipes/presets/``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ import torch
 
 from wavedistill.config import AudioConfig
 from wavedistill.errors import UserError
+from wavedistill.fileio import atomic_write
 
 # -- log-mel ---------------------------------------------------------------------------------
 
@@ -73,12 +78,36 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
                         f"(needs more than audio.n_fft // 2 = {cfg.n_fft // 2})")
     dtype = torch.float64 if audio.dtype == torch.float64 else torch.float32
     x = audio.to(dtype)
+    centred = cfg.frame_center == "start"
+    if not centred:  # HiFi-GAN: pad (n_fft - hop) / 2 each side, frame without centring
+        pad = (cfg.n_fft - cfg.hop_length) // 2
+        x = torch.nn.functional.pad(x.reshape(-1, 1, num_samples), (pad, pad), mode="reflect")
+        x = x.reshape(*audio.shape[:-1], -1)
     window = _hann(cfg.win_length, x.device, dtype)
     spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                      window=window, center=True, pad_mode="reflect", return_complex=True)
-    magnitude = spec[..., : num_samples // cfg.hop_length].abs()  # (..., n_fft // 2 + 1, F)
+                      window=window, center=centred, pad_mode="reflect", return_complex=True)
+    spec = spec[..., : num_samples // cfg.hop_length]  # (..., n_fft // 2 + 1, F)
+    if cfg.magnitude_eps > 0:
+        magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + cfg.magnitude_eps)
+    else:
+        magnitude = spec.abs()
     mel = mel_filters(cfg, x.device, dtype) @ magnitude  # (..., n_mels, F)
-    return torch.log(torch.clamp(mel, min=cfg.log_floor))
+    return log_of(torch.clamp(mel, min=cfg.log_floor), cfg)
+
+
+def log_of(x: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+    """``log_b(x)`` in the base of ``audio.log_base``."""
+    return torch.log(x) if cfg.log_base == "e" else torch.log10(x)
+
+
+def exp_of(x, cfg: AudioConfig):
+    """The inverse of :func:`log_of` for tensors or arrays: ``b ** x``."""
+    return np.exp(x) if cfg.log_base == "e" else np.power(10.0, x)
+
+
+def lowest_log_mel(cfg: AudioConfig) -> float:
+    """The smallest value :func:`log_mel` can return: the log of ``audio.log_floor``."""
+    return math.log(cfg.log_floor) if cfg.log_base == "e" else math.log10(cfg.log_floor)
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -132,6 +161,14 @@ class FeatureStats:
         std = np.maximum(np.sqrt(m2 / count), std_floor)
         return cls(torch.from_numpy(mean), torch.from_numpy(std))
 
+    @classmethod
+    def for_features(cls, mels: Iterable, cfg: AudioConfig) -> FeatureStats:
+        """The statistics a corpus's models normalise with: :meth:`compute` over ``mels``, or
+        the identity (mean 0, std 1) when ``audio.normalize`` is False."""
+        if cfg.normalize:
+            return cls.compute(mels, cfg.stats_std_floor)
+        return cls(torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels))
+
     def _per_channel(self, mel):
         """mean and std shaped (n_mels, 1), in mel's kind, dtype and device."""
         if mel.shape[-2] != self.n_mels:
@@ -163,12 +200,7 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         """Write ``mean`` and ``std`` (n_mels,) to an ``.npz`` file, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mean=self.mean.numpy(), std=self.std.numpy())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, mean=self.mean.numpy(), std=self.std.numpy()))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

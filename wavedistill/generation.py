@@ -4,6 +4,7 @@
   future steps still need in an explicit :class:`TeacherState`, so a step costs ``O(L)``.
 * ``naive``: every step reruns the teacher's parallel pass over the receptive field that the
   step depends on. ``O(receptive field)`` per step; the reference the cached path must equal.
+  Its windows (:func:`naive_windows`) are also what the benchmark's FLOP count of it uses.
 
 A cached step is a handful of matrix-vector products per layer, so at batch 1 on a CPU its cost
 is the number of operations, not arithmetic. The step is therefore laid out for few operations
@@ -51,6 +52,7 @@ from torch import Tensor
 
 from wavedistill.errors import UserError
 from wavedistill.networks import Conditioning, ResidualBlock
+from wavedistill.precision import resolve_dtype
 
 # A layer's history is compacted once per ``columns * dilation`` steps; at least this many
 # steps apart, so the copy costs nothing measurable even for dilation 1.
@@ -164,6 +166,8 @@ def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> Fused
             raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if precision == "float32":
             dtype = torch.float32
+        if precision == "bfloat16":  # refused where bf16 would be emulated (slow)
+            resolve_dtype("bfloat16", teacher.input_conv.weight.device, "teacher precision")
     mm = torch.bfloat16 if precision == "bfloat16" else dtype
     stack = teacher.stack
     if any(block.skip_channels == 0 for block in stack.blocks):
@@ -516,26 +520,51 @@ def naive_window(t: int, receptive_field: int, hop: int, context: int, frames: i
     return max(0, first), min(frames, last)
 
 
+def naive_hop_and_context(teacher) -> tuple[int, int]:
+    """``(hop, context)`` of the naive sampler's windows: samples per window unit and the mel
+    context frames read on either side of a frame; ``(1, 0)`` for a teacher without mel, whose
+    windows are in samples. The one place this geometry is derived (sampler and FLOP count)."""
+    if teacher.n_mels == 0:
+        return 1, 0
+    context = teacher.conditioner.context
+    return teacher.conditioner.hop, context.padding[0] if context is not None else 0
+
+
 def naive_geometry(teacher, mel: Tensor | None, length: int) -> tuple[int, int, int]:
     """``(hop, context, frames)`` of the naive sampler's windows for a ``length``-sample clip:
-    with mel conditioning, the hop, the mel context frames and the mel's frames; without,
+    with mel conditioning, :func:`naive_hop_and_context` and the mel's frames; without,
     ``(1, 0, length)`` (windows in samples)."""
     if mel is None or teacher.n_mels == 0:
-        return 1, 0, length
-    context = teacher.conditioner.context
-    return teacher.conditioner.hop, context.padding[0] if context is not None else 0, mel.shape[-1]
+        return 1, 0, length  # a conditioned teacher given no mel refuses it in its pass
+    return *naive_hop_and_context(teacher), mel.shape[-1]
+
+
+def naive_windows(teacher, steps: range, frames: int) -> list[tuple[int, int]]:
+    """:func:`naive_window` of every step of ``steps`` in a clip of ``frames`` window units
+    (mel frames, or samples without mel): what the naive sampler runs its passes over."""
+    hop, context = naive_hop_and_context(teacher)
+    return [naive_window(t, teacher.receptive_field, hop, context, frames) for t in steps]
+
+
+def steady_naive_steps(teacher, count: int) -> tuple[range, int]:
+    """``count`` steps of the naive sampler whose windows are full (past the receptive field
+    and the mel context; earlier steps see a shorter past and cost less), and the frames
+    (samples without mel) of the clip that holds them."""
+    hop, context = naive_hop_and_context(teacher)
+    start = teacher.receptive_field + (context + 1) * hop
+    stop = start + count
+    return range(start, stop), (stop - 1) // hop + context + 1
 
 
 def sample_naive_steps(teacher, mel, speaker, audio: Tensor, steps: range,
                        generator: torch.Generator | None = None, report=None) -> None:
     """Draw ``audio[:, t]`` for ``t`` in ``steps``, in order, each by one parallel pass over the
-    frames that step depends on (:func:`naive_window`). ``audio`` ``(B, frames * hop)`` holds
+    frames that step depends on (:func:`naive_windows`). ``audio`` ``(B, frames * hop)`` holds
     the past (drawn in place); later samples are never read by earlier steps (causality)."""
     dist = teacher.distribution
     conditioned = mel is not None and teacher.n_mels > 0
-    hop, context, frames = naive_geometry(teacher, mel, audio.shape[-1])
-    for t in steps:
-        f0, f1 = naive_window(t, teacher.receptive_field, hop, context, frames)
+    hop, _, frames = naive_geometry(teacher, mel, audio.shape[-1])
+    for t, (f0, f1) in zip(steps, naive_windows(teacher, steps, frames), strict=True):
         window_mel = mel[:, :, f0:f1] if conditioned else None
         params = teacher(audio[:, f0 * hop:f1 * hop], window_mel, speaker)
         pos = t - f0 * hop

@@ -20,14 +20,17 @@ DEFAULT_ITERATIONS = 32
 def griffin_lim(log_mel: np.ndarray, audio: AudioConfig, n_iter: int = DEFAULT_ITERATIONS,
                 seed: int = 0) -> np.ndarray:
     """Audio ``(F * hop,)`` float32 in [-1, 1] from an unnormalised log-mel ``(n_mels, F)``
-    (natural log of the magnitude mel, as :func:`~wavedistill.features.log_mel` returns).
+    (the log of the magnitude mel in ``audio.log_base``, as
+    :func:`~wavedistill.features.log_mel` returns).
 
     ``seed`` fixes the random initial phase, so the same mel always gives the same audio."""
     import librosa
 
     if n_iter < 1:
         raise ValueError(f"griffin_lim needs at least one iteration, got {n_iter}")
-    mel = np.exp(np.asarray(log_mel, dtype=np.float64))
+    from wavedistill.features import exp_of
+
+    mel = exp_of(np.asarray(log_mel, dtype=np.float64), audio)
     magnitude = librosa.feature.inverse.mel_to_stft(
         mel, sr=audio.sample_rate, n_fft=audio.n_fft, power=1.0, fmin=audio.fmin,
         fmax=audio.fmax)
@@ -39,4 +42,6 @@ def griffin_lim(log_mel: np.ndarray, audio: AudioConfig, n_iter: int = DEFAULT_I
                              win_length=audio.win_length, n_fft=audio.n_fft, window="hann",
                              center=True, length=length, init="random",
                              random_state=np.random.default_rng(seed))
+    if audio.frame_center == "middle":  # frame f is centred half a hop later than librosa's
+        out = np.concatenate([np.zeros(audio.hop_length // 2), out])[:length]
     return np.clip(out, -1.0, 1.0).astype(np.float32)

@@ -9,12 +9,14 @@ from wavedistill.errors import UserError
 
 def describe(path: str | Path) -> str:
     """Summary of a dataset folder (written by ``preprocess``) or of a checkpoint file."""
+    from wavedistill.loading import is_bundle
+
     path = Path(path)
+    if is_bundle(path):
+        return describe_bundle(path)
     if path.is_dir():
         return describe_dataset(path)
     if path.is_file():
-        from wavedistill.checkpoint import describe_checkpoint
-
         return describe_checkpoint(path)
     raise UserError(f"{path}: no such file or folder")
 
@@ -44,3 +46,59 @@ def describe_dataset(folder: Path) -> str:
         lines.append(f"  rejected: {count} file(s), listed in {rejected.name}")
     lines.append(f"  statistics: {'stats.npz' if (folder / 'stats.npz').exists() else 'missing'}")
     return "\n".join(lines)
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """Kind, step, architecture, receptive field, parameters, audio settings and validation
+    value of a checkpoint."""
+    from wavedistill.checkpoint import load_checkpoint
+    from wavedistill.loading import from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    loaded = from_checkpoint(ckpt)
+    a = loaded.cfg.audio
+    best = ckpt.get("best_valid")
+    field = loaded.model.receptive_field
+    lines = [
+        f"{loaded.kind} checkpoint {path} (wavedistill {ckpt.get('version', '?')})",
+        f"  step {loaded.step}, best validation " + (f"{best:.4f}" if best is not None else "none"),
+        _architecture_line(loaded.kind, loaded.cfg),
+        f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
+        f"  parameters: {loaded.model.num_parameters:,}"
+        + (" (EMA weights stored)" if ckpt.get("ema") is not None else ""),
+        f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
+        f"  speakers: {max(1, len(loaded.speakers or {}))}",
+    ]
+    return "\n".join(lines)
+
+
+def _architecture_line(kind: str, cfg) -> str:
+    if kind == "teacher":
+        t = cfg.teacher
+        return (f"  WaveNet teacher: {t.layers} layers in {t.stacks} stacks, "
+                f"kernel {t.kernel_size}, {t.residual_channels} residual channels, "
+                f"output {t.output}, "
+                f"upsampling {'x'.join(map(str, t.upsample_factors))}")
+    s = cfg.student
+    return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
+            f"{s.channels} channels, {s.noise} noise, "
+            f"upsampling {'x'.join(map(str, s.upsample_factors))}")
+
+
+def describe_bundle(folder: Path) -> str:
+    """Kind, step, architecture, receptive field, parameters and audio settings of an
+    exported bundle folder."""
+    from wavedistill.loading import load_bundle
+
+    loaded = load_bundle(folder)
+    a = loaded.cfg.audio
+    field = loaded.model.receptive_field
+    return "\n".join([
+        f"{loaded.kind} bundle {folder}",
+        f"  step {loaded.step}",
+        _architecture_line(loaded.kind, loaded.cfg),
+        f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
+        f"  parameters: {loaded.model.num_parameters:,}",
+        f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
+        f"  speakers: {max(1, len(loaded.speakers or {}))}",
+    ])

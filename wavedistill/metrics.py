@@ -11,7 +11,8 @@ Built in (torch and numpy only):
   averaged over frames, on the feature STFT (``audio.n_fft``, ``hop_length``, ``win_length``).
 - ``loudness_difference_db``: RMS level of ``est`` minus that of ``ref`` (the distillation
   objective's whisper detector); strongly negative values are the whispering student that the
-  power loss exists to prevent.
+  power loss exists to prevent. Its batched torch form, :func:`loudness_gap_db`, is what the
+  objective logs, so training logs and reports measure alike.
 
 With the ``metrics`` extra (``pip install 'wavedistill[metrics]'``), imported only when used:
 
@@ -96,18 +97,28 @@ def _pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # -- built in --------------------------------------------------------------------------------
 
 
-def level_db(x: np.ndarray) -> float:
-    """RMS level of a clip in dB relative to full scale, floored at ``SILENCE_DB`` (the
-    distillation objective's loudness measure, so training logs and reports agree)."""
-    from wavedistill.distillation import level_db as levels_db
+def levels_db(x: torch.Tensor) -> torch.Tensor:
+    """RMS level of each clip in dB re full scale, floored at ``SILENCE_DB``:
+    ``(B, T) -> (B,)`` float32, without gradient. The mean square is taken in float64, so a
+    long clip's sum of squares keeps its precision."""
+    power = x.detach().double().square().mean(-1)
+    return (10.0 * torch.log10(power.clamp_min(10.0 ** (SILENCE_DB / 10.0)))).float()
 
+
+def loudness_gap_db(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The whisper detector: RMS level of ``x`` minus that of ``reference`` per clip, in dB
+    (negative: ``x`` is too quiet). ``(B, T), (B, T) -> (B,)``."""
+    return levels_db(x) - levels_db(reference)
+
+
+def level_db(x: np.ndarray) -> float:
+    """RMS level of a clip ``(T,)`` in dB relative to full scale, floored at ``SILENCE_DB``
+    (:func:`levels_db` of one clip)."""
     return float(levels_db(torch.as_tensor(np.asarray(x, dtype=np.float64))[None])[0])
 
 
 def loudness_difference_db(ref: np.ndarray, est: np.ndarray) -> float:
     """``level_db(est) - level_db(ref)``: negative when the synthesis is too quiet."""
-    from wavedistill.distillation import loudness_gap_db
-
     ref, est = _pair(ref, est)
     return float(loudness_gap_db(torch.from_numpy(est)[None], torch.from_numpy(ref)[None])[0])
 

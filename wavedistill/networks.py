@@ -1,13 +1,16 @@
 """WaveNet building blocks shared by the teacher (MAF direction) and the student (IAF direction).
 
-Everything works on ``(B, C, T)`` tensors; a step of incremental generation is ``T = 1``.
+Everything works on ``(B, C, T)`` tensors. Fast inference does not run these modules: the
+teacher's cached sampler (:mod:`wavedistill.generation`) and the student's fused synthesis
+(:func:`wavedistill.student.fused_flow`) lay the same weights out their own way, and the tests
+check them against the batch path here.
 
 Pieces, from the bottom up:
 
 * :class:`CausalConv1d` -- a dilated convolution padded on the left by ``(k - 1) * d`` so that
   output ``t`` sees inputs ``t - (k - 1) * d, ..., t`` only. :meth:`CausalConv1d.step` applies the
-  same weights to a window of the last ``(k - 1) * d + 1`` inputs (one output sample), which is
-  what a cached sampler needs.
+  same weights to a window of the last ``(k - 1) * d + 1`` inputs (one output sample): a
+  reference step the tests use to check the padding of the batch path.
 * :class:`ResidualBlock` -- dilated conv ``R -> G``, plus conditioning, ``tanh`` of the first half
   times ``sigmoid`` of the second half, then ONE 1x1 conv ``G/2 -> R + S`` whose output is split
   into the residual update and the skip output (``S = 0``: no skip; ``residual=False``: skip only,
@@ -35,8 +38,10 @@ and speaker term ``g`` (shape ``(B, L*G, 1)``), the conditioning added before th
 
     cond[:, l*G + c, t] = W[o] * P[:, l*G + c, f] + g[:, l*G + c]
 
-:meth:`Conditioning.at` evaluates exactly this for one sample, for every layer at once; frame
-``f`` drives samples ``[f * hop, (f + 1) * hop)`` and nothing else.
+:meth:`Conditioning.at` evaluates exactly this for one sample, for every layer at once (the
+reference the tests check the upsampled path against; the teacher's sampler evaluates the same
+formula on its own buffers); frame ``f`` drives samples ``[f * hop, (f + 1) * hop)`` and
+nothing else.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wavedistill.errors import UserError
 
 
 def dilation_cycle(layers: int, cycle: int) -> list[int]:
@@ -94,7 +101,8 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, (self.left_padding, 0)))
 
     def step(self, window: Tensor) -> Tensor:
-        """One output sample from the last ``self.window`` inputs.
+        """One output sample from the last ``self.window`` inputs: the reference step used by
+        the tests to check the causal padding of :meth:`forward`.
 
         ``window``: ``(B, C_in, (k-1)*d + 1)``, oldest first -> ``(B, C_out, 1)``.
         """
@@ -105,34 +113,64 @@ class CausalConv1d(nn.Conv1d):
 
 
 class _GatedTanh(torch.autograd.Function):
-    """``tanh(a) * sigmoid(b)`` whose backward writes both halves' gradients straight into one
-    ``(B, G, T)`` buffer (autograd's ``chunk`` backward would concatenate two new tensors)."""
+    """``tanh(a) * sigmoid(b)`` of ``[a | b] = pre + upsample(frames)`` along channels:
+    ``pre (B, G, T)``, ``frames (B, G, F)`` and ``filt (hop,)`` (both ``None``: no conditioning)
+    -> ``(B, G/2, T)``.
+
+    Why a custom function: the conditioned sum is written once and becomes, in place, the
+    buffer ``[tanh(a) | sigmoid(b)]`` that the backward reuses, and the backward writes both
+    halves' gradients straight into one ``(B, G, T)`` buffer (autograd would keep the sum, the
+    two activations and the temporaries of ``chunk``'s and ``mul``'s backward). ``tanh(a)`` is
+    taken as ``2 sigmoid(2a) - 1``: one ``sigmoid`` call covers all ``G`` rows, and the CPU
+    ``tanh`` kernel is several times slower than ``sigmoid``.
+    """
 
     @staticmethod
-    def forward(ctx, pre: Tensor) -> Tensor:
-        a, b = pre.chunk(2, dim=1)
-        t, s = torch.tanh(a), torch.sigmoid(b)
-        ctx.save_for_backward(t, s)
+    def forward(ctx, pre: Tensor, frames: Tensor | None, filt: Tensor | None) -> Tensor:
+        if frames is None:
+            act = pre.clone()
+        else:
+            B, N, F_ = frames.shape
+            act = torch.addcmul(pre.reshape(B, N, F_, -1), frames.unsqueeze(-1),
+                                filt).view(pre.shape)
+        t, s = act.chunk(2, dim=1)
+        t.mul_(2.0)
+        act.sigmoid_()
+        t.mul_(2.0).sub_(1.0)  # 2 sigmoid(2a) - 1 = tanh(a)
+        ctx.save_for_backward(act, frames, filt)
         return t * s
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        t, s = ctx.saved_tensors
-        out = grad.new_empty(t.shape[0], 2 * t.shape[1], t.shape[2])
+    def backward(ctx, grad: Tensor):
+        act, frames, filt = ctx.saved_tensors
+        t, s = act.chunk(2, dim=1)
+        out = torch.empty_like(act)
         ga, gb = out.chunk(2, dim=1)
-        gs = grad * s
-        gst = gs * t
-        torch.addcmul(gs, gst, t, value=-1.0, out=ga)  # g s (1 - t^2)
-        torch.addcmul(gst, gst, s, value=-1.0, out=gb)  # g t s (1 - s)
-        return out
+        torch.mul(grad, s, out=ga)  # g s
+        torch.mul(ga, t, out=gb)  # g s t
+        ga.addcmul_(gb, t, value=-1.0)  # g s (1 - t^2)
+        gb.addcmul_(gb, s, value=-1.0)  # g t s (1 - s)
+        g_frames, g_filt = _upsampled_grads(out, frames, filt, ctx.needs_input_grad[1:])
+        return out, g_frames, g_filt
 
 
-def gated_activation(pre: Tensor) -> Tensor:
-    """``tanh(first half) * sigmoid(second half)`` along channels: ``(B, G, T) -> (B, G/2, T)``."""
-    if pre.requires_grad and torch.is_grad_enabled():
-        return _GatedTanh.apply(pre)
-    a, b = pre.chunk(2, dim=1)  # inference (e.g. one sampling step): plain ops, least overhead
-    return torch.tanh(a) * torch.sigmoid(b)
+def gated_activation(pre: Tensor, cond: Conditioning | None = None) -> Tensor:
+    """``tanh(first half) * sigmoid(second half)`` of ``pre + cond`` along channels:
+    ``pre (B, G, T)``, ``cond`` of ``G`` channels -> ``(B, G/2, T)``."""
+    frames = cond.frames if cond is not None else None
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or not torch.is_grad_enabled() \
+            or not (pre.requires_grad or (frames is not None and frames.requires_grad)):
+        # inference (e.g. one sampling step) and exporters: plain ops, least overhead
+        if cond is not None:
+            pre = cond.add_to(pre)
+        a, b = pre.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+    if cond is not None and cond.bias is not None:
+        pre = pre + cond.bias
+    if frames is None:
+        return _GatedTanh.apply(pre, None, None)
+    _check_frames(pre, frames, cond.filter)
+    return _GatedTanh.apply(pre, frames, cond.filter)
 
 
 class ResidualBlock(nn.Module):
@@ -140,8 +178,9 @@ class ResidualBlock(nn.Module):
 
     ``x (B, R, T)`` -> dilated causal conv ``R -> G`` -> ``+ conditioning`` -> gate ``G/2`` ->
     one 1x1 conv ``G/2 -> R + S`` split into the residual update (added to ``x``) and the skip.
-    The batch path (:meth:`forward`) and the one-sample path of a sampler share
-    :meth:`gate_and_project`, so they cannot drift apart.
+    :meth:`forward` is the batch path. The teacher's cached sampler
+    (:mod:`wavedistill.generation`) and the student's fused synthesis do not call this module:
+    they rearrange its weights, and tests check them against :meth:`forward`.
     """
 
     def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int,
@@ -161,13 +200,15 @@ class ResidualBlock(nn.Module):
     def gate_channels(self) -> int:
         return self.dilated.out_channels
 
-    def gate_and_project(self, pre: Tensor, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def gate_and_project(self, pre: Tensor, x: Tensor, cond: Conditioning | None = None
+                         ) -> tuple[Tensor | None, Tensor | None]:
         """Everything after the dilated conv (per-sample operations only).
 
-        ``pre``: ``(B, G, T)`` dilated conv output with conditioning added; ``x``: ``(B, R, T)``
-        block input. Returns ``(x + residual update (B, R, T) | None, skip (B, S, T) | None)``.
+        ``pre``: ``(B, G, T)`` dilated conv output; ``cond``: added to it before the gate;
+        ``x``: ``(B, R, T)`` block input. Returns ``(x + residual update (B, R, T) | None,
+        skip (B, S, T) | None)``.
         """
-        out = self.output(gated_activation(pre))  # (B, R + S, T)
+        out = self.output(gated_activation(pre, cond))  # (B, R + S, T)
         if self.skip_channels == 0:
             return x + out, None
         if self.residual_channels == 0:
@@ -179,10 +220,7 @@ class ResidualBlock(nn.Module):
                 ) -> tuple[Tensor | None, Tensor | None]:
         """``x (B, R, T)``, ``cond`` with ``G`` channels -> ``(residual (B, R, T), skip (B, S, T))``
         (either may be ``None``, see the class docstring)."""
-        pre = self.dilated(x)  # (B, G, T)
-        if cond is not None:
-            pre = cond.add_to(pre)
-        return self.gate_and_project(pre, x)
+        return self.gate_and_project(self.dilated(x), x, cond)
 
 
 class WaveNetStack(nn.Module):
@@ -232,6 +270,21 @@ class WaveNetStack(nn.Module):
 # -- conditioning ----------------------------------------------------------------------------
 
 
+def check_speaker_ids(speaker: Tensor, num_speakers: int, key: str) -> None:
+    """Raise a :class:`~wavedistill.errors.UserError` unless every id of ``speaker (B,)`` is in
+    ``[0, num_speakers)`` (``key`` names the config setting).
+
+    Checked only where the ids live on the CPU: on an accelerator, reading them back would make
+    every training step wait for the device (the embedding lookup still rejects a bad id there).
+    """
+    if speaker.device.type != "cpu" or speaker.numel() == 0:
+        return
+    if int(speaker.min()) < 0 or int(speaker.max()) >= num_speakers:
+        raise UserError(f"speaker ids must be in [0, {num_speakers}) ({key}), "
+                        f"got {speaker.tolist()}")
+
+
+
 class _AddUpsampled(torch.autograd.Function):
     """``pre + upsample(frames)`` with a channel-shared filter, never materialising the
     upsampled term: ``pre (B, N, F*hop)``, ``frames (B, N, F)``, ``filter (hop,)``.
@@ -249,15 +302,30 @@ class _AddUpsampled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         frames, filt = ctx.saved_tensors
-        B, N, F_ = frames.shape
-        g4 = grad.reshape(B, N, F_, filt.shape[0])  # (B, N, F, hop)
-        g_frames = g_filt = None
-        if ctx.needs_input_grad[1]:
-            g_frames = torch.matmul(g4, filt.to(g4.dtype)).to(frames.dtype)  # (B, N, F)
-        if ctx.needs_input_grad[2]:
-            flat = frames.to(g4.dtype).reshape(1, -1)  # (1, B*N*F)
-            g_filt = torch.mm(flat, g4.reshape(-1, filt.shape[0]))[0].to(filt.dtype)
-        return grad, g_frames, g_filt
+        return (grad, *_upsampled_grads(grad, frames, filt, ctx.needs_input_grad[1:]))
+
+
+def _upsampled_grads(grad: Tensor, frames: Tensor | None, filt: Tensor | None,
+                     needs: Sequence[bool]) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``frames (B, N, F)`` and ``filt (hop,)`` from the gradient ``(B, N, F*hop)``
+    of ``upsample(frames)``: two matrix-vector products (``needs``: which are wanted)."""
+    g_frames = g_filt = None
+    if frames is None:
+        return g_frames, g_filt
+    B, N, F_ = frames.shape
+    g4 = grad.reshape(B, N, F_, filt.shape[0])  # (B, N, F, hop)
+    if needs[0]:
+        g_frames = torch.matmul(g4, filt.to(g4.dtype)).to(frames.dtype)  # (B, N, F)
+    if needs[1]:
+        flat = frames.to(g4.dtype).reshape(1, -1)  # (1, B*N*F)
+        g_filt = torch.mm(flat, g4.reshape(-1, filt.shape[0]))[0].to(filt.dtype)
+    return g_frames, g_filt
+
+
+def _check_frames(pre: Tensor, frames: Tensor, filt: Tensor) -> None:
+    T, F_, hop = pre.shape[-1], frames.shape[-1], filt.shape[0]
+    if T != F_ * hop:
+        raise ValueError(f"{T} samples do not match {F_} frames of hop {hop}")
 
 
 @dataclass
@@ -288,16 +356,20 @@ class Conditioning:
         """
         out = pre
         if self.frames is not None:
-            T, F_, hop = pre.shape[-1], self.frames.shape[-1], self.filter.shape[0]
-            if T != F_ * hop:
-                raise ValueError(f"{T} samples do not match {F_} frames of hop {hop}")
-            out = _AddUpsampled.apply(pre, self.frames, self.filter)
+            _check_frames(pre, self.frames, self.filter)
+            if torch.jit.is_tracing() or torch.compiler.is_exporting():
+                # exporters know no custom autograd function: the same sum in plain ops
+                up = self.frames.unsqueeze(-1) * self.filter.to(self.frames.dtype)
+                out = pre + up.reshape(pre.shape).to(pre.dtype)
+            else:
+                out = _AddUpsampled.apply(pre, self.frames, self.filter)
         if self.bias is not None:
             out = out + self.bias
         return out
 
     def at(self, t: int) -> Tensor:
-        """The conditioning of sample ``t`` alone: ``(B, N, 1)``.
+        """The conditioning of sample ``t`` alone: ``(B, N, 1)``; the reference used by the
+        tests to check :meth:`add_to` / :meth:`dense` sample by sample.
 
         ``W[t % hop] * frames[:, :, t // hop] + bias`` -- the formula of the module docstring.
         """

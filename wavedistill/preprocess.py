@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import json
 import logging
 import multiprocessing
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +26,11 @@ import torch
 from tqdm import tqdm
 
 from wavedistill.audio import dequantize_16bit, peak_db, quantize_16bit, read_audio
-from wavedistill.config import Config, load_config, save_config
+from wavedistill.config import Config, audio_differences, load_config, save_config
 from wavedistill.datasets import Utterance, read_jsonl, read_manifest, split_utterances
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats, log_mel
+from wavedistill.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +70,7 @@ class PreprocessReport:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
@@ -99,34 +86,87 @@ def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
     return usable
 
 
-def process_utterance(utt: Utterance, speaker: int, cfg: Config,
-                      out_dir: Path) -> tuple[dict, list[str]]:
+@dataclass(frozen=True)
+class ExternalMels:
+    """Mels computed elsewhere (an acoustic model's teacher-forced predictions) to store in
+    place of recomputed ones: ``folder/<utterance id>.npy`` in ``layout`` (see mel_input)."""
+
+    folder: Path
+    layout: str = "auto"
+
+    def path(self, utt_id: str) -> Path:
+        return self.folder / f"{utt_id}.npy"
+
+
+MAX_FRAME_MISMATCH = 2  # frames an external mel may differ by (toolkits' edge conventions)
+
+
+def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
+                      external: ExternalMels | None = None) -> tuple[dict, list[str]]:
     """Load, check, quantise and featurise one clip; write ``audio/<id>.npy`` (int16, frames*hop)
     and ``mel/<id>.npy`` (float32, (n_mels, frames)); return its manifest entry and the
-    conversions the audio policy made. Raises :class:`UserError` ("<path>: <reason>") when the
-    clip is rejected."""
+    conversions made (audio policy, trimming). With ``external``, the stored mel is the
+    external one, paired frame by frame with the audio. Raises :class:`UserError`
+    ("<path>: <reason>") when the clip is rejected."""
     audio, changes = read_audio(utt.path, cfg.audio.sample_rate)
     level = peak_db(audio)
     if level < cfg.data.silence_threshold_db:
         raise UserError(f"{utt.path}: silent (peak {level:.1f} dBFS is below "
                         f"data.silence_threshold_db = {cfg.data.silence_threshold_db:g})")
     usable = _usable_length(len(audio), cfg, utt.path)
-    pcm = quantize_16bit(audio[:usable])
-    # The features come from the stored 16-bit samples, so training pairs them exactly.
-    mel = log_mel(torch.from_numpy(dequantize_16bit(pcm)), cfg.audio).numpy()
+    if external is not None:
+        mel, usable, change = _external_mel(external, utt.id, usable, cfg)
+        changes = changes + ([change] if change else [])
+        pcm = quantize_16bit(audio[:usable])
+    else:
+        pcm = quantize_16bit(audio[:usable])
+        # The features come from the stored 16-bit samples, so training pairs them exactly.
+        mel = log_mel(torch.from_numpy(dequantize_16bit(pcm)), cfg.audio).numpy()
     entry = {"id": utt.id, "audio": f"audio/{utt.id}.npy", "mel": f"mel/{utt.id}.npy",
              "speaker": speaker, "samples": usable, "frames": usable // cfg.audio.hop_length,
              "source": str(utt.path)}
+    if external is not None:
+        entry["mel_source"] = str(external.path(utt.id))
     _save_npy(out_dir / entry["audio"], pcm)
     _save_npy(out_dir / entry["mel"], mel)
     return entry, changes
 
 
+def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
+                  ) -> tuple[np.ndarray, int, str | None]:
+    """The external mel of ``utt_id`` as (n_mels, F) float32, the samples of audio it pairs
+    with (``F * hop``), and what was trimmed (or None). A difference of up to
+    ``MAX_FRAME_MISMATCH`` frames is trimmed from the longer side's end; more is refused."""
+    from wavedistill.features import lowest_log_mel
+    from wavedistill.mel_input import arrange, load_npy
+
+    path = external.path(utt_id)
+    if not path.is_file():
+        raise UserError(f"{path}: no external mel for utterance {utt_id}")
+    mel = arrange(str(path), load_npy(path), cfg.audio.n_mels, external.layout)
+    if not np.isfinite(mel).all():
+        raise UserError(f"{path}: features contain NaN or inf")
+    if float(mel.min()) < lowest_log_mel(cfg.audio) - 1e-3:
+        raise UserError(f"{path}: values down to {float(mel.min()):.2f} lie below the log floor "
+                        f"of audio.log_base/log_floor ({lowest_log_mel(cfg.audio):.2f}); the "
+                        "mels must be un-normalised, in the config's convention")
+    hop = cfg.audio.hop_length
+    ours, theirs = usable // hop, mel.shape[1]
+    if abs(theirs - ours) > MAX_FRAME_MISMATCH:
+        raise UserError(f"{path}: {theirs} frames, but the audio has {ours} frames of hop {hop} "
+                        f"(at most {MAX_FRAME_MISMATCH} may differ)")
+    frames = min(ours, theirs)
+    change = None
+    if theirs != ours:
+        side = "mel" if theirs > ours else "audio"
+        change = f"external mel and audio differ by 1-{MAX_FRAME_MISMATCH} frames: {side} trimmed"
+    return np.ascontiguousarray(mel[:, :frames], dtype=np.float32), frames * hop, change
+
+
 def _process_or_reject(job: tuple) -> tuple[dict, list[str]] | str:
     """Worker entry point: (manifest entry, conversions), or the rejection line."""
-    utt, speaker, cfg, out_dir = job
     try:
-        return process_utterance(utt, speaker, cfg, out_dir)
+        return process_utterance(*job)
     except UserError as exc:
         return str(exc)
 
@@ -143,9 +183,7 @@ def _check_compatible(cfg: Config, out_dir: Path) -> None:
     path = out_dir / "config.yaml"
     if not path.exists():
         return
-    old = dataclasses.asdict(load_config(path).audio)
-    new = dataclasses.asdict(cfg.audio)
-    changed = [f"audio.{k} {old[k]} -> {new[k]}" for k in new if old.get(k) != new[k]]
+    changed = audio_differences(load_config(path).audio, cfg.audio)
     if changed:
         raise UserError(f"{path}: this folder was made with other audio settings "
                         f"({', '.join(changed)}); choose a new --out")
@@ -160,8 +198,11 @@ def _speaker_ids(utts: list[Utterance], out_dir: Path) -> dict[str, int]:
     return speakers
 
 
-def _reusable(previous: dict | None, utt: Utterance, out_dir: Path) -> bool:
+def _reusable(previous: dict | None, utt: Utterance, out_dir: Path,
+              external: ExternalMels | None) -> bool:
+    mel_source = None if external is None else str(external.path(utt.id))
     return (previous is not None and previous.get("source") == str(utt.path)
+            and previous.get("mel_source") == mel_source
             and (out_dir / previous["audio"]).exists() and (out_dir / previous["mel"]).exists())
 
 
@@ -183,20 +224,28 @@ def _write_dataset(entries: list[dict], speakers: dict[str, int], cfg: Config,
     train, valid = split_utterances(entries, d.valid_fraction, d.valid_min, d.split_seed,
                                     key=lambda e: e["id"])
     for name, split in (("train", train), ("valid", valid)):
-        _write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in split))
-    _write_text(out_dir / "speakers.json", json.dumps(speakers, indent=1) + "\n")
+        atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in split))
+    atomic_write_text(out_dir / "speakers.json", json.dumps(speakers, indent=1) + "\n")
     mels = (np.load(out_dir / e["mel"]) for e in train)
-    FeatureStats.compute(mels, cfg.audio.stats_std_floor).save(out_dir / "stats.npz")
+    FeatureStats.for_features(mels, cfg.audio).save(out_dir / "stats.npz")
     return train, valid
 
 
 def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
-               strict: bool = False) -> PreprocessReport:
+               strict: bool = False, mel_dir: str | Path | None = None,
+               mel_layout: str = "auto") -> PreprocessReport:
     """Read the corpus at ``data_dir`` (layout ``cfg.data.format``) into the dataset folder
-    ``out_dir``; statistics come from the training split. See :class:`PreprocessReport`."""
+    ``out_dir``; statistics come from the training split. ``mel_dir``: store the mels found
+    there (``<utterance id>.npy``, e.g. an acoustic model's teacher-forced predictions, for
+    fine-tuning) instead of computing them. See :class:`PreprocessReport`."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.exists():
         raise UserError(f"{data_dir}: no such file or folder")
+    external = None
+    if mel_dir is not None:
+        if not Path(mel_dir).is_dir():
+            raise UserError(f"--mel-dir {mel_dir}: no such folder")
+        external = ExternalMels(Path(mel_dir), mel_layout)
     utts = read_manifest(cfg.data.format, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_compatible(cfg, out_dir)
@@ -208,11 +257,11 @@ def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
     current: dict[str, dict] = {}
     jobs = []
     for utt in utts:
-        if _reusable(previous.get(utt.id), utt, out_dir):
+        if _reusable(previous.get(utt.id), utt, out_dir, external):
             current[utt.id] = previous[utt.id]
             report.reused += 1
         else:
-            jobs.append((utt, speakers[utt.speaker], cfg, out_dir))
+            jobs.append((utt, speakers[utt.speaker], cfg, out_dir, external))
     for result in _run_jobs(jobs, cfg.data.num_workers, f"preprocess {data_dir.name}"):
         if isinstance(result, str):
             report.rejected.append(result)
@@ -224,7 +273,7 @@ def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
 
     # Entries of earlier runs that this corpus does not list again are kept (added to, not wiped).
     entries = [e for uid, e in previous.items() if uid not in current] + list(current.values())
-    _write_text(out_dir / "rejected.txt", "".join(line + "\n" for line in report.rejected))
+    atomic_write_text(out_dir / "rejected.txt", "".join(line + "\n" for line in report.rejected))
     if entries:
         save_config(cfg, out_dir / "config.yaml")
         train, valid = _write_dataset(entries, speakers, cfg, out_dir)

@@ -61,7 +61,7 @@ def default_student_path() -> Path:
 
 def describe_shipped() -> str:
     """Lines for ``wavedistill info`` without a path: every shipped model and its summary."""
-    from wavedistill.checkpoint import describe_checkpoint
+    from wavedistill.info import describe_checkpoint
 
     blocks = [f"shipped models (in {MODELS_DIR}):"]
     for model in SHIPPED:

@@ -26,8 +26,9 @@ gradients huge. The weights are small but not zero, so every layer receives a gr
 the first step.
 
 Fast synthesis. :meth:`IAFStudent.synthesize` runs the flows through :func:`fused_flow`, an
-inference-only evaluation of the same weights arranged for batch-1 CPU speed (see its
-docstring); it equals :meth:`IAFStudent.forward` to float tolerance (tested).
+inference-only evaluation of the same weights arranged for CPU speed, a whole batch in every
+matrix product (see its docstring); it equals :meth:`IAFStudent.forward` to float tolerance,
+and a batched clip equals the clip alone (tested).
 
 Shapes: noise and audio ``(B, T)``; mel ``(B, n_mels, F)`` normalised with ``T = F * hop``;
 speaker ``(B,)`` int64.
@@ -35,19 +36,22 @@ speaker ``(B,)`` int64.
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavedistill.config import Config
+from wavedistill.config import Config, StudentConfig
 from wavedistill.errors import UserError
 from wavedistill.networks import (
     Conditioner,
     Conditioning,
     WaveNetStack,
+    check_speaker_ids,
     count_parameters,
     dilation_cycle,
 )
@@ -62,12 +66,18 @@ _OUTPUT_INIT_STD = 0.01
 
 def sample_noise(shape: Sequence[int], noise: str, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
-    """Unit logistic (``log u - log(1 - u)``) or standard normal draws, float32."""
+    """Unit logistic (``log u - log(1 - u)``) or standard normal (Box-Muller) draws, float32.
+
+    Both are built from uniform draws, a fixed number per sample (one, or two for Gaussian
+    noise), so drawing a clip's noise in pieces gives the same noise as drawing it at once:
+    streamed and chunked synthesis equal one-shot synthesis for the same seed (``randn``
+    does not have this property)."""
+    tiny = torch.finfo(torch.float32).tiny  # rand can return exactly 0: keep logs finite
     if noise == "gaussian":
-        return torch.randn(tuple(shape), generator=generator, device=device)
-    u = torch.rand(tuple(shape), generator=generator, device=device)
-    # rand can return exactly 0; the smallest normal float keeps the logit finite
-    u = u.clamp_min(torch.finfo(torch.float32).tiny)
+        u = torch.rand((*shape, 2), generator=generator, device=device)
+        radius = torch.sqrt(-2.0 * torch.log(u[..., 0].clamp_min(tiny)))
+        return radius * torch.cos((2.0 * math.pi) * u[..., 1])
+    u = torch.rand(tuple(shape), generator=generator, device=device).clamp_min(tiny)
     return torch.log(u) - torch.log1p(-u)
 
 
@@ -119,7 +129,8 @@ class IAFStudent(nn.Module):
                  kernel_size: int = 3, cycle: int = 10, noise: str = "logistic",
                  upsample_factors: Sequence[int] = (200,), conditioning_context: int = 1,
                  num_speakers: int = 0, speaker_dim: int = 16, log_scale_min: float = -9.0,
-                 synthesis_tile: int = 2048, initial_scale: float = 1.0):
+                 synthesis_tile: int = 2048,
+                 initial_scale: float = StudentConfig.initial_scale):
         super().__init__()
         if noise not in NOISE_ENTROPY:
             raise UserError(f"student.noise is {noise!r}; expected one of logistic, gaussian")
@@ -168,9 +179,7 @@ class IAFStudent(nn.Module):
             if speaker is None:
                 raise UserError(f"this student has student.num_speakers={self.num_speakers}; "
                                 "no speaker id was given")
-            if int(speaker.min()) < 0 or int(speaker.max()) >= self.num_speakers:
-                raise UserError(f"speaker ids must be in [0, {self.num_speakers}) "
-                                f"(student.num_speakers), got {speaker.tolist()}")
+            check_speaker_ids(speaker, self.num_speakers, "student.num_speakers")
         return self.conditioner(mel, speaker if self.num_speakers > 0 else None)
 
     def _per_flow(self, cond: Conditioning) -> list[Conditioning]:
@@ -236,19 +245,28 @@ class IAFStudent(nn.Module):
         return self._fused_run(z, self.conditioning(mel, speaker)).clamp_(-1.0, 1.0)
 
     def _fused_run(self, z: Tensor, cond: Conditioning) -> Tensor:
-        tile = self._tile(z)
-        x = z.to(self.flows[0].output.weight.dtype)
+        # the model's dtype, or autocast's (then the fused layers hold weights cast to it)
+        dtype = self.flows[0].output.weight.dtype
+        if torch.is_autocast_enabled(z.device.type):
+            dtype = torch.get_autocast_dtype(z.device.type)
+        tile = self._tile(z, dtype)
+        x = z.to(dtype)
         for flow, flow_cond in zip(self.flows, self._per_flow(cond), strict=True):
             mu, log_s = fused_flow(flow, x, flow_cond, tile)
             x = torch.addcmul(mu, x, log_s.exp_())
         return x
 
-    def _tile(self, z: Tensor) -> int:
-        """Time tile of the fused path: whole frames on a CPU, the whole clip elsewhere (a
-        GPU wants few, large kernels)."""
+    def _tile(self, z: Tensor, dtype: torch.dtype) -> int:
+        """Time steps per tile of the fused path for noise ``z (B, T)`` computed in ``dtype``,
+        in whole frames: on a CPU, ``synthesis_tile`` float32 samples of the whole batch (steps
+        times clips) per thread, as many more as a narrower dtype fits in the same bytes (each
+        thread works on its share of a tile, whose activations should stay in its core's
+        cache); the whole clip elsewhere (a GPU wants few, large kernels)."""
+        B, T = z.shape
         if z.device.type != "cpu":
-            return z.shape[-1]
-        return max(1, self.synthesis_tile // self.hop) * self.hop
+            return T
+        samples = self.synthesis_tile * torch.get_num_threads() * 4 // dtype.itemsize
+        return max(1, samples // (B * self.hop)) * self.hop
 
     @torch.inference_mode()
     def synthesize_chunked(self, mel: Tensor, chunk_frames: int, speaker: Tensor | None = None,
@@ -266,15 +284,28 @@ class IAFStudent(nn.Module):
             raise UserError(f"chunk_frames must be at least 1, got {chunk_frames}")
         hop, total = self.hop, mel.shape[-1]
         z = self.sample_noise((mel.shape[0], total * hop), generator, mel.device)
-        left = math.ceil((self.receptive_field - 1) / hop)
-        pieces = []
-        for f0 in range(0, total, chunk_frames):
-            f1 = min(total, f0 + chunk_frames)
-            start = max(0, f0 - left)
-            cond = self._chunk_conditioning(mel, speaker, start, f1)
-            x = self._fused_run(z[:, start * hop:f1 * hop], cond)
-            pieces.append(x[:, (f0 - start) * hop:])
-        return torch.cat(pieces, dim=1).clamp_(-1.0, 1.0)
+        pieces = [self.synthesize_span(z, mel, f0, min(total, f0 + chunk_frames), speaker)
+                  for f0 in range(0, total, chunk_frames)]
+        return torch.cat(pieces, dim=1)
+
+    @property
+    def context_frames(self) -> int:
+        """Frames of past noise and mel that samples of a frame depend on (receptive field)."""
+        return math.ceil((self.receptive_field - 1) / self.hop)
+
+    @torch.inference_mode()
+    def synthesize_span(self, z: Tensor, mel: Tensor, f0: int, f1: int,
+                        speaker: Tensor | None = None) -> Tensor:
+        """The audio of frames ``[f0, f1)``, ``(B, (f1 - f0) * hop)`` clamped to [-1, 1],
+        equal to those samples of the whole clip's synthesis from the same noise ``z (B, T)``
+        and mel ``(B, n_mels, F)`` (``T = F * hop``), where ``mel`` ends at the clip's end or
+        holds at least ``conditioning_context`` frames past ``f1``. Computed from
+        :attr:`context_frames` frames of left context only."""
+        hop = self.hop
+        start = max(0, f0 - self.context_frames)
+        cond = self._chunk_conditioning(mel, speaker, start, f1)
+        x = self._fused_run(z[:, start * hop:f1 * hop], cond)
+        return x[:, (f0 - start) * hop:].clamp_(-1.0, 1.0)
 
     def _chunk_conditioning(self, mel: Tensor, speaker: Tensor | None, start: int, stop: int
                             ) -> Conditioning:
@@ -324,152 +355,228 @@ class IAFStudent(nn.Module):
             log_s_tot[:, t] = log_s[:, t]
         return z, log_s_tot
 
-    # -- cost --------------------------------------------------------------------------------
-
-    def flop_parts(self) -> dict[str, float]:
-        """FLOPs per audio sample of one synthesis pass, by part (multiply-add = 2).
-
-        Per flow: input 1x1 ``2C``; per layer the dilated conv ``2 k C G``, the conditioning
-        added before the gate ``2G`` (upsampling filter times frame-rate projection) and the
-        residual 1x1 ``2 (G/2) C``; the output 1x1 ``2 * 2C``. Mel work (context conv and the
-        projection to every layer of every flow) runs once per frame and is divided by ``hop``.
-        Element-wise work (gates, the affine maps) is not counted.
-        """
-        parts = {"input_1x1": 0.0, "dilated_convs": 0.0, "conditioning_add": 0.0,
-                 "residual_1x1": 0.0, "output_1x1": 0.0}
-        for flow in self.flows:
-            C, k = flow.input_conv.out_channels, flow.stack.kernel_size
-            G, L = flow.stack.gate_channels, len(flow.stack.blocks)
-            parts["input_1x1"] += 2.0 * C
-            parts["dilated_convs"] += 2.0 * k * C * G * L
-            parts["conditioning_add"] += 2.0 * G * L
-            parts["residual_1x1"] += 2.0 * (G // 2) * C * L
-            parts["output_1x1"] += 2.0 * C * 2
-        cond = self.conditioner
-        frame_flops = 2.0 * self.n_mels * cond.out_channels
-        if cond.context is not None:
-            frame_flops += 2.0 * cond.context.weight.numel()
-        parts["conditioning_frames"] = frame_flops / self.hop
-        return parts
-
-    def flops_per_sample(self) -> float:
-        """Total of :meth:`flop_parts`."""
-        return sum(self.flop_parts().values())
-
 
 # -- fused inference ---------------------------------------------------------------------------
 
 
 def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
                ) -> tuple[Tensor, Tensor]:
-    """:meth:`IAFFlow.forward` for inference, arranged for speed at batch 1 on a CPU.
+    """:meth:`IAFFlow.forward` for inference, arranged for CPU speed at any batch size.
 
-    ``x (B, T)`` -> ``(mu, log_s)``, each ``(B, T)`` float32; ``tile`` (a multiple of the hop
-    when mel-conditioned) is the time span of one step of the loop below.
+    ``x (B, T)`` -> ``(mu, log_s)``, each ``(B, T)`` in ``x``'s dtype; ``tile`` (a multiple
+    of the hop when mel-conditioned) is the number of time steps one step of the loop covers.
 
     The same arithmetic as the module path, rearranged:
 
-    - Each dilated conv is ``k`` matrix products (``G x C`` times ``C x tile``) read straight
-      from strided views of a left-zero-padded residual buffer (no im2col copy); the conv bias
-      (plus the speaker term) rides in the last product as an extra all-ones input row.
-    - ``tanh(a) = 2 sigmoid(2a) - 1``: the ``a`` half of the conv weights, bias and
-      conditioning is doubled, one ``sigmoid`` covers all ``G`` rows (the CPU ``tanh`` kernel
-      is several times slower than ``sigmoid``), and one fused multiply-add forms
+    - The residual stream is one time-major buffer ``(pad + T, B, C)``: the clips of the batch
+      lie side by side at every time step, so ``n`` steps are ``n B`` contiguous rows and every
+      matrix product covers the whole batch at once.
+    - Each dilated conv is ONE product ``(n B, k C + X) @ (k C + X, G)``: the ``k`` taps of the
+      tile's rows copied side by side from the buffer (one strided copy), then ``X`` columns
+      that carry the conditioning into the product (:class:`_TileInputs`), so the product's own
+      epilogue can apply the ``sigmoid``.
+    - ``tanh(a) = 2 sigmoid(2a) - 1``: the ``a`` half of the conv weights, bias and conditioning
+      is doubled, one ``sigmoid`` covers all ``G`` channels (the CPU ``tanh`` kernel is several
+      times slower), and one fused multiply-add forms
       ``sigmoid(b) - 2 sigmoid(2a) sigmoid(b) = -tanh(a) sigmoid(b)``; the sign is folded into
-      the residual 1x1 weights, whose bias rides as another all-ones row.
-    - The upsampled conditioning is added in place from the frame-rate projection.
-    - Work is done layer by layer in time tiles, so the gate activations of a tile stay in
-      cache; two residual buffers alternate because a tile still needs the previous layer's
-      values left of it.
+      the residual 1x1 weights.
+    - Tiles run right to left, so the residual update can overwrite the buffer in place: a tile
+      reads its layer input from ``t - (k - 1) d`` on, where only tiles to its right have been
+      updated. A tile's activations stay in cache.
+    - Weights are rearranged once per parameter version (:func:`_fused_layers`), and products
+      go through oneDNN on a CPU (:func:`_linear_sigmoid`, :func:`_linear_add`).
     """
     B, T = x.shape
-    block0 = flow.stack.blocks[0]
-    C = block0.dilated.in_channels
+    layers = _fused_layers(flow, x.dtype)
+    C, G = flow.input_conv.out_channels, flow.stack.gate_channels
     pad = max(b.dilated.left_padding for b in flow.stack.blocks)
-    mus, log_ss = [], []
-    for i in range(B):
-        layers = _fused_layers(flow, cond, i)
-        bufs = [x.new_zeros(C + 1, pad + T) for _ in range(2)]
-        for buf in bufs:
-            buf[C].fill_(1.0)
-        _input_layer(flow, x[i], bufs[0][:C, pad:])
-        for j, layer in enumerate(layers):
-            layer.run(bufs[j % 2], bufs[(j + 1) % 2], pad, tile)
-        h = bufs[len(layers) % 2][:C, pad:].relu_()
-        out = torch.addmm(flow.output.bias[:, None], flow.output.weight[:, :, 0], h)  # (2, T)
-        mus.append(out[0])
-        log_ss.append(out[1].clamp_min(flow.log_scale_min))
-    return torch.stack(mus), torch.stack(log_ss)
+    h = x.new_empty(pad + T, B, C)
+    h[:pad] = 0.0  # the causal left padding; the input layer writes the rest
+    _input_layer(flow, x, h[pad:])
+    inputs = _TileInputs(cond, layers, B, min(tile, T), x)
+    gate = x.new_empty(min(tile, T) * B, G // 2)
+    for j, layer in enumerate(layers):
+        inputs.start_layer(j, layer)
+        for t0 in reversed(range(0, T, tile)):
+            n = min(tile, T - t0)
+            c = inputs.start_tile(t0, n)
+            layer.run(h, pad + t0, n, inputs.col, inputs.weight, c, gate)
+    out = F.linear(h[pad:].view(T * B, C).relu_(), flow.output.weight[:, :, 0],
+                   flow.output.bias)
+    mu, log_s = out.view(T, B, 2).permute(2, 1, 0).contiguous()
+    return mu, log_s.clamp_min_(flow.log_scale_min)
 
 
 def _input_layer(flow: IAFFlow, x: Tensor, out: Tensor) -> None:
-    """``out (C, T) = input_conv(shift_right(x))`` for one clip ``x (T,)``."""
-    w, b = flow.input_conv.weight[:, :, 0], flow.input_conv.bias[:, None]  # (C, 1), (C, 1)
-    out[:, :1] = b
-    torch.addmm(b, w, x[None, :-1], out=out[:, 1:])
+    """``out (T, B, C) = input_conv(shift_right(x))``, time-major, for the clips ``x (B, T)``."""
+    w, b = flow.input_conv.weight[:, 0, 0], flow.input_conv.bias  # (C,), (C,)
+    torch.addcmul(b, shift_right(x).t().unsqueeze(-1), w, out=out)
+
+
+class _TileInputs:
+    """Inputs of one flow's dilated-conv products in :func:`fused_flow`, for tiles of up to
+    ``n`` steps of ``B`` clips: ``col (n B, k C + X)``, whose first ``k C`` columns the layer
+    fills with its taps, and ``weight (G, k C + X)``, the layer's conv weights then ``X``
+    conditioning columns (``a`` halves doubled throughout).
+
+    On a CPU the conditioning rides in the product: ``nf B`` columns (``nf = n / hop`` frames
+    per tile) hold the upsampling filter at each row's frame and clip, weighted by that frame's
+    projection; ``B`` more hold 1 at each row's clip, weighted by the speaker term. Elsewhere a
+    tile is a whole clip (too many frames for columns), so ``X = 0`` and :meth:`start_tile`
+    upsamples the conditioning into ``c (n B, G)`` instead, bias included."""
+
+    def __init__(self, cond: Conditioning | None, layers: list[_FusedLayer], B: int, n: int,
+                 like: Tensor):
+        G, kC = layers[0].conv.shape
+        self.B, self.kC = B, kC
+        self.frames = self.filter = self.speaker = None
+        if cond is not None:
+            scale = torch.ones(G, dtype=like.dtype, device=like.device)
+            scale[:G // 2] = 2.0
+            if cond.frames is not None:  # (L, F, B, G)
+                frames = cond.frames.to(like.dtype).view(B, len(layers), G, -1)
+                self.frames = (frames * scale[:, None]).permute(1, 3, 0, 2).contiguous()
+                self.filter = cond.filter.to(like.dtype)
+            if cond.bias is not None:  # (L, B, G)
+                self.speaker = (cond.bias.to(like.dtype).view(B, len(layers), G) * scale
+                                ).transpose(0, 1)
+        self.in_product = _conditioning_in_product(like.device)
+        frame_cols = B * (n // self.hop) if self.frames is not None else 0
+        width = frame_cols + B * (self.speaker is not None) if self.in_product else 0
+        self.col = like.new_zeros(n * B, kC + width)
+        self.weight = like.new_zeros(G, kC + width)
+        self.c = None if self.in_product else like.new_empty(n * B, G)
+        if self.in_product:
+            cols = self.col.view(n, B, kC + width)
+            t = torch.arange(n, device=like.device)[:, None]
+            b = torch.arange(B, device=like.device)[None, :]
+            if self.frames is not None:
+                cols[t, b, kC + (t // self.hop) * B + b] = self.filter[t % self.hop]
+            if self.speaker is not None:
+                cols[:, b[0], kC + frame_cols + b[0]] = 1.0
+            self.speaker_cols = slice(kC + frame_cols, kC + width)
+
+    @property
+    def hop(self) -> int:
+        return self.filter.shape[0]
+
+    def start_layer(self, j: int, layer: _FusedLayer) -> None:
+        self.j, self.bias = j, layer.bias
+        self.weight[:, :self.kC] = layer.conv
+        if self.speaker is not None:
+            if self.in_product:
+                self.weight[:, self.speaker_cols] = self.speaker[j].t()
+            else:
+                self.bias = layer.bias + self.speaker[j]  # (B, G)
+
+    def start_tile(self, t0: int, n: int) -> Tensor | None:
+        """Conditioning of steps ``[t0, t0 + n)``: written into ``weight`` and None, or the
+        upsampled ``c (n B, G)`` plus bias."""
+        if self.frames is None:
+            return None if self.in_product else self.c[:n * self.B].copy_(
+                self.bias.expand(n, self.B, -1).reshape(n * self.B, -1))
+        f0, nf = t0 // self.hop, n // self.hop
+        frames = self.frames[self.j, f0:f0 + nf]  # (nf, B, G)
+        if self.in_product:
+            # columns past this tile's frames keep older values: their col entries are zero
+            self.weight[:, self.kC:self.kC + nf * self.B] = frames.reshape(nf * self.B, -1).t()
+            return None
+        c = self.c[:n * self.B]
+        torch.addcmul(self.bias, frames[:, None], self.filter[:, None, None],
+                      out=c.view(nf, self.hop, self.B, -1))
+        return c
+
+
+def _conditioning_in_product(device: torch.device) -> bool:
+    """Whether :class:`_TileInputs` puts the conditioning into the product (CPU tiles)."""
+    return device.type == "cpu"
 
 
 class _FusedLayer:
-    """One residual block's weights rearranged for :func:`fused_flow` (for one clip)."""
+    """One residual block's weights laid out for :func:`fused_flow` (``a`` half doubled):
+    ``conv (G, k C)``, the dilated conv's taps side by side (tap ``j`` reads
+    ``t - (k - 1 - j) d``); ``bias (G,)``; ``out (C, G/2)``, the residual 1x1 negated (the gate
+    yields ``-tanh(a) sigmoid(b)``); ``out_bias (C,)``; ``dilation``."""
 
-    def __init__(self, block, frames: Tensor | None, filt: Tensor | None,
-                 speaker: Tensor | None):
-        W = block.dilated.weight.detach().clone()  # (G, C, k)
-        bias = block.dilated.bias.detach().clone()  # (G,)
-        half = W.shape[0] // 2
-        if speaker is not None:
-            bias = bias + speaker
-        W[:half] *= 2.0
-        bias[:half] *= 2.0
-        k, d = W.shape[-1], block.dilated.dilation[0]
-        # tap j reads x[t - (k - 1 - j) d]; the last tap (offset 0) carries the bias
-        self.taps = [(W[:, :, j].contiguous(), (k - 1 - j) * d) for j in range(k - 1)]
-        self.last = torch.cat([W[:, :, -1], bias[:, None]], dim=1).contiguous()  # (G, C+1)
-        out_w, out_b = block.output.weight[:, :, 0], block.output.bias
-        self.out = torch.cat([-out_w, out_b[:, None]], dim=1).contiguous()  # (C, G/2 + 1)
-        self.frames = None
-        if frames is not None:
-            self.frames = frames.clone()
-            self.frames[:half] *= 2.0
-        self.filter = filt
-        self.half = half
+    def __init__(self, block, dtype: torch.dtype):
+        W = block.dilated.weight.detach().to(dtype)  # (G, C, k)
+        G, C, k = W.shape
+        scale = torch.ones(G, 1, 1, dtype=W.dtype, device=W.device)
+        scale[:G // 2] = 2.0
+        self.conv = (W * scale).transpose(1, 2).reshape(G, k * C).contiguous()
+        self.bias = block.dilated.bias.detach().to(dtype) * scale[:, 0, 0]
+        self.out = (-block.output.weight.detach()[:, :, 0]).to(dtype).contiguous()
+        self.out_bias = block.output.bias.detach().to(dtype, copy=True)
+        self.dilation = block.dilated.dilation[0]
 
-    def run(self, src: Tensor, dst: Tensor, pad: int, tile: int) -> None:
-        """Residual stream ``src (C+1, pad + T)`` -> ``dst`` (same layout), tile by tile."""
-        C = src.shape[0] - 1
-        T = src.shape[1] - pad
-        G = self.last.shape[0]
-        pre = src.new_empty(G, min(tile, T))
-        gate = src.new_empty(self.half + 1, min(tile, T))
-        gate[self.half].fill_(1.0)
-        for t0 in range(0, T, tile):
-            n = min(tile, T - t0)
-            a = pad + t0
-            p, g = pre[:, :n], gate[:, :n]
-            torch.mm(self.last, src[:, a:a + n], out=p)
-            for w, offset in self.taps:
-                p.addmm_(w, src[:C, a - offset:a - offset + n])
-            if self.frames is not None:
-                hop = self.filter.shape[0]
-                f0 = t0 // hop
-                p.view(G, n // hop, hop).addcmul_(
-                    self.frames[:, f0:f0 + n // hop].unsqueeze(-1), self.filter)
-            p.sigmoid_()
-            torch.addcmul(p[self.half:], p[:self.half], p[self.half:], value=-2.0,
-                          out=g[:self.half])
-            torch.addmm(src[:C, a:a + n], self.out, g, out=dst[:C, a:a + n])
+    def run(self, h: Tensor, a: int, n: int, col: Tensor, weight: Tensor, c: Tensor | None,
+            gate: Tensor) -> None:
+        """Update steps ``[a, a + n)`` of the residual buffer ``h (pad + T, B, C)`` in place,
+        with the tile's ``col``, ``weight`` and ``c`` from :class:`_TileInputs`; ``gate`` is
+        scratch space of at least ``n B`` rows."""
+        _, B, C = h.shape
+        rows, d = n * B, self.dilation
+        kC = self.conv.shape[1]
+        x = col[:rows]
+        # tap j of step t is step t - (k - 1 - j) d: one strided view of the buffer
+        taps = h.as_strided((rows, kC // C, C), (C, d * B * C, 1),
+                            h.storage_offset() + (a - (kC // C - 1) * d) * B * C)
+        x[:, :kC].view(rows, -1, C).copy_(taps)
+        p = _linear_sigmoid(x, weight, self.bias if c is None else None, c)  # (rows, G)
+        half = p.shape[1] // 2
+        g = torch.addcmul(p[:, half:], p[:, :half], p[:, half:], value=-2.0, out=gate[:rows])
+        stream = h[a:a + n].view(rows, C)
+        stream.copy_(_linear_add(g, self.out, self.out_bias, stream))
 
 
-def _fused_layers(flow: IAFFlow, cond: Conditioning | None, i: int) -> list[_FusedLayer]:
-    """The fused layers of ``flow`` for clip ``i`` of the batch."""
-    G = flow.stack.gate_channels
-    layers = []
-    for j, block in enumerate(flow.stack.blocks):
-        frames = filt = speaker = None
-        if cond is not None:
-            if cond.frames is not None:
-                frames, filt = cond.frames[i, j * G:(j + 1) * G], cond.filter
-            if cond.bias is not None:
-                speaker = cond.bias[i, j * G:(j + 1) * G, 0]
-        layers.append(_FusedLayer(block, frames, filt, speaker))
-    return layers
+# per flow: the (data_ptr, version, dtype, device) of its stack's parameters and its fused
+# layers; weak keys, so a copied or deleted model neither carries nor keeps stale entries
+_FUSED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused_layers(flow: IAFFlow, dtype: torch.dtype) -> list[_FusedLayer]:
+    """The blocks of ``flow`` laid out for :func:`fused_flow` in ``dtype``, rebuilt only when
+    ``dtype`` or a parameter changed: new storage, dtype or device (``.to``, assignment), or
+    an in-place update, which bumps its version (``load_state_dict``, optimiser steps, edits
+    under ``torch.no_grad``). Writes through ``.data`` bypass version counters and would go
+    unseen, as by autograd."""
+    key = (dtype, *((p.data_ptr(), p._version, p.dtype, p.device)
+                    for p in flow.stack.parameters()))
+    cached = _FUSED_CACHE.get(flow)
+    if cached is None or cached[0] != key:
+        cached = (key, [_FusedLayer(block, dtype) for block in flow.stack.blocks])
+        _FUSED_CACHE[flow] = cached
+    return cached[1]
+
+
+@functools.cache
+def _onednn_linear(dtype: torch.dtype) -> bool:
+    """Whether this torch build has oneDNN's linear with fused epilogues for ``dtype``."""
+    try:
+        one = torch.ones(2, 2, dtype=dtype)
+        out = torch.ops.mkldnn._linear_pointwise.binary(one, one, one, None, "add")
+        return bool(torch.equal(out, torch.full_like(one, 3.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _onednn(x: Tensor) -> bool:
+    """Products through oneDNN on a CPU: on the AVX-512 AMD CPU of docs/benchmarks.md its
+    float32 kernels run 2.2x the sgemm ``torch.mm`` calls (held to AVX2 they match it), and it
+    runs bfloat16 natively; elsewhere ``addmm``."""
+    return x.device.type == "cpu" and _onednn_linear(x.dtype)
+
+
+def _linear_sigmoid(x: Tensor, w: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
+    """``sigmoid(x (N, K) @ w.T (K, M) + b (M,) + c (N, M))``, a new ``(N, M)``; one of
+    ``b``, ``c`` is None."""
+    if c is None and _onednn(x):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "sigmoid", [], "")
+    return torch.addmm(b if c is None else c, x, w.t()).sigmoid_()
+
+
+def _linear_add(x: Tensor, w: Tensor, b: Tensor, other: Tensor) -> Tensor:
+    """``x (N, K) @ w.T (K, M) + b (M,) + other (N, M)``, a new ``(N, M)``."""
+    if _onednn(x):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
+    return torch.addmm(other, x, w.t()).add_(b)

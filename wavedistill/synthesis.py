@@ -3,7 +3,7 @@ student renders a whole clip in one parallel pass.
 
 Python use::
 
-    synth = Synthesizer.from_checkpoint("exp/student/checkpoints/best.pt")
+    synth = Synthesizer.from_pretrained("exp/student/checkpoints/best.pt")  # or a bundle
     mel = synth.features("clip.wav")             # (n_mels, F), normalised
     audio = synth.generate([mel], seed=0)[0]     # (F * hop,) float32 in [-1, 1]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,160 +22,219 @@ import torch
 
 from wavedistill.config import Config
 from wavedistill.errors import UserError
+from wavedistill.loading import LoadedModel, load_model, load_pretrained
+from wavedistill.mel_input import PLAIN, MelConvention, load_npy, model_input
+from wavedistill.precision import DTYPES, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-# Mean of normalised saved features, in standard deviations of the training statistics, past
-# which they are taken for another convention. For the shipped models, whole utterances of the
-# training voice average within ±0.3, another speaker's -0.04 and pure digital silence -3.1.
-MAX_LEVEL_OFFSET = 4.0
 
 
 @dataclass
 class Synthesizer:
-    """A model ready to synthesise, with the config and feature statistics it was trained with."""
+    """Synthesis with a loaded teacher or student: features from audio or saved log-mel, and
+    audio from features (or from nothing, for an unconditional teacher)."""
 
-    kind: str  # "teacher" | "student"
-    model: torch.nn.Module
-    cfg: Config
-    stats: object  # wavedistill.features.FeatureStats
-    device: torch.device
+    loaded: LoadedModel
+    # float32, or a reduced precision the device computes natively (see precision.py): a
+    # student runs in it throughout, a teacher's sampler in its matrix products
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if self.dtype == torch.float32:
+            return
+        name = str(self.dtype).removeprefix("torch.")
+        resolve_dtype(name, self.loaded.device)
+        if self.kind == "teacher" and self.dtype != torch.bfloat16:
+            raise UserError(f"--dtype {name}: teacher sampling runs in float32 or bfloat16")
+        if self.kind == "student":
+            self.loaded.model.to(self.dtype)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", use_ema: bool = True):
-        from wavedistill.checkpoint import build_model, load_checkpoint
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", use_ema: bool = True,
+                        dtype: str = "float32") -> Synthesizer:
+        """A training checkpoint's model (its EMA weights unless ``use_ema`` is False)."""
+        return cls(load_model(path, device=device, use_ema=use_ema), DTYPES[dtype])
 
-        ckpt = load_checkpoint(path)
-        model, cfg, stats = build_model(ckpt, use_ema=use_ema)
-        dev = torch.device(device)
-        return cls(ckpt["kind"], model.to(dev).eval(), cfg, stats, dev)
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu",
+                        use_ema: bool = True, dtype: str = "float32") -> Synthesizer:
+        """A model from an exported bundle folder, a training checkpoint, the name of a
+        shipped model (``alice-student``), or a Hugging Face Hub repository id
+        (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
+        ``dtype``: float32, bfloat16 or float16, refused where not native."""
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), DTYPES[dtype])
 
     @property
-    def conditional(self) -> bool:
-        return self.kind == "student" or self.cfg.teacher.use_mel
+    def cfg(self) -> Config:
+        return self.loaded.cfg
 
     @property
-    def num_speakers(self) -> int:
-        section = self.cfg.teacher if self.kind == "teacher" else self.cfg.student
-        return section.num_speakers
+    def kind(self) -> str:
+        return self.loaded.kind
 
-    def features(self, path: str | Path) -> torch.Tensor:
-        """Normalised log-mel (n_mels, F) of an audio clip (resampled/downmixed by the audio
-        policy) or of saved un-normalised log-mel features in a ``.npy`` file (n_mels, F)."""
+    def features(self, path: str | Path, convention: MelConvention = PLAIN) -> torch.Tensor:
+        """The model's normalised input ``(n_mels, F)`` for an audio clip (resampled and
+        downmixed by the audio policy) or for saved log-mel features in a ``.npy`` file (laid
+        out and normalised as ``convention`` says)."""
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise UserError(f"{path}: no such file")
         if path.suffix.lower() == ".npy":
-            mel = self._load_npy(path)
-        else:
-            from wavedistill.audio import load_audio
-            from wavedistill.features import log_mel
+            return self.mel_input(str(path), load_npy(path), convention)
+        return self.loaded.stats.normalize(self._audio_features(path))
 
-            a = self.cfg.audio
-            audio = load_audio(path, a.sample_rate)
-            usable = len(audio) - len(audio) % a.hop_length
-            # whole frames, and more samples than half an analysis window (see log_mel)
-            shortest = (a.n_fft // 2 // a.hop_length + 1) * a.hop_length
-            if usable < shortest:
-                raise UserError(f"{path}: too short to synthesise ({len(audio)} samples at "
-                                f"{a.sample_rate} Hz; needs at least {shortest})")
-            mel = log_mel(torch.from_numpy(audio[:usable]), a)
-        return self.stats.normalize(mel.float())
+    def mel_input(self, name: str, array: np.ndarray,
+                  convention: MelConvention = PLAIN) -> torch.Tensor:
+        """Saved features (any layout of ``convention``) -> the normalised ``(n_mels, F)`` the
+        model takes; ``name`` labels errors."""
+        return model_input(name, array, self.cfg.audio, self.loaded.stats, convention)
 
-    def _load_npy(self, path: Path) -> torch.Tensor:
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable .npy feature file ({exc})") from None
-        n_mels = self.cfg.audio.n_mels
-        if array.ndim != 2 or array.shape[0] != n_mels or array.shape[1] == 0:
-            raise UserError(f"{path}: features must have shape ({n_mels}, frames), "
-                            f"got {array.shape}")
-        if not np.isfinite(array).all():
-            raise UserError(f"{path}: features contain NaN or inf")
-        mel = torch.from_numpy(array.astype(np.float32))
-        self._check_convention(path, mel)
-        return mel
+    def _audio_features(self, path: Path) -> torch.Tensor:
+        """Un-normalised log-mel ``(n_mels, F)`` of an audio file."""
+        from wavedistill.audio import load_audio
+        from wavedistill.features import log_mel
 
-    def _check_convention(self, path: Path, mel: torch.Tensor) -> None:
-        """Refuse features that cannot be this model's un-normalised log-mel: values below the
-        log floor, or a level many standard deviations away from the training statistics
-        (features already normalised, log10, or another toolkit's floor)."""
         a = self.cfg.audio
-        lowest = math.log(a.log_floor)
-        if float(mel.min()) < lowest - 1e-3:
-            raise UserError(f"{path}: values down to {float(mel.min()):.2f} lie below "
-                            f"log(audio.log_floor) = {lowest:.2f}; the model expects "
-                            f"un-normalised natural-log mel magnitudes ({a.n_mels}, frames) "
-                            "floored at audio.log_floor")
-        offset = float(self.stats.normalize(mel).mean())
-        if abs(offset) > MAX_LEVEL_OFFSET:
-            raise UserError(f"{path}: the features sit {offset:+.1f} standard deviations from "
-                            f"the model's feature statistics (at most ±{MAX_LEVEL_OFFSET:g} "
-                            "expected); the model expects un-normalised natural-log mel "
-                            f"magnitudes ({a.n_mels}, frames) of {a.sample_rate} Hz audio")
-
-    def _speaker(self, speaker: int | None, batch: int) -> torch.Tensor | None:
-        if self.num_speakers == 0:
-            if speaker is not None:  # even 0: the user expects a speaker the model lacks
-                raise UserError(f"--speaker {speaker}: this model has no speaker embedding "
-                                "(it was trained on one speaker)")
-            return None
-        if speaker is None:
-            raise UserError(f"--speaker is required: this model has {self.num_speakers} speakers")
-        if not 0 <= speaker < self.num_speakers:
-            raise UserError(f"--speaker {speaker} is out of range [0, {self.num_speakers})")
-        return torch.full((batch,), speaker, dtype=torch.long, device=self.device)
+        audio = load_audio(path, a.sample_rate)
+        usable = len(audio) - len(audio) % a.hop_length
+        # whole frames, and more samples than half an analysis window (see log_mel)
+        shortest = (a.n_fft // 2 // a.hop_length + 1) * a.hop_length
+        if usable < shortest:
+            raise UserError(f"{path}: too short to synthesise ({len(audio)} samples at "
+                            f"{a.sample_rate} Hz; needs at least {shortest})")
+        return log_mel(torch.from_numpy(audio[:usable]), a).float()
 
     @torch.inference_mode()
     def generate(self, mels: list[torch.Tensor] | None = None, seconds: float | None = None,
                  speaker: int | None = None, seed: int = 0, chunk_seconds: float | None = None,
                  batch: int = 1, progress: bool = False) -> list[np.ndarray]:
-        """Synthesise one clip per mel (all as one batch; shorter mels are padded by repeating
-        their last frame and their outputs trimmed), or ``batch`` clips of ``seconds`` for an
-        unconditional teacher. Returns float32 arrays (T_i,)."""
+        """Synthesise one clip per mel, all as one batch (shorter mels zero-padded, their
+        outputs trimmed), or ``batch`` clips of ``seconds`` for an unconditional teacher.
+        A student draws each clip's noise from its own generator seeded ``seed``, so a clip
+        sounds the same whatever it is batched with; a teacher's batch shares one generator.
+        Returns float32 arrays (T_i,)."""
         hop = self.cfg.audio.hop_length
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        if not self.conditional:
+        loaded = self.loaded
+        if not loaded.conditional:
             if seconds is None or seconds <= 0:
                 raise UserError("--seconds N (> 0) is required for an unconditional model")
             frames = max(1, math.ceil(seconds * self.cfg.audio.sample_rate / hop))
             lengths, mel = [frames * hop] * batch, None
-            spk = self._speaker(speaker, batch)
+            spk = loaded.speaker_ids(speaker, batch)
         else:
             if not mels:
                 raise UserError("--input is required: this model is conditioned on mel features")
             if seconds is not None:
                 raise UserError("--seconds is only for unconditional models; give --input")
             lengths = [m.shape[-1] * hop for m in mels]
-            mel = _pad_batch(mels).to(self.device)
-            spk = self._speaker(speaker, len(mels))
+            mel = _pad_batch(mels).to(loaded.device)
+            spk = loaded.speaker_ids(speaker, len(mels))
         start = time.perf_counter()
-        audio = self._run(mel, spk, len(lengths), max(lengths), generator, chunk_seconds,
-                          progress)
+        audio = self._run(mel, spk, lengths, seed, chunk_seconds, progress)
         elapsed = time.perf_counter() - start
         total = sum(lengths)
         log.info("synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed,
                  total / elapsed)
         return [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
 
-    def _run(self, mel, speaker, batch, num_samples, generator, chunk_seconds, progress
-             ) -> torch.Tensor:
-        _check_chunk_seconds(self.kind, chunk_seconds)
+    @property
+    def stream_latency_frames(self) -> int:
+        """Mel frames :meth:`stream` must receive past a frame before that frame's audio is
+        determined: the conditioner's look-ahead (``student.conditioning_context``)."""
+        return self.cfg.student.conditioning_context
+
+    @torch.inference_mode()
+    def stream(self, chunks: Iterable[torch.Tensor | np.ndarray], speaker: int | None = None,
+               seed: int = 0, noise: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+        """Student synthesis of mel frames as they arrive: ``chunks`` yields normalised mel
+        ``(n_mels, f_i)`` (as :meth:`features` returns; any ``f_i >= 1``), and each step yields
+        the float32 audio ``(k * hop,)`` of the ``k`` frames newly determined, ending with the
+        rest when ``chunks`` is exhausted. A frame is determined once
+        :attr:`stream_latency_frames` frames past it have arrived. Concatenated, the pieces
+        equal :meth:`generate` of the whole mel with the same noise: ``noise (T,)`` if given,
+        else drawn chunk by chunk from a generator seeded ``seed``. Memory stays bounded by the
+        receptive field, whatever the length."""
+        if self.kind != "student":
+            raise UserError("streaming is for students; a teacher samples step by step")
+        model, device, hop = self.loaded.model, self.loaded.device, self.cfg.audio.hop_length
+        spk = self.loaded.speaker_ids(speaker, 1)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        lookahead = self.stream_latency_frames
+        keep = model.context_frames + lookahead  # frames of history a span may read
+        mel = torch.zeros(1, self.cfg.audio.n_mels, 0, device=device, dtype=self.dtype)
+        z = torch.zeros(1, 0, device=device)
+        base = done = 0  # absolute frame of mel[..., 0] and of the next frame to emit
+        for chunk in chunks:
+            chunk = torch.as_tensor(chunk, device=device)
+            if chunk.dim() != 2 or chunk.shape[0] != mel.shape[1] or chunk.shape[1] < 1:
+                raise UserError(f"stream chunks must be (n_mels={mel.shape[1]}, frames >= 1), "
+                                f"got {tuple(chunk.shape)}")
+            chunk = chunk.to(self.dtype)[None]
+            frames = chunk.shape[-1]
+            mel = torch.cat([mel, chunk], dim=-1)
+            z = torch.cat([z, self._stream_noise(noise, base + mel.shape[-1] - frames, frames,
+                                                 generator)], dim=-1)
+            ready = base + mel.shape[-1] - lookahead
+            if ready > done:
+                yield self._span(z, mel, base, done, ready, spk)
+                done = ready
+                drop = max(0, done - keep - base)  # history no later span reads
+                mel, z, base = mel[..., drop:], z[:, drop * hop:], base + drop
+        end = base + mel.shape[-1]
+        if end > done:
+            yield self._span(z, mel, base, done, end, spk)
+
+    def _stream_noise(self, noise: torch.Tensor | None, first: int, frames: int,
+                      generator: torch.Generator) -> torch.Tensor:
+        """Noise ``(1, frames * hop)`` of frames ``[first, first + frames)``."""
+        hop, model = self.cfg.audio.hop_length, self.loaded.model
+        if noise is None:
+            return model.sample_noise((1, frames * hop), generator, self.loaded.device)
+        piece = noise.reshape(1, -1)[:, first * hop:(first + frames) * hop]
+        if piece.shape[-1] != frames * hop:
+            raise UserError(f"noise has {noise.numel()} samples; the mel needs at least "
+                            f"{(first + frames) * hop}")
+        return piece.to(self.loaded.device, torch.float32)
+
+    def _span(self, z, mel, base, f0, f1, speaker) -> np.ndarray:
+        audio = self.loaded.model.synthesize_span(z, mel, f0 - base, f1 - base, speaker)
+        return audio[0].float().cpu().numpy()
+
+    def _run(self, mel: torch.Tensor | None, speaker: torch.Tensor | None, lengths: list[int],
+             seed: int, chunk_seconds: float | None, progress: bool) -> torch.Tensor:
+        """Audio ``(B, max T)`` of one batch."""
+        check_chunk_seconds(self.kind, chunk_seconds)
+        model, device = self.loaded.model, self.loaded.device
+        generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
             from wavedistill.generation import generate
 
-            return generate(self.model, mel=mel, speaker=speaker, num_samples=num_samples,
+            precision = "bfloat16" if self.dtype == torch.bfloat16 else None
+            return generate(model, mel=mel, speaker=speaker, num_samples=max(lengths),
                             generator=generator, method="cached", progress=progress,
-                            batch=batch)
+                            batch=len(lengths), precision=precision)
+        mel = mel.to(self.dtype)
         if chunk_seconds is not None:
             hop = self.cfg.audio.hop_length
             chunk_frames = max(1, round(chunk_seconds * self.cfg.audio.sample_rate / hop))
-            return self.model.synthesize_chunked(mel, chunk_frames, speaker, generator=generator)
-        return self.model.synthesize(mel, speaker, generator=generator)
+            return model.synthesize_chunked(mel, chunk_frames, speaker, generator=generator)
+        return model.synthesize_from_noise(self._noise(lengths, seed), mel, speaker)
+
+    def _noise(self, lengths: list[int], seed: int) -> torch.Tensor:
+        """A student's noise ``(B, max T)``: each clip's drawn from its own generator seeded
+        ``seed``, zero beyond its end, so a clip's audio is the same alone or in a batch."""
+        model, device = self.loaded.model, self.loaded.device
+        z = torch.zeros(len(lengths), max(lengths), device=device)
+        for i, n in enumerate(lengths):
+            generator = torch.Generator(device=device).manual_seed(seed)
+            z[i, :n] = model.sample_noise((1, n), generator, device)[0]
+        return z
 
 
-def _check_chunk_seconds(kind: str, chunk_seconds: float | None) -> None:
+def check_chunk_seconds(kind: str, chunk_seconds: float | None) -> None:
     if chunk_seconds is None:
         return
     if kind == "teacher":
@@ -184,51 +244,7 @@ def _check_chunk_seconds(kind: str, chunk_seconds: float | None) -> None:
 
 
 def _pad_batch(mels: list[torch.Tensor]) -> torch.Tensor:
-    """(n_mels, F_i) list -> (B, n_mels, max F), padding by repeating each last frame."""
+    """(n_mels, F_i) normalised mels -> (B, n_mels, max F), zero-padded at the end: the zeros
+    the conditioner's own padding puts beyond a clip, so padding changes no clip's audio."""
     frames = max(m.shape[-1] for m in mels)
-    padded = [torch.cat([m, m[:, -1:].expand(-1, frames - m.shape[-1])], dim=1) for m in mels]
-    return torch.stack(padded)
-
-
-def _output_paths(inputs: list[Path] | None, output: Path, count: int) -> list[Path]:
-    """Where each clip goes: ``output`` itself when it names a ``.wav`` file (one clip), else
-    ``output/<input stem>.wav`` (``sample<i>.wav`` without inputs)."""
-    if output.suffix:
-        if output.suffix.lower() != ".wav":
-            raise UserError(f"--output {output}: synthesis writes 16-bit WAV; name a .wav file "
-                            "or a folder")
-        if count > 1:
-            raise UserError(f"--output {output}: give a folder when synthesising {count} clips")
-        return [output]
-    names = [p.stem for p in inputs] if inputs else [f"sample{i}" for i in range(count)]
-    if len(set(names)) != len(names):
-        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
-    return [output / f"{name}.wav" for name in names]
-
-
-def synthesize_cli(args) -> int:
-    """``wavedistill synthesize``: load, build features, generate as one batch, write 16-bit
-    WAVs."""
-    from wavedistill.audio import write_wav
-
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        from wavedistill.pretrained import DEFAULT_STUDENT, default_student_path
-
-        checkpoint = default_student_path()
-        log.info("no --checkpoint: using the shipped student %s", DEFAULT_STUDENT)
-    synth = Synthesizer.from_checkpoint(checkpoint, device=args.device,
-                                        use_ema=not args.no_ema)
-    # Every option is checked before the (possibly long) generation starts.
-    if args.input and not synth.conditional:
-        raise UserError("--input given, but this teacher is unconditional; use --seconds")
-    _check_chunk_seconds(synth.kind, args.chunk_seconds)
-    outputs = _output_paths(args.input, args.output, len(args.input) if args.input else 1)
-    mels = [synth.features(p) for p in args.input] if args.input else None
-    clips = synth.generate(mels, seconds=args.seconds, speaker=args.speaker, seed=args.seed,
-                           chunk_seconds=args.chunk_seconds, progress=True)
-    for path, clip in zip(outputs, clips, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(path, clip, synth.cfg.audio.sample_rate)
-        print(f"wrote {path} ({len(clip) / synth.cfg.audio.sample_rate:.2f} s)")
-    return 0
+    return torch.stack([torch.nn.functional.pad(m, (0, frames - m.shape[-1])) for m in mels])

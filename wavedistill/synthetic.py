@@ -53,6 +53,7 @@ from wavedistill.config import Config, config_from_dict, save_config
 from wavedistill.datasets import SINGLE_SPEAKER, split_utterances
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats
+from wavedistill.fileio import atomic_write_text
 
 KINDS = ("ar", "ar-conditioned", "ar-logistic")
 BURN_IN = 4096  # samples run before each clip so that it starts in the stationary state
@@ -314,7 +315,7 @@ def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, s
                         "speaker": 0, "samples": num_samples, "frames": num_samples // hop})
     summary = _summary(kind, seed, cfg, records)
     _write_dataset(out_dir, entries, cfg)
-    (out_dir / "source.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out_dir / "source.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -351,11 +352,11 @@ def _write_dataset(out_dir: Path, entries: list[dict], cfg: Config) -> None:
     train, valid = split_utterances(entries, d.valid_fraction, d.valid_min, d.split_seed,
                                     key=lambda e: e["id"])
     for name, split in (("train", train), ("valid", valid)):
-        (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in split))
-    (out_dir / "speakers.json").write_text(json.dumps({SINGLE_SPEAKER: 0}) + "\n")
-    (out_dir / "rejected.txt").write_text("")
+        atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in split))
+    atomic_write_text(out_dir / "speakers.json", json.dumps({SINGLE_SPEAKER: 0}) + "\n")
+    atomic_write_text(out_dir / "rejected.txt", "")
     mels = (np.load(out_dir / e["mel"]) for e in train)
-    FeatureStats.compute(mels, cfg.audio.stats_std_floor).save(out_dir / "stats.npz")
+    FeatureStats.for_features(mels, cfg.audio).save(out_dir / "stats.npz")
     save_config(cfg, out_dir / "config.yaml")
 
 
@@ -367,15 +368,6 @@ def load_sources(out_dir: str | Path) -> dict[str, ARSource]:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: cannot read the synthetic source description ({exc})") from None
     return {r["id"]: ARSource(**r["source"]) for r in summary["clips"]}
-
-
-def make_synthetic_cli(args) -> int:
-    """``wavedistill make-synthetic``: write the folder and print its entropy rate."""
-    summary = make_synthetic(args.kind, args.out, args.seconds, args.clips, args.seed)
-    print(f"{args.out}: {args.clips} clips of {args.kind}; entropy rate "
-          f"{summary['entropy_rate_bits']:.4f} bits/sample on the 16-bit grid "
-          f"({summary['entropy_rate_16bit_nats']:.4f} nats); clip rate {summary['clip_rate']:.2g}")
-    return 0
 
 
 # -- measuring trained models against the truth -----------------------------------------------
@@ -393,12 +385,11 @@ GAP_BLOCK = 4000  # samples per block of the teacher's blocked standard error
 
 
 def _load(checkpoint: str | Path, kind: str, device: str):
-    import torch
+    """``(model, Config, FeatureStats, device)`` of a checkpoint, frozen on ``device``."""
+    from wavedistill.loading import load_model
 
-    from wavedistill.checkpoint import load_frozen
-
-    _, model, cfg, stats = load_frozen(checkpoint, kind, device)
-    return model, cfg, stats, torch.device(device)
+    loaded = load_model(checkpoint, kind, device)
+    return loaded.model, loaded.cfg, loaded.stats, loaded.device
 
 
 def _entries(data_dir: Path) -> list[dict]:

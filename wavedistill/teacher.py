@@ -32,6 +32,7 @@ from wavedistill.networks import (
     Conditioner,
     Conditioning,
     WaveNetStack,
+    check_speaker_ids,
     count_parameters,
     dilation_cycle,
     unwrap,
@@ -111,9 +112,7 @@ class WaveNetTeacher(nn.Module):
             if speaker is None:
                 raise UserError("this teacher has teacher.num_speakers="
                                 f"{self.num_speakers}; no speaker id was given")
-            if int(speaker.min()) < 0 or int(speaker.max()) >= self.num_speakers:
-                raise UserError(f"speaker ids must be in [0, {self.num_speakers}) "
-                                f"(teacher.num_speakers), got {speaker.tolist()}")
+            check_speaker_ids(speaker, self.num_speakers, "teacher.num_speakers")
         return self.conditioner(mel if self.n_mels > 0 else None,
                                 speaker if self.num_speakers > 0 else None)
 
@@ -176,10 +175,12 @@ class MaximumLikelihood:
         params = model(audio, batch.get("mel"), batch.get("speaker"))
         return -unwrap(model).distribution.log_prob(params, audio).mean()
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """``(mean NLL in nats per sample (scalar, differentiable), {"nll_bits": float})``."""
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(mean NLL in nats per sample (scalar, differentiable), {"nll_bits": 0-dim tensor})``;
+        the log stays on the device, detached: the trainer reads it when it writes a log line,
+        so the step does not wait for the device."""
         nll = self._nll_nats(model, batch)
-        return nll, {"nll_bits": nll.item() / math.log(2.0)}
+        return nll, {"nll_bits": nll.detach() / math.log(2.0)}
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:

@@ -19,8 +19,9 @@ from wavedistill.errors import UserError
 # 16-bit audio: level k of 65536 sits at 2k/65535 - 1; the count lives in the audio module.
 NUM_CLASSES_16BIT = LEVELS_16BIT
 
-# Below this d the series log(1 - e^-d) = log d - d/2 + d^2/24 is exact to ~1e-12 and does
-# not underflow when d itself does (a very wide component over a narrow bin).
+# Below this d the series log(1 - e^-d) = log d - d/2 + d^2/24 - d^4/2880 is exact to ~1e-17
+# (float64 resolution) and does not underflow when d itself does (a very wide component over
+# a narrow bin).
 _LOG1MEXP_SERIES_MAX = 1e-2
 
 
@@ -28,8 +29,10 @@ class OutputDistribution(ABC):
     """Per-step distribution p(x_t | x_<t, c) parameterised by the network output.
 
     ``num_params`` is the channel count P the network must produce. All methods take the
-    parameters as ``(B, P, T)`` and work in float32 whatever the network's dtype: a 16-bit grid
-    is not representable in bfloat16.
+    parameters as ``(B, P, T)``. Scores (log-probabilities, densities, location and scale)
+    are computed and returned in :func:`working_dtype`: float64 for float64 inputs, float32
+    for anything narrower, since a 16-bit grid is not representable in bfloat16. Draws are
+    float32 audio whatever the parameters' dtype: they are grid points.
     """
 
     num_params: int
@@ -57,9 +60,19 @@ def half_bin_width(num_classes: int) -> float:
     return 1.0 / (num_classes - 1)
 
 
+def working_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a head computes in: the promotion of the floating inputs' dtypes, at least
+    float32 (bfloat16 and float16 cannot resolve a 16-bit grid)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def to_level(x: Tensor, num_classes: int) -> Tensor:
     """Nearest level index (int64) of float audio ``x``; values outside [-1, 1] clip."""
-    scaled = (x.float().clamp(-1.0, 1.0) + 1.0) * (0.5 * (num_classes - 1))
+    scaled = (x.to(working_dtype(x)).clamp(-1.0, 1.0) + 1.0) * (0.5 * (num_classes - 1))
     return torch.round(scaled).long()
 
 
@@ -73,16 +86,27 @@ def level_value_f64(level: Tensor, num_classes: int) -> Tensor:
     return level.double() * (2.0 / (num_classes - 1)) - 1.0
 
 
-def level_value_split(level: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Level value as a float32 pair ``(hi, lo)`` with ``hi + lo`` exact to ~1e-15.
+def level_value_split(level: Tensor, num_classes: int,
+                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Level value ``(2k - n + 1) / (n - 1)`` as a pair ``(hi, lo)`` in ``dtype`` (float32 or
+    float64) whose sum is exact to far below ``hi``'s resolution.
 
     A float32 level value is off by up to 3e-8, a sizeable fraction of a 16-bit bin
-    (3e-5) and of a scale at the log-scale floor (e^-14 ~ 8e-7). ``(hi - mean) + lo`` keeps
-    that error out: ``hi - mean`` is exact when the two are close, which is when it matters.
+    (3e-5) and of a scale at the log-scale floor (e^-14 ~ 8e-7); a float64 one by 1e-16, which
+    is 1e-10 of such a scale. ``(hi - mean) + lo`` keeps that error out: ``hi - mean`` is
+    exact when the two are close, which is when it matters.
     """
-    exact = level_value_f64(level, num_classes)
-    hi = exact.float()
-    return hi, (exact - hi.double()).float()
+    den = num_classes - 1
+    num = (2 * level - den).double()  # an exact integer
+    hi = num / den  # correctly rounded
+    # rem = (num - hi * den) / den, the rounding error of hi: split hi at 24 bits so that
+    # both partial products with den (< 2^23) are exact, and so are the two subtractions.
+    top = hi.float().double()
+    rem = ((num - top * den) - (hi - top) * den) / den
+    if dtype == torch.float64:
+        return hi, rem
+    hi32 = hi.float()
+    return hi32, ((hi - hi32.double()) + rem).float()
 
 
 def snap_to_grid(x: Tensor, num_classes: int) -> Tensor:
@@ -113,8 +137,9 @@ def log1mexp(d: Tensor, log_d: Tensor | None = None) -> Tensor:
     out = torch.where(d <= ln2, mid, large)
     if log_d is not None:
         small_d = d.clamp_max(_LOG1MEXP_SERIES_MAX)
+        d2 = small_d * small_d
         series = log_d.clamp_max(math.log(_LOG1MEXP_SERIES_MAX)) - 0.5 * small_d \
-            + small_d * small_d / 24.0
+            + d2 / 24.0 - d2 * d2 / 2880.0
         out = torch.where(d < _LOG1MEXP_SERIES_MAX, series, out)
     return out
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wavedistill.audio import mu_law_dequantize, mu_law_quantize
-from wavedistill.distributions.base import OutputDistribution, gumbel_argmax
+from wavedistill.distributions.base import OutputDistribution, gumbel_argmax, working_dtype
 
 
 class MuLawCategorical(OutputDistribution):
@@ -28,13 +28,15 @@ class MuLawCategorical(OutputDistribution):
                              f"got {params.shape[1]}")
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        """``(B, L, T)``, audio ``(B, T)`` -> log-probability of x's μ-law class ``(B, T)``."""
+        """``(B, L, T)``, audio ``(B, T)`` -> log-probability of x's μ-law class ``(B, T)``, in
+        :func:`working_dtype` of ``params`` and ``x``."""
         self._check(params)
-        level = mu_law_quantize(x.float(), self.levels).unsqueeze(1)
-        return F.log_softmax(params.float(), dim=1).gather(1, level).squeeze(1)
+        dtype = working_dtype(params, x)
+        level = mu_law_quantize(x.to(dtype), self.levels).unsqueeze(1)
+        return F.log_softmax(params.to(dtype), dim=1).gather(1, level).squeeze(1)
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, L, T)`` -> μ-law decoded float audio ``(B, T)``."""
+        """``(B, L, T)`` -> μ-law decoded float32 audio ``(B, T)``."""
         self._check(params)
         level = gumbel_argmax(params.float(), dim=1, generator=generator)
         return mu_law_dequantize(level, self.levels)

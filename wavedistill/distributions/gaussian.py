@@ -9,6 +9,8 @@ to the network) after reflecting the bin into the left half-line, where ``log Ph
 standard units, ``w^2 (1 + z^2) < 1e-4``, that difference loses digits to cancellation, and the
 midpoint rule with its second-order term, ``log phi(z) + log w + log1p((z^2 - 1) w^2 / 24)``,
 is exact to ~1e-11 instead.
+
+Scores are returned in :func:`working_dtype` of the inputs (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wavedistill.distributions.base import (
     log1mexp,
     snap_to_grid,
     to_level,
+    working_dtype,
 )
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -49,7 +52,8 @@ def log_ndtr(z: Tensor) -> Tensor:
 
 def gaussian_bin_log_mass(level: Tensor, mean: Tensor, log_scale: Tensor,
                           num_classes: int) -> Tensor:
-    """Log-mass of a Gaussian on the bin of ``level``; all ``(B, T)``, computed in float64."""
+    """Log-mass of a Gaussian on the bin of ``level``; all ``(B, T)``, computed in float64 and
+    returned in the dtype of ``mean``."""
     h = half_bin_width(num_classes)
     inv_s = torch.exp(-log_scale.double())
     # Beyond |z| = 1e18 the log-mass is below -5e35; clamping there keeps the float32
@@ -71,7 +75,7 @@ def gaussian_bin_log_mass(level: Tensor, mean: Tensor, log_scale: Tensor,
     interior = torch.where(w * w * (1.0 + zc * zc) < _MIDPOINT_MAX, by_midpoint, by_cdf)
     out = torch.where(level == 0, log_ndtr(upper), interior)
     out = torch.where(level == num_classes - 1, log_ndtr(-lower), out)
-    return out.float()
+    return out.to(mean.dtype)
 
 
 def gaussian_log_density(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
@@ -103,28 +107,31 @@ class DiscretizedGaussian(OutputDistribution):
 
     def location_scale(self, params: Tensor, log_scale_min: float | None = None
                        ) -> tuple[Tensor, Tensor]:
-        """``(B, 2, T)`` -> mean and floored log-scale, each ``(B, T)`` float32."""
+        """``(B, 2, T)`` -> mean and floored log-scale, each ``(B, T)`` in
+        :func:`working_dtype` of ``params``."""
         if params.shape[1] != 2:
             raise ValueError(f"Gaussian parameters need 2 channels, got {params.shape[1]}")
         floor = self.log_scale_min if log_scale_min is None else log_scale_min
-        mean, log_scale = params.float().unbind(1)
+        mean, log_scale = params.to(working_dtype(params)).unbind(1)
         return mean, log_scale.clamp_min(floor)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        mean, log_scale = self.location_scale(params)
+        mean, log_scale = self.location_scale(params.to(working_dtype(params, x)))
         return gaussian_bin_log_mass(to_level(x, self.num_classes), mean, log_scale,
                                      self.num_classes)
 
     def log_density(self, params: Tensor, x: Tensor,
                     log_scale_min: float | None = None) -> Tensor:
         """``x`` ``(B, T)`` or ``(B, N, T)``; ``log_scale_min`` overrides the head's floor."""
-        mean, log_scale = self.location_scale(params, log_scale_min)
+        dtype = working_dtype(params, x)
+        mean, log_scale = self.location_scale(params.to(dtype), log_scale_min)
         if x.dim() == 3:
             mean, log_scale = mean.unsqueeze(1), log_scale.unsqueeze(1)
-        return gaussian_log_density(x.float(), mean, log_scale)
+        return gaussian_log_density(x.to(dtype), mean, log_scale)
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        mean, log_scale = self.location_scale(params)
+        """Float32 draws on the grid ``(B, T)`` whatever the dtype of ``params``."""
+        mean, log_scale = self.location_scale(params.float())
         eps = torch.randn(mean.shape, generator=generator, device=mean.device)
         return snap_to_grid(mean + log_scale.exp() * eps, self.num_classes)
 

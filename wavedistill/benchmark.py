@@ -441,7 +441,8 @@ def format_table(report: dict[str, Any]) -> str:
     peak = report["peak_matmul_gflops"]
     rows = [TABLE_HEADER]
     for name, m in report["models"].items():
-        rows.append((name, f"{m['samples_per_s']:,.0f}", f"{m['rtf']:.3g}",
+        rate = m["samples_per_s"]
+        rows.append((name, f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}", f"{m['rtf']:.3g}",
                      f"{m['flops_per_sample'] / 1e6:.3f}", f"{m['achieved_gflops']:.2f}",
                      f"{100 * m['fraction_of_peak']:.1f}%", f"{100 * m['spread']:.1f}%",
                      f"{m['peak_rss_mb']:,.0f}"))

@@ -12,7 +12,7 @@ noise (variants alternate within each repeat, so a busy machine slows them alike
    - ``module``: :meth:`IAFStudent.forward` under ``inference_mode`` (the training path:
      conditioning projected at frame rate, oneDNN convolutions);
    - ``synthesize``: :meth:`IAFStudent.synthesize_from_noise`, the shipped path (see
-     :func:`wavedistill.student.fused_flow`).
+     :func:`wavedistill.fused_student.fused_flow`).
 
    The table gives the median samples/s of ``--repeats`` runs, the spread
    ((max - min) / median), GFLOP/s from :func:`wavedistill.profiling.student_flops`, the share

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wavedistill import student as student_module
+from wavedistill import fused_student as fused_module
 from wavedistill.config import Config, config_from_dict
 from wavedistill.errors import UserError
 from wavedistill.profiling import student_flops
@@ -266,8 +266,8 @@ def test_fused_path_equals_forward_for_the_parallel_wavenet_layout(batch, device
     # 60 layers of 64 channels with dilations up to 512: taps reach across several tiles
     # (128 steps of 16-sample frames, split by the batch) and into the left padding
     if device_path == "gpu":  # what a GPU runs: conditioning upsampled apart, addmm products
-        monkeypatch.setattr(student_module, "_conditioning_in_product", lambda device: False)
-        monkeypatch.setattr(student_module, "_onednn", lambda x: False)
+        monkeypatch.setattr(fused_module, "_conditioning_in_product", lambda device: False)
+        monkeypatch.setattr(fused_module, "_onednn", lambda x: False)
     student = make_student(**PARALLEL_WAVENET, tile=128)
     z, mel = inputs(student, batch, 40)
     x, _, _ = student(z, mel)
@@ -292,8 +292,8 @@ def test_a_batch_is_one_computation_not_a_loop_over_clips(monkeypatch):
     # with a tile longer than the clip, every layer is one product however many clips
     student = make_student(flow_layers=(2, 3), tile=10_000)
     calls = []
-    product = student_module._linear_sigmoid
-    monkeypatch.setattr(student_module, "_linear_sigmoid",
+    product = fused_module._linear_sigmoid
+    monkeypatch.setattr(fused_module, "_linear_sigmoid",
                         lambda *args: calls.append(args[0].shape) or product(*args))
     for batch in (1, 4):
         calls.clear()
@@ -313,10 +313,10 @@ def test_fused_weights_are_cached_and_follow_every_parameter_change():
                                    rtol=1e-5, atol=1e-5)
 
     check()
-    layers = student_module._fused_layers(flow, torch.float32)
+    layers = fused_module._fused_layers(flow, torch.float32)
     check()
     # rearranged once, not per call
-    assert student_module._fused_layers(flow, torch.float32) is layers
+    assert fused_module._fused_layers(flow, torch.float32) is layers
 
     # load_state_dict
     student.load_state_dict(make_student(**PARALLEL_WAVENET, seed=7).state_dict())
@@ -331,7 +331,7 @@ def test_fused_weights_are_cached_and_follow_every_parameter_change():
         flow.stack.blocks[3].dilated.weight.mul_(-1.5)
         student.flows[-1].stack.blocks[-1].output.bias.add_(0.1)
     check()
-    assert student_module._fused_layers(flow, torch.float32) is not layers
+    assert fused_module._fused_layers(flow, torch.float32) is not layers
 
 
 def test_synthesis_under_autocast_runs_in_its_dtype():

@@ -8,7 +8,7 @@ Passes are counted on the code that ships, so the count is what the code does, n
 claims: forward hooks on the real modules (the teacher's residual stack, each student flow)
 where the modules run, and counting wrappers around the fast paths that bypass them -- the
 teacher's cached sampler calls :func:`wavedistill.generation.step` once per network pass, and
-the student's synthesis calls :func:`wavedistill.student.fused_flow` once per flow pass.
+the student's synthesis calls :func:`wavedistill.fused_student.fused_flow` once per flow pass.
 """
 
 import pytest

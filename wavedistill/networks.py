@@ -2,7 +2,7 @@
 
 Everything works on ``(B, C, T)`` tensors. Fast inference does not run these modules: the
 teacher's cached sampler (:mod:`wavedistill.generation`) and the student's fused synthesis
-(:func:`wavedistill.student.fused_flow`) lay the same weights out their own way, and the tests
+(:func:`wavedistill.fused_student.fused_flow`) lay the same weights out their own way, and the tests
 check them against the batch path here.
 
 Pieces, from the bottom up:
@@ -475,3 +475,9 @@ class Conditioner(nn.Module):
         if frames is None and bias is None:
             return None
         return Conditioning(frames, filt, bias)
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """``(B, T) -> (B, T)``: ``x_{t-1}`` at ``t``, zero at ``t = 0`` (the autoregressive input
+    of a flow)."""
+    return F.pad(x[..., :-1], (1, 0))

@@ -261,6 +261,31 @@ def test_init_from_takes_weights_only(dataset, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_init_from_takes_an_exported_bundle(dataset, tmp_path):
+    """Fine-tuning may start from a bundle folder: its (EMA) weights, nothing else."""
+    from wavedistill.export import export_bundle
+    from wavedistill.loading import load_model
+
+    train_teacher(tiny_cfg(steps=2), dataset, tmp_path / "a")
+    bundle = export_bundle(load_model(latest_checkpoint(tmp_path / "a")), tmp_path / "bundle")
+    trainer = teacher_trainer(tiny_cfg(steps=2), dataset, tmp_path / "b")
+    trainer.init_from(bundle)
+    exported = load_model(bundle).model.state_dict()
+    for name, tensor in trainer.model.state_dict().items():
+        torch.testing.assert_close(tensor, exported[name])
+    import dataclasses
+
+    from wavedistill.features import FeatureStats
+    from wavedistill.loading import random_model
+
+    n_mels = tiny_cfg().audio.n_mels
+    student = dataclasses.replace(random_model("student", tiny_cfg(), "random"),
+                                  stats=FeatureStats(torch.zeros(n_mels), torch.ones(n_mels)))
+    student_bundle = export_bundle(student, tmp_path / "student")
+    with pytest.raises(UserError, match="student bundle; a teacher is needed"):
+        trainer.init_from(student_bundle)
+
+
 # -- refusals --------------------------------------------------------------------------------
 
 

@@ -34,7 +34,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="experiment folder (checkpoints, logs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-from", type=Path, help="take model weights (only) from this checkpoint")
+    p.add_argument("--init-from", type=Path,
+                   help="take model weights (only) from this checkpoint or bundle folder")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N (default: cuda if available)")
     _config_args(p)

@@ -158,9 +158,12 @@ class Trainer:
         seed_everything(self.cfg.train.seed + 7919 * self.step + self.procs.rank)
 
     def init_from(self, path: str | Path) -> None:
-        """Start from the weights (only) of another checkpoint of the same kind."""
-        ckpt = load_checkpoint(path, expected_kind=self.kind)
-        load_weights(self.model, ckpt["model"], str(path))
+        """Start from the weights (only) of another checkpoint of the same kind (its raw
+        weights), or of an exported bundle folder (the weights it holds)."""
+        from wavedistill.loading import load_model
+
+        source = load_model(path, self.kind, use_ema=False)
+        load_weights(self.model, source.model.state_dict(), str(path))
         if self.ema is not None:
             self.ema.reset(self.model)
         log.info("initialised weights from %s", path)

@@ -158,7 +158,8 @@ def export_onnx(loaded: LoadedModel, path: str | Path) -> Path:
     shapes = {"z": {0: batch, 1: samples}, "mel": {0: batch, 2: frames}}
     if len(example) == 3:
         shapes["speaker"] = {0: batch}
-    with atomic_path(path) as tmp, torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own notes on its internals
         torch.onnx.export(plain, example, str(tmp), input_names=names, output_names=["audio"],
                           dynamic_shapes=shapes, opset_version=ONNX_OPSET, dynamo=True,
                           optimize=True, external_data=False, verbose=False)

@@ -98,7 +98,7 @@ def describe_bundle(folder: Path) -> str:
         f"  step {loaded.step}",
         _architecture_line(loaded.kind, loaded.cfg),
         f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {loaded.model.num_parameters:,}",
+        f"  parameters: {sum(p.numel() for p in loaded.model.parameters()):,}",
         f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
         f"  speakers: {max(1, len(loaded.speakers or {}))}",
     ])

@@ -51,10 +51,11 @@ def _current_rss_mb() -> float:
 def _tiled_mel(synth, seconds: float) -> torch.Tensor:
     """The bundled clip's normalised mel, tiled to ``seconds``: (n_mels, F)."""
     from wavedistill.benchmark import tile
+    from wavedistill.features import frames_for
 
     a = synth.cfg.audio
     mel = synth.features(CLIP)
-    return tile(mel, max(1, round(seconds * a.sample_rate / a.hop_length)))
+    return tile(mel, frames_for(seconds, a))
 
 
 def child(mode: str, checkpoint: str, seconds: float, threads: int) -> dict:

@@ -52,9 +52,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wavedistill.config import Config, load_config
+from wavedistill.features import frames_for
 from wavedistill.precision import cpu_flags, is_native
 from wavedistill.profiling import (
     PEAK_SIZE,
+    cpu_model,
     matmul_peak_gflops,
     student_flops,
     time_call,
@@ -110,16 +112,8 @@ def straightforward(student: IAFStudent, z: Tensor, mel: Tensor) -> Tensor:
 
 def cpu_info() -> dict:
     """Model name and the flags that decide the kernels (x86 /proc/cpuinfo; empty elsewhere)."""
-    name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags()
-    return {"model": name, **{flag: flag in flags for flag in CPU_FLAGS}}
+    return {"model": cpu_model(), **{flag: flag in flags for flag in CPU_FLAGS}}
 
 
 def onednn_peak_gflops(repeats: int) -> float | None:
@@ -151,7 +145,7 @@ def build(size: str) -> tuple[Config, IAFStudent]:
 def clips(student: IAFStudent, cfg: Config, seconds: float, batch: int
           ) -> tuple[Tensor, Tensor]:
     """Noise ``(batch, T)`` and mel ``(batch, n_mels, F)``, different for every clip."""
-    frames = max(1, round(seconds * cfg.audio.sample_rate / cfg.audio.hop_length))
+    frames = frames_for(seconds, cfg.audio)
     g = torch.Generator().manual_seed(0)
     mel = torch.randn(batch, cfg.audio.n_mels, frames, generator=g)
     z = student.sample_noise((batch, frames * cfg.audio.hop_length), g)

@@ -127,9 +127,7 @@ def write_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: i
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"write_wav expects mono audio of shape (T,), got {audio.shape}")
-    pcm = quantize_16bit(audio)
-    with atomic_path(path) as tmp:
-        sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
+    write_wav_stream(path, [audio], sample_rate)
 
 
 def write_wav_stream(path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int) -> int:

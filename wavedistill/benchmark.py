@@ -59,12 +59,13 @@ import torch
 
 from wavedistill.config import Config, load_config
 from wavedistill.errors import UserError
-from wavedistill.features import FeatureStats
+from wavedistill.features import FeatureStats, frames_for
 from wavedistill.loading import LoadedModel, load_model, random_model
 from wavedistill.precision import resolve_dtype
 from wavedistill.profiling import (
     FlopCount,
     PeakMemory,
+    cpu_model,
     matmul_peak_gflops,
     naive_teacher_flops,
     student_flops,
@@ -192,11 +193,6 @@ def load_kind(kind: str, checkpoint: Path | None, config: Path | None, device: t
 # -- measuring -------------------------------------------------------------------------------
 
 
-def frames_for(seconds: float, cfg: Config) -> int:
-    """Whole mel frames covering ``seconds`` (at least one)."""
-    return max(1, round(seconds * cfg.audio.sample_rate / cfg.audio.hop_length))
-
-
 def measure(fn: Callable[[], Any], samples_per_call: int, flops: FlopCount,
             loaded: LoadedModel, settings: Settings, peak_gflops: float,
             warmup: Callable[[], Any] | None = None, autocast: bool = True) -> dict[str, Any]:
@@ -237,7 +233,7 @@ def _generator(settings: Settings) -> torch.Generator:
 
 def measure_student(student: LoadedModel, settings: Settings, peak: float) -> dict[str, Any]:
     """One-pass synthesis of ``settings.seconds`` of audio per batch row."""
-    frames = frames_for(settings.seconds, student.cfg)
+    frames = frames_for(settings.seconds, student.cfg.audio)
     batch = loaded_batch(student, frames, settings)
     mel, speaker = student.batch_mel(batch), student.batch_speaker(batch)
 
@@ -252,7 +248,7 @@ def measure_teacher(teacher: LoadedModel, settings: Settings, peak: float) -> di
     """Cached sequential sampling of ``settings.seconds`` of audio per batch row."""
     from wavedistill.generation import generate
 
-    frames = frames_for(settings.seconds, teacher.cfg)
+    frames = frames_for(settings.seconds, teacher.cfg.audio)
     batch = loaded_batch(teacher, frames, settings)
     mel, speaker = teacher.batch_mel(batch), teacher.batch_speaker(batch)
     num_samples = frames * teacher.cfg.audio.hop_length
@@ -415,17 +411,7 @@ def device_name(device: torch.device) -> str:
     """``"cuda:0 (NVIDIA ...)"`` or ``"cpu (<processor>)"``."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({_cpu_model() or platform.machine()})"
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    return f"cpu ({cpu_model() or platform.machine()})"
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -120,13 +120,17 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from wavedistill.export import export_bundle, export_onnx, export_torchscript
+    from wavedistill.export import (
+        check_deployable,
+        export_bundle,
+        export_onnx,
+        export_torchscript,
+    )
     from wavedistill.loading import load_pretrained
 
     loaded = load_pretrained(args.checkpoint)
-    if (args.onnx or args.torchscript) and loaded.kind != "student":
-        raise UserError(f"{args.checkpoint}: --onnx and --torchscript export the parallel "
-                        "student; a teacher samples step by step")
+    if args.onnx or args.torchscript:
+        check_deployable(loaded)  # before the bundle is written
     out = export_bundle(loaded, args.out, trained_on=args.trained_on)
     print(f"wrote the {loaded.kind} bundle {out}")
     if args.torchscript:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from wavedistill.errors import UserError
+from wavedistill.features import frames_for
 from wavedistill.mel_input import PLAIN, MelConvention, load_npy
 from wavedistill.synthesis import Synthesizer, check_chunk_seconds
 
@@ -101,7 +102,7 @@ def _stream_to_files(synth: Synthesizer, paths: list[Path], mels: list[torch.Ten
     from wavedistill.audio import write_wav_stream
 
     a = synth.cfg.audio
-    frames = max(1, round(chunk_seconds * a.sample_rate / a.hop_length))
+    frames = frames_for(chunk_seconds, a)
     for path, mel in zip(paths, mels, strict=True):
         chunks = (mel[:, i:i + frames] for i in range(0, mel.shape[-1], frames))
         samples = write_wav_stream(path, synth.stream(chunks, speaker, seed), a.sample_rate)

@@ -47,7 +47,7 @@ import torch
 from wavedistill import metrics
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
 from wavedistill.errors import UserError
-from wavedistill.features import FeatureStats, lowest_log_mel
+from wavedistill.features import FeatureStats, frames_for, lowest_log_mel
 from wavedistill.fileio import atomic_write_text
 from wavedistill.loading import LoadedModel, load_model
 
@@ -133,10 +133,9 @@ def _speaker(model: LoadedModel, clip: Clip, device: torch.device) -> torch.Tens
 def held_out_nll(teacher: LoadedModel, clips: list[Clip], device: torch.device) -> dict[str, Any]:
     """NLL in bits per sample over all ``clips``, and per clip."""
     total_nats, total_samples, per_clip = 0.0, 0, {}
-    mel_on = teacher.cfg.teacher.use_mel
     for clip in clips:
         audio = clip.audio[None].to(device)
-        mel = clip.mel[None].to(device) if mel_on else None
+        mel = clip.mel[None].to(device) if teacher.conditional else None
         logp = teacher.model.log_prob(audio, mel, _speaker(teacher, clip, device))
         nats = -float(logp.double().sum())
         per_clip[clip.id] = nats / audio.shape[-1] / math.log(2.0)
@@ -155,12 +154,12 @@ def teacher_samples(teacher: LoadedModel, clips: list[Clip], seconds: float,
     from wavedistill.generation import generate
 
     hop = teacher.cfg.audio.hop_length
-    frames = max(1, round(seconds * teacher.cfg.audio.sample_rate / hop))
+    frames = frames_for(seconds, teacher.cfg.audio)
     items = [{"id": c.id, "audio": c.audio[: frames * hop], "mel": c.mel[:, :frames],
               "speaker": c.speaker} for c in clips]
     batch = collate(items)
-    mel = batch["mel"].to(device) if teacher.cfg.teacher.use_mel else None
-    speaker = batch["speaker"].to(device) if teacher.num_speakers > 0 else None
+    mel, speaker = (None if t is None else t.to(device)
+                    for t in (teacher.batch_mel(batch), teacher.batch_speaker(batch)))
     generator = torch.Generator(device=device).manual_seed(SEED)
     audio = generate(teacher.model, mel, speaker, num_samples=batch["mel"].shape[-1] * hop,
                      generator=generator, method="cached")

@@ -122,10 +122,15 @@ def _example(loaded: LoadedModel, frames: int = 4) -> tuple[Tensor, ...]:
     return z, mel
 
 
-def _plain(loaded: LoadedModel) -> PlainStudent:
+def check_deployable(loaded: LoadedModel) -> None:
+    """Only the parallel student has a one-pass graph to export; a UserError otherwise."""
     if loaded.kind != "student":
         raise UserError(f"{loaded.source}: --onnx and --torchscript export the parallel student; "
                         "a teacher samples step by step")
+
+
+def _plain(loaded: LoadedModel) -> PlainStudent:
+    check_deployable(loaded)
     return PlainStudent(loaded.model).cpu().float().eval()
 
 

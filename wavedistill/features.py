@@ -95,6 +95,11 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     return log_of(torch.clamp(mel, min=cfg.log_floor), cfg)
 
 
+def frames_for(seconds: float, cfg: AudioConfig) -> int:
+    """Whole mel frames nearest to ``seconds`` of audio (at least one)."""
+    return max(1, round(seconds * cfg.sample_rate / cfg.hop_length))
+
+
 def log_of(x: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     """``log_b(x)`` in the base of ``audio.log_base``."""
     return torch.log(x) if cfg.log_base == "e" else torch.log10(x)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wavedistill.errors import UserError
+
+if TYPE_CHECKING:
+    from wavedistill.loading import LoadedModel
 
 
 def describe(path: str | Path) -> str:
@@ -56,20 +60,36 @@ def describe_checkpoint(path: str | Path) -> str:
 
     ckpt = load_checkpoint(path)
     loaded = from_checkpoint(ckpt)
-    a = loaded.cfg.audio
     best = ckpt.get("best_valid")
-    field = loaded.model.receptive_field
-    lines = [
+    return "\n".join([
         f"{loaded.kind} checkpoint {path} (wavedistill {ckpt.get('version', '?')})",
         f"  step {loaded.step}, best validation " + (f"{best:.4f}" if best is not None else "none"),
+        *_model_lines(loaded, " (EMA weights stored)" if ckpt.get("ema") is not None else ""),
+    ])
+
+
+def describe_bundle(folder: Path) -> str:
+    """Kind, step, architecture, receptive field, parameters and audio settings of an
+    exported bundle folder."""
+    from wavedistill.loading import load_bundle
+
+    loaded = load_bundle(folder)
+    return "\n".join([f"{loaded.kind} bundle {folder}", f"  step {loaded.step}",
+                      *_model_lines(loaded)])
+
+
+def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:
+    """Architecture, receptive field, parameters (all of them, frozen or not), audio settings
+    and speakers of a loaded model."""
+    a = loaded.cfg.audio
+    field = loaded.model.receptive_field
+    return [
         _architecture_line(loaded.kind, loaded.cfg),
         f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {loaded.model.num_parameters:,}"
-        + (" (EMA weights stored)" if ckpt.get("ema") is not None else ""),
+        f"  parameters: {sum(p.numel() for p in loaded.model.parameters()):,}{parameters_note}",
         f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
         f"  speakers: {max(1, len(loaded.speakers or {}))}",
     ]
-    return "\n".join(lines)
 
 
 def _architecture_line(kind: str, cfg) -> str:
@@ -83,22 +103,3 @@ def _architecture_line(kind: str, cfg) -> str:
     return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
             f"{s.channels} channels, {s.noise} noise, "
             f"upsampling {'x'.join(map(str, s.upsample_factors))}")
-
-
-def describe_bundle(folder: Path) -> str:
-    """Kind, step, architecture, receptive field, parameters and audio settings of an
-    exported bundle folder."""
-    from wavedistill.loading import load_bundle
-
-    loaded = load_bundle(folder)
-    a = loaded.cfg.audio
-    field = loaded.model.receptive_field
-    return "\n".join([
-        f"{loaded.kind} bundle {folder}",
-        f"  step {loaded.step}",
-        _architecture_line(loaded.kind, loaded.cfg),
-        f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {sum(p.numel() for p in loaded.model.parameters()):,}",
-        f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
-        f"  speakers: {max(1, len(loaded.speakers or {}))}",
-    ])

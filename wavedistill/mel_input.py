@@ -138,14 +138,30 @@ def _npz_stats(path: Path) -> FeatureStats:
     return FeatureStats.load(path)
 
 
+def finite_mel(name: str, array: np.ndarray, n_mels: int, layout: str = "auto") -> np.ndarray:
+    """``array`` arranged to ``(n_mels, F)`` float32 (see :func:`arrange`), refused when it holds
+    NaN or inf."""
+    mel = arrange(name, np.asarray(array), n_mels, layout)
+    if not np.isfinite(mel).all():
+        raise UserError(f"{name}: features contain NaN or inf")
+    return np.ascontiguousarray(mel, dtype=np.float32)
+
+
+def check_floor(name: str, mel: torch.Tensor | np.ndarray, audio: AudioConfig, advice: str
+                ) -> None:
+    """Refuse a log-mel with values below the log of ``audio.log_floor`` (in its base): it was
+    made with another floor or base, or normalised. ``advice`` ends the message."""
+    lowest, found = lowest_log_mel(audio), float(mel.min())
+    if found < lowest - 1e-3:
+        raise UserError(f"{name}: values down to {found:.2f} lie below the log floor "
+                        f"{lowest:.2f}; {advice}")
+
+
 def model_input(name: str, array: np.ndarray, audio: AudioConfig, stats: FeatureStats,
                 convention: MelConvention = PLAIN) -> torch.Tensor:
     """Saved features -> the model's normalised input ``(n_mels, F)`` float32, checked for
     shape, finiteness and (unless already normalised) the model's log convention."""
-    mel = arrange(name, np.asarray(array), audio.n_mels, convention.layout)
-    if not np.isfinite(mel).all():
-        raise UserError(f"{name}: features contain NaN or inf")
-    mel = torch.from_numpy(mel.astype(np.float32))
+    mel = torch.from_numpy(finite_mel(name, array, audio.n_mels, convention.layout))
     if convention.normalized:
         return mel
     if convention.stats is not None:
@@ -162,14 +178,10 @@ def check_convention(name: str, mel: torch.Tensor, audio: AudioConfig,
     """Refuse features that cannot be the model's un-normalised log-mel: values below the log
     floor, or a level many standard deviations away from its statistics (features already
     normalised, another log base, or another toolkit's floor)."""
-    lowest = lowest_log_mel(audio)
     expects = (f"the model expects un-normalised log{'' if audio.log_base == 'e' else '10'} "
                f"mel magnitudes floored at audio.log_floor = {audio.log_floor:g}, of "
                f"{audio.sample_rate} Hz audio")
-    if float(mel.min()) < lowest - 1e-3:
-        raise UserError(f"{name}: values down to {float(mel.min()):.2f} lie below the log floor "
-                        f"{lowest:.2f}; {expects} (--no-normalize or --stats for normalised "
-                        "features)")
+    check_floor(name, mel, audio, f"{expects} (--no-normalize or --stats for normalised features)")
     offset = float(stats.normalize(mel).mean())
     if not math.isfinite(offset) or abs(offset) > MAX_LEVEL_OFFSET:
         raise UserError(f"{name}: the features sit {offset:+.1f} standard deviations from the "

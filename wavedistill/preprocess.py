@@ -137,19 +137,14 @@ def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
     """The external mel of ``utt_id`` as (n_mels, F) float32, the samples of audio it pairs
     with (``F * hop``), and what was trimmed (or None). A difference of up to
     ``MAX_FRAME_MISMATCH`` frames is trimmed from the longer side's end; more is refused."""
-    from wavedistill.features import lowest_log_mel
-    from wavedistill.mel_input import arrange, load_npy
+    from wavedistill.mel_input import check_floor, finite_mel, load_npy
 
     path = external.path(utt_id)
     if not path.is_file():
         raise UserError(f"{path}: no external mel for utterance {utt_id}")
-    mel = arrange(str(path), load_npy(path), cfg.audio.n_mels, external.layout)
-    if not np.isfinite(mel).all():
-        raise UserError(f"{path}: features contain NaN or inf")
-    if float(mel.min()) < lowest_log_mel(cfg.audio) - 1e-3:
-        raise UserError(f"{path}: values down to {float(mel.min()):.2f} lie below the log floor "
-                        f"of audio.log_base/log_floor ({lowest_log_mel(cfg.audio):.2f}); the "
-                        "mels must be un-normalised, in the config's convention")
+    mel = finite_mel(str(path), load_npy(path), cfg.audio.n_mels, external.layout)
+    check_floor(str(path), mel, cfg.audio, "the mels must be un-normalised, in the config's "
+                "convention (audio.log_base, audio.log_floor)")
     hop = cfg.audio.hop_length
     ours, theirs = usable // hop, mel.shape[1]
     if abs(theirs - ours) > MAX_FRAME_MISMATCH:
@@ -160,7 +155,7 @@ def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
     if theirs != ours:
         side = "mel" if theirs > ours else "audio"
         change = f"external mel and audio differ by 1-{MAX_FRAME_MISMATCH} frames: {side} trimmed"
-    return np.ascontiguousarray(mel[:, :frames], dtype=np.float32), frames * hop, change
+    return np.ascontiguousarray(mel[:, :frames]), frames * hop, change
 
 
 def _process_or_reject(job: tuple) -> tuple[dict, list[str]] | str:

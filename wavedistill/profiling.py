@@ -32,6 +32,7 @@ the affine maps) is not counted.
 
 from __future__ import annotations
 
+import platform
 import resource
 import statistics
 import sys
@@ -193,6 +194,17 @@ def _mm_time(n: int, device: torch.device, dtype: torch.dtype) -> float:
     a = torch.ones(n, n, device=device, dtype=dtype)
     torch.mm(a, a)
     return time_call(lambda: torch.mm(a, a), device, 1, warmup=0).best
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo, else the platform's answer), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 # -- FLOPs -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 
 from wavedistill.config import Config
 from wavedistill.errors import UserError
+from wavedistill.features import frames_for
 from wavedistill.loading import LoadedModel, load_model, load_pretrained
 from wavedistill.mel_input import PLAIN, MelConvention, load_npy, model_input
 from wavedistill.precision import DTYPES, resolve_dtype
@@ -54,7 +55,8 @@ class Synthesizer:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", use_ema: bool = True,
                         dtype: str = "float32") -> Synthesizer:
         """A training checkpoint's model (its EMA weights unless ``use_ema`` is False)."""
-        return cls(load_model(path, device=device, use_ema=use_ema), DTYPES[dtype])
+        dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
+        return cls(load_model(path, device=device, use_ema=use_ema), dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu",
@@ -63,9 +65,8 @@ class Synthesizer:
         shipped model (``alice-student``), or a Hugging Face Hub repository id
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
         ``dtype``: float32, bfloat16 or float16, refused where not native."""
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), DTYPES[dtype])
+        dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
+        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), dtype)
 
     @property
     def cfg(self) -> Config:
@@ -218,8 +219,7 @@ class Synthesizer:
                             batch=len(lengths), precision=precision)
         mel = mel.to(self.dtype)
         if chunk_seconds is not None:
-            hop = self.cfg.audio.hop_length
-            chunk_frames = max(1, round(chunk_seconds * self.cfg.audio.sample_rate / hop))
+            chunk_frames = frames_for(chunk_seconds, self.cfg.audio)
             return model.synthesize_chunked(mel, chunk_frames, speaker, generator=generator)
         return model.synthesize_from_noise(self._noise(lengths, seed), mel, speaker)
 
@@ -232,6 +232,12 @@ class Synthesizer:
             generator = torch.Generator(device=device).manual_seed(seed)
             z[i, :n] = model.sample_noise((1, n), generator, device)[0]
         return z
+
+
+def _named_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def check_chunk_seconds(kind: str, chunk_seconds: float | None) -> None:

@@ -52,7 +52,7 @@ from wavedistill.audio import LEVELS_16BIT, dequantize_16bit, quantize_16bit, wr
 from wavedistill.config import Config, config_from_dict, save_config
 from wavedistill.datasets import SINGLE_SPEAKER, split_utterances
 from wavedistill.errors import UserError
-from wavedistill.features import FeatureStats
+from wavedistill.features import FeatureStats, frames_for
 from wavedistill.fileio import atomic_write_text
 
 KINDS = ("ar", "ar-conditioned", "ar-logistic")
@@ -465,7 +465,7 @@ def student_kl(checkpoint: str | Path, data_dir: str | Path, segments: int = 16,
     student, cfg, stats, dev = _load(checkpoint, "student", device)
     sources = load_sources(data_dir)
     entries = _entries(data_dir)
-    frames = max(1, round(seconds * cfg.audio.sample_rate / student.hop))
+    frames = frames_for(seconds, cfg.audio)
     if any(e["frames"] < frames for e in entries):
         raise UserError(f"{data_dir}: clips are shorter than the {seconds:g} s segments asked")
     picked = [entries[i % len(entries)] for i in range(segments)]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from wavedistill.profiling import time_round_robin
+from wavedistill.bench.profiling import time_round_robin
 
 
 def make_layer(residual: int = 64, gate: int = 128, skip: int = 64, kernel: int = 3):

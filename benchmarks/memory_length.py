@@ -43,15 +43,15 @@ def _peak_rss_mb() -> float:
 
 
 def _current_rss_mb() -> float:
-    from wavedistill.profiling import current_rss_mb
+    from wavedistill.bench.profiling import current_rss_mb
 
     return current_rss_mb()
 
 
 def _tiled_mel(synth, seconds: float) -> torch.Tensor:
     """The bundled clip's normalised mel, tiled to ``seconds``: (n_mels, F)."""
-    from wavedistill.benchmark import tile
-    from wavedistill.features import frames_for
+    from wavedistill.bench.benchmark import tile
+    from wavedistill.data.features import frames_for
 
     a = synth.cfg.audio
     mel = synth.features(CLIP)
@@ -60,8 +60,8 @@ def _tiled_mel(synth, seconds: float) -> torch.Tensor:
 
 def child(mode: str, checkpoint: str, seconds: float, threads: int) -> dict:
     """One measurement in this (fresh) process; the result as a dict."""
-    from wavedistill.audio import write_wav, write_wav_stream
-    from wavedistill.synthesis import Synthesizer
+    from wavedistill.data.audio import write_wav, write_wav_stream
+    from wavedistill.inference.synthesizer import Synthesizer
 
     torch.set_num_threads(threads)
     synth = Synthesizer.from_pretrained(checkpoint)
@@ -137,7 +137,7 @@ def main() -> None:
 
 
 def _cpu_name() -> str:
-    from wavedistill.benchmark import device_name
+    from wavedistill.bench.benchmark import device_name
 
     return device_name(torch.device("cpu"))
 

@@ -7,7 +7,7 @@ Compares, side by side in one run, on the same random-weight teacher and the sam
   to sample rate once, then per step and layer a queue of past inputs rolled by concatenation,
   the dilated conv as one ``linear`` on the queue's taps, a 1x1 conditioning projection of that
   sample's mel column, the gate, the residual/skip ``linear``, and the skips summed per layer;
-- ``cached``: :func:`wavedistill.generation.generate` (fused taps, frame-rate conditioning, one
+- ``cached``: :func:`wavedistill.models.sampling.generate` (fused taps, frame-rate conditioning, one
   skip product per step, preallocated buffers), exact float32;
 - ``cached-bf16``: the same with ``precision="bfloat16"`` (bf16 matrix products).
 
@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wavedistill.bench.profiling import time_round_robin
 from wavedistill.config import Config, load_config
-from wavedistill.generation import generate
-from wavedistill.profiling import time_round_robin
-from wavedistill.teacher import WaveNetTeacher
+from wavedistill.models.sampling import generate
+from wavedistill.models.teacher import WaveNetTeacher
 
 # name -> (config overrides, steps timed per run)
 SIZES: dict[str, tuple[list[str], int]] = {

@@ -12,12 +12,12 @@ noise (variants alternate within each repeat, so a busy machine slows them alike
    - ``module``: :meth:`IAFStudent.forward` under ``inference_mode`` (the training path:
      conditioning projected at frame rate, oneDNN convolutions);
    - ``synthesize``: :meth:`IAFStudent.synthesize_from_noise`, the shipped path (see
-     :func:`wavedistill.fused_student.fused_flow`).
+     :func:`wavedistill.models.fused_flows.fused_flow`).
 
    The table gives the median samples/s of ``--repeats`` runs, the spread
-   ((max - min) / median), GFLOP/s from :func:`wavedistill.profiling.student_flops`, the share
+   ((max - min) / median), GFLOP/s from :func:`wavedistill.bench.profiling.student_flops`, the share
    of two matrix-product peaks timed in the same run (fastest of ``--repeats`` 2048 x 2048
-   products): ``torch.mm`` (:func:`wavedistill.profiling.matmul_peak_gflops`, the yardstick of
+   products): ``torch.mm`` (:func:`wavedistill.bench.profiling.matmul_peak_gflops`, the yardstick of
    ``wavedistill benchmark``) and oneDNN's fp32 product (the kernels the shipped path calls;
    where ``torch.mm``'s sgemm runs at AVX2 speed on an AVX-512 CPU, oneDNN is about twice as
    fast), and the ratio to the straightforward version.
@@ -51,10 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wavedistill.config import Config, load_config
-from wavedistill.features import frames_for
-from wavedistill.precision import cpu_flags, is_native
-from wavedistill.profiling import (
+from wavedistill.bench.profiling import (
     PEAK_SIZE,
     cpu_model,
     matmul_peak_gflops,
@@ -62,7 +59,10 @@ from wavedistill.profiling import (
     time_call,
     time_round_robin,
 )
-from wavedistill.student import IAFStudent
+from wavedistill.config import Config, load_config
+from wavedistill.data.features import frames_for
+from wavedistill.models.student import IAFStudent
+from wavedistill.precision import cpu_flags, is_native
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ljspeech" / "conf" / "student.yaml"
 AUDIO_24K = ["audio.sample_rate=24000", "audio.hop_length=300", "audio.n_fft=2048",

@@ -5,7 +5,7 @@ Compares, side by side in one run and on the same batch:
 - ``straightforward``: a textbook WaveNet (kept here only as the yardstick): mel upsampled to
   sample rate by transposed convolutions, a 1x1 conditioning conv per layer on the upsampled mel,
   the dilated conv padded then cropped, separate residual and skip 1x1 convs;
-- ``wavedistill``: :class:`wavedistill.teacher.WaveNetTeacher` (conditioning projected at frame
+- ``wavedistill``: :class:`wavedistill.models.teacher.WaveNetTeacher` (conditioning projected at frame
   rate and upsampled by a channel-shared filter, one fused residual+skip 1x1), in float32 and
   under bfloat16 autocast.
 
@@ -54,15 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavedistill import networks
+from wavedistill.bench.profiling import time_round_robin
 from wavedistill.config import Config, load_config
-from wavedistill.distillation import Distillation
-from wavedistill.distributions import build_distribution, logistic_mixture
-from wavedistill.distributions.logistic_mixture import split_params
-from wavedistill.networks import count_parameters, dilation_cycle
-from wavedistill.profiling import time_round_robin
-from wavedistill.student import IAFStudent
-from wavedistill.teacher import WaveNetTeacher
+from wavedistill.models import networks
+from wavedistill.models.distributions import build_distribution, logistic_mixture
+from wavedistill.models.distributions.logistic_mixture import split_params
+from wavedistill.models.networks import count_parameters, dilation_cycle
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.objectives.distillation import Distillation
 
 # name -> (config overrides, batch size); the segment is data.segment_length
 SIZES: dict[str, tuple[list[str], int]] = {

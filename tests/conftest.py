@@ -39,7 +39,7 @@ TINY_CONFIG = {
 def rebuilt(ckpt: dict, use_ema: bool = True):
     """``(model, Config, FeatureStats)`` of a loaded checkpoint dict, via the loader the
     package uses."""
-    from wavedistill.loading import from_checkpoint
+    from wavedistill.store.loading import from_checkpoint
 
     loaded = from_checkpoint(ckpt, use_ema)
     return loaded.model, loaded.cfg, loaded.stats
@@ -85,7 +85,7 @@ def write_tiny_corpus(root: Path) -> Path:
 def write_tiny_dataset(root: Path) -> Path:
     """``root/corpus`` (:func:`write_tiny_corpus`) preprocessed with ``TINY_CONFIG`` into
     ``root/data``, which is returned."""
-    from wavedistill.preprocess import preprocess
+    from wavedistill.data.preprocess import preprocess
 
     corpus = write_tiny_corpus(root / "corpus")
     assert preprocess(config_from_dict(TINY_CONFIG), corpus, root / "data").exit_code == 0

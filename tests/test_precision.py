@@ -50,7 +50,7 @@ def test_bf16_is_native_where_the_cpu_has_it(cpu_with_bf16):
 
 
 def test_training_autocast_refuses_emulated_precision(cpu_without_bf16):
-    from wavedistill.distributed import autocast_dtype
+    from wavedistill.training.distributed import autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None  # auto never picks an emulated dtype
@@ -60,8 +60,8 @@ def test_training_autocast_refuses_emulated_precision(cpu_without_bf16):
 
 
 def test_teacher_sampling_refuses_emulated_bf16(cpu_without_bf16, tiny_config):
-    from wavedistill.generation import fuse_teacher
-    from wavedistill.loading import new_model
+    from wavedistill.models.fused_wavenet import fuse_teacher
+    from wavedistill.store.loading import new_model
 
     teacher = new_model("teacher", tiny_config)
     with pytest.raises(UserError, match="teacher precision bfloat16: .*no native"):
@@ -91,7 +91,7 @@ def test_the_cli_refuses_emulated_bf16_with_one_line(cpu_without_bf16, tmp_path,
 def test_native_bf16_synthesis_stays_close_to_float32(cpu_with_bf16, tmp_path, make_wav):
     """Where bf16 is native, the student runs in it throughout; its audio stays within a
     signal-to-error ratio a listener cannot tell from float32 (the shipped student)."""
-    from wavedistill.synthesis import Synthesizer
+    from wavedistill.inference.synthesizer import Synthesizer
 
     clip = make_wav(tmp_path / "clip.wav", 0.3)
     full = Synthesizer.from_pretrained("alice-student")
@@ -105,7 +105,7 @@ def test_native_bf16_synthesis_stays_close_to_float32(cpu_with_bf16, tmp_path, m
 
 
 def test_a_teacher_refuses_float16_synthesis(cpu_with_bf16, monkeypatch):
-    from wavedistill.synthesis import Synthesizer
+    from wavedistill.inference.synthesizer import Synthesizer
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: AVX512_BF16 | {"avx512_fp16"})
     with pytest.raises(UserError, match="teacher sampling runs in float32 or bfloat16"):
@@ -115,7 +115,7 @@ def test_a_teacher_refuses_float16_synthesis(cpu_with_bf16, monkeypatch):
 def test_the_peak_measurement_is_bounded_even_where_products_are_slow(monkeypatch):
     """A dtype emulated hundreds of times slower shrinks the product, not the patience: with a
     probe that reports 1 s per 256 x 256 product, the measured size drops to the probe's."""
-    from wavedistill import profiling
+    from wavedistill.bench import profiling
 
     sizes = []
     monkeypatch.setattr(profiling, "_mm_time", lambda n, device, dtype: 1.0)
@@ -131,7 +131,7 @@ def test_the_peak_measurement_is_bounded_even_where_products_are_slow(monkeypatc
 
 
 def test_the_table_keeps_columns_apart_for_any_value():
-    from wavedistill.benchmark import format_table
+    from wavedistill.bench.benchmark import format_table
 
     model = {"samples_per_s": 1.23e9, "rtf": 1.3e-5, "flops_per_sample": 3.46e6,
              "achieved_gflops": 12345.678, "fraction_of_peak": 166.182, "spread": 0.5,

@@ -19,11 +19,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavedistill.audio import dequantize_16bit
 from wavedistill.cli import build_parser, main
 from wavedistill.config import PRESETS_DIR, config_from_dict, load_config, preset_path, read_yaml
+from wavedistill.data.audio import dequantize_16bit
+from wavedistill.data.features import log_mel
 from wavedistill.errors import UserError
-from wavedistill.features import log_mel
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("hifigan", "parallelwavegan")

@@ -37,14 +37,14 @@ def dist(tmp_path_factory) -> Path:
 def test_the_wheel_and_sdist_carry_the_models_and_presets(dist):
     wheel = next(dist.glob("wavedistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("wavedistill/models/alice_student.pt", "wavedistill/models/alice_teacher.pt",
+    for needed in ("wavedistill/store/weights/alice_student.pt", "wavedistill/store/weights/alice_teacher.pt",
                    "wavedistill/presets/parallelwavegan.yaml", "wavedistill/presets/hifigan.yaml",
                    "wavedistill/cli.py"):
         assert needed in names, needed
     sdist = next(dist.glob("wavedistill-*.tar.gz"))
     listing = subprocess.run(["tar", "tzf", str(sdist)], check=True, capture_output=True,
                              text=True).stdout
-    assert "wavedistill/models/alice_student.pt" in listing
+    assert "wavedistill/store/weights/alice_student.pt" in listing
     assert "wavedistill/presets/hifigan.yaml" in listing
 
 

@@ -51,7 +51,7 @@ def _load_cfg(args):
 
 
 def cmd_preprocess(args) -> int:
-    from wavedistill.preprocess import preprocess
+    from wavedistill.data.preprocess import preprocess
 
     overrides = list(args.overrides) + ([f"data.format={args.format}"] if args.format else [])
     args.overrides = overrides
@@ -62,7 +62,7 @@ def cmd_preprocess(args) -> int:
 
 def cmd_info(args) -> int:
     if args.path is None:
-        from wavedistill.pretrained import describe_shipped
+        from wavedistill.info import describe_shipped
 
         print(describe_shipped())
         return 0
@@ -73,7 +73,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_train_teacher(args) -> int:
-    from wavedistill.training import train_teacher
+    from wavedistill.training.runs import train_teacher
 
     train_teacher(_load_cfg(args), args.data, args.out, resume=args.resume,
                   init_from=args.init_from, device=args.device)
@@ -81,7 +81,7 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from wavedistill.training import train_student
+    from wavedistill.training.runs import train_student
 
     train_student(_load_cfg(args), args.teacher, args.data, args.out, resume=args.resume,
                   init_from=args.init_from, device=args.device)
@@ -89,8 +89,8 @@ def cmd_distill(args) -> int:
 
 
 def cmd_synthesize(args) -> int:
-    from wavedistill.decode import decode_corpus, open_synthesizer, synthesize_files
-    from wavedistill.mel_input import MelConvention, read_stats
+    from wavedistill.data.external_mel import MelConvention, read_stats
+    from wavedistill.inference.decode import decode_corpus, open_synthesizer, synthesize_files
 
     sources = [bool(args.input), args.input_dir is not None, args.scp is not None]
     if sum(sources) > 1:
@@ -120,13 +120,13 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from wavedistill.export import (
+    from wavedistill.store.export import (
         check_deployable,
         export_bundle,
         export_onnx,
         export_torchscript,
     )
-    from wavedistill.loading import load_pretrained
+    from wavedistill.store.loading import load_pretrained
 
     loaded = load_pretrained(args.checkpoint)
     if args.onnx or args.torchscript:
@@ -141,7 +141,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from wavedistill.benchmark import Settings, benchmark, format_table, report_json
+    from wavedistill.bench.benchmark import Settings, benchmark, format_table, report_json
     from wavedistill.fileio import atomic_write_text
 
     settings = Settings.checked(args.seconds, args.naive_steps, args.batch, args.repeats,
@@ -156,7 +156,8 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from wavedistill.evaluation import evaluate, verdict
+    from wavedistill.evaluation.report import verdict
+    from wavedistill.evaluation.run import evaluate
 
     results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
                        max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
@@ -173,12 +174,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_make_synthetic(args) -> int:
-    from wavedistill.synthetic import make_synthetic
+    from wavedistill.data.synthetic_sources import make_synthetic
 
     summary = make_synthetic(args.kind, args.out, args.seconds, args.clips, args.seed)
     print(f"{args.out}: {args.clips} clips of {args.kind}; entropy rate "
           f"{summary['entropy_rate_bits']:.4f} bits/sample on the 16-bit grid "
           f"({summary['entropy_rate_16bit_nats']:.4f} nats); clip rate {summary['clip_rate']:.2g}")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    from wavedistill.store.registry import ship
+
+    for path in ship(args.teacher, args.student, args.out_dir):
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_known_density(args) -> int:
+    from wavedistill.evaluation.known_density import known_density_report
+
+    table, out = known_density_report(args.exp, args.segments, args.seconds, args.device)
+    print(table)
+    print(f"written: {out}")
     return 0
 
 
@@ -315,6 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("known-density", help="score the synthetic recipe's models against their "
+                                             "sources' exact densities (nats/sample)")
+    p.add_argument("--exp", type=Path, default=Path("exp/synthetic"),
+                   help="the synthetic recipe's experiment folder")
+    p.add_argument("--segments", type=int, default=32, help="student samples drawn")
+    p.add_argument("--seconds", type=float, default=1.0, help="length of each")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_known_density)
+
+    p = sub.add_parser("ship", help="install a recipe's teacher and student as the shipped "
+                                    "models (inference copies)")
+    p.add_argument("--teacher", required=True, type=Path)
+    p.add_argument("--student", required=True, type=Path)
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="where to write them (default: the package's own weights folder)")
+    p.set_defaults(func=cmd_ship)
     return parser
 
 

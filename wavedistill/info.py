@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from wavedistill.config import load_config
+from wavedistill.data.corpora import read_jsonl
 from wavedistill.errors import UserError
-
-if TYPE_CHECKING:
-    from wavedistill.loading import LoadedModel
+from wavedistill.store.checkpoint import load_checkpoint
+from wavedistill.store.loading import LoadedModel, from_checkpoint, is_bundle, load_bundle
+from wavedistill.store.registry import MODELS_DIR, SHIPPED
 
 
 def describe(path: str | Path) -> str:
     """Summary of a dataset folder (written by ``preprocess``) or of a checkpoint file."""
-    from wavedistill.loading import is_bundle
-
     path = Path(path)
     if is_bundle(path):
         return describe_bundle(path)
@@ -30,8 +29,6 @@ def describe_dataset(folder: Path) -> str:
     if not (folder / "train.jsonl").exists():
         raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
                         "run `wavedistill preprocess`")
-    from wavedistill.config import load_config
-    from wavedistill.datasets import read_jsonl
 
     cfg = load_config(folder / "config.yaml")
     a = cfg.audio
@@ -55,8 +52,6 @@ def describe_dataset(folder: Path) -> str:
 def describe_checkpoint(path: str | Path) -> str:
     """Kind, step, architecture, receptive field, parameters, audio settings and validation
     value of a checkpoint."""
-    from wavedistill.checkpoint import load_checkpoint
-    from wavedistill.loading import from_checkpoint
 
     ckpt = load_checkpoint(path)
     loaded = from_checkpoint(ckpt)
@@ -71,8 +66,6 @@ def describe_checkpoint(path: str | Path) -> str:
 def describe_bundle(folder: Path) -> str:
     """Kind, step, architecture, receptive field, parameters and audio settings of an
     exported bundle folder."""
-    from wavedistill.loading import load_bundle
-
     loaded = load_bundle(folder)
     return "\n".join([f"{loaded.kind} bundle {folder}", f"  step {loaded.step}",
                       *_model_lines(loaded)])
@@ -103,3 +96,15 @@ def _architecture_line(kind: str, cfg) -> str:
     return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
             f"{s.channels} channels, {s.noise} noise, "
             f"upsampling {'x'.join(map(str, s.upsample_factors))}")
+
+
+def describe_shipped() -> str:
+    """Lines for ``wavedistill info`` without a path: every shipped model and its summary."""
+    blocks = [f"shipped models (in {MODELS_DIR}):"]
+    for model in SHIPPED:
+        if not model.path.is_file():
+            blocks.append(f"{model.name}: missing ({model.path})")
+            continue
+        blocks.append(f"{model.name}: {model.description}")
+        blocks.append(describe_checkpoint(model.path))
+    return "\n".join(blocks)

@@ -5,7 +5,7 @@
 #   0 preprocess   1 teacher   2 teacher synthesis   3 distillation   4 student synthesis
 #   5 evaluation of the student, the teacher and Griffin-Lim on all 20 held-out utterances
 #      and on an unseen speaker (the two bundled ARCTIC clips)
-#   6 copy the models into the package (wavedistill/models, or $SHIP_DIR), as the shipped defaults
+#   6 copy the models into the package (wavedistill/store/weights, or $SHIP_DIR), as the shipped defaults
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 source "${root}/recipes/common.sh"
@@ -24,7 +24,7 @@ if run_stage 5 "evaluate on an unseen speaker (the two bundled ARCTIC clips)"; t
         --teacher "${exp}/teacher/checkpoints/best.pt" --data "${exp}/arctic" --split all \
         --out "${exp}/report_arctic" "${device_args[@]}" ${eval_args}
 fi
-if run_stage 6 "ship the models (inference copies of best.pt into wavedistill/models)"; then
-    python -m wavedistill.pretrained --teacher "${exp}/teacher/checkpoints/best.pt" \
+if run_stage 6 "ship the models (inference copies of best.pt into wavedistill/store/weights)"; then
+    wavedistill ship --teacher "${exp}/teacher/checkpoints/best.pt" \
         --student "${exp}/student/checkpoints/best.pt" ${SHIP_DIR:+--out-dir "${SHIP_DIR}"}
 fi

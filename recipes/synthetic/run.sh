@@ -37,5 +37,5 @@ for run in "${runs[@]}"; do
     fi
 done
 if run_stage 3 "measure every model against its source"; then
-    python "${root}/recipes/synthetic/report.py" --exp "${exp}" ${device:+--device "${device}"}
+    wavedistill known-density --exp "${exp}" ${device:+--device "${device}"}
 fi

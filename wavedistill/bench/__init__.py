@@ -1,0 +1,1 @@
+"""Benchmarks: timing, memory, FLOP counts and the benchmark command."""

@@ -1,0 +1,1 @@
+"""Signal maths shared by objectives and evaluation: STFT, spectral distances, levels."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the Griffin-Lim baseline, the evaluation run and its report."""

@@ -1,0 +1,1 @@
+"""Inference: the Synthesizer and file and corpus decoding."""

@@ -1,0 +1,1 @@
+"""Training objectives: maximum likelihood for the teacher, density distillation for the student."""

@@ -1,0 +1,52 @@
+"""Maximum likelihood: the teacher's training objective (MAF direction, one parallel pass)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from wavedistill.models.networks import unwrap
+from wavedistill.models.sampling import generate
+
+
+class MaximumLikelihood:
+    """Teacher training objective: mean negative log-likelihood per sample (nats).
+
+    The forward pass goes through ``model(...)`` so that a DDP wrapper synchronises gradients.
+    ``media_samples``: length of the samples :meth:`log_media` draws.
+    """
+
+    def __init__(self, media_samples: int = 8000):
+        self.media_samples = media_samples
+
+    def _nll_nats(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        audio = batch["audio"]
+        params = model(audio, batch.get("mel"), batch.get("speaker"))
+        return -unwrap(model).distribution.log_prob(params, audio).mean()
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(mean NLL in nats per sample (scalar, differentiable), {"nll_bits": 0-dim tensor})``;
+        the log stays on the device, detached: the trainer reads it when it writes a log line,
+        so the step does not wait for the device."""
+        nll = self._nll_nats(model, batch)
+        return nll, {"nll_bits": nll.detach() / math.log(2.0)}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """``{"nll_bits": mean NLL in bits per sample}`` of one held-out batch."""
+        return {"nll_bits": self._nll_nats(model, batch).item() / math.log(2.0)}
+
+    def log_media(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{"teacher": (T,)}``: a sample of the first ``media_samples`` of the batch's first
+        clip, drawn step by step from its mel (cached sampler)."""
+        teacher = unwrap(model)
+        mel, speaker = batch.get("mel"), batch.get("speaker")
+        speaker = speaker[:1] if speaker is not None and teacher.num_speakers else None
+        length = min(self.media_samples, batch["audio"].shape[-1])
+        if teacher.n_mels:
+            mel = mel[:1, :, :math.ceil(length / teacher.conditioner.hop)]
+        else:
+            mel = None
+        return {"teacher": generate(teacher, mel, speaker, num_samples=length, batch=1)[0]}

@@ -1,0 +1,1 @@
+"""What is stored: the checkpoint format, loading, export bundles, the shipped models."""

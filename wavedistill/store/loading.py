@@ -1,0 +1,272 @@
+"""Models rebuilt from checkpoints: the one loaded-model type of the package.
+
+:class:`LoadedModel` is what synthesis, evaluation, benchmarks and distillation work with: a
+teacher or student in eval mode, the config and feature statistics it was trained with, and
+the rules for its speaker ids and conditioning. This module sits above the checkpoint format
+(``checkpoint.py``, which knows no model class) and the two models (``teacher.py``,
+``student.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wavedistill.config import Config, StudentConfig, TeacherConfig
+from wavedistill.data.features import FeatureStats
+from wavedistill.errors import UserError
+from wavedistill.store.checkpoint import checkpoint_config, checkpoint_stats, load_checkpoint
+
+
+def new_model(kind: str, cfg: Config) -> nn.Module:
+    """A freshly initialised teacher or student for ``cfg``."""
+    if kind == "teacher":
+        from wavedistill.models.teacher import WaveNetTeacher
+
+        return WaveNetTeacher.from_config(cfg)
+    if kind == "student":
+        from wavedistill.models.student import IAFStudent
+
+        return IAFStudent.from_config(cfg)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` (strict); a mismatch becomes a one-line UserError that
+    names ``source`` and the first offending keys."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise UserError(f"{source}: weights do not fit the model built from its config "
+                        f"({detail[:300]})") from None
+
+
+@dataclass
+class LoadedModel:
+    """A teacher or student ready to run, with what it was trained with.
+
+    ``stats`` is None only for a model with random weights (benchmarks), which has no
+    statistics of its own. ``step`` and ``speakers`` come from the checkpoint (0 and {} for
+    random weights)."""
+
+    kind: str  # "teacher" | "student"
+    model: nn.Module
+    cfg: Config
+    stats: FeatureStats | None
+    source: str  # the checkpoint path, or a description of where the weights came from
+    step: int = 0
+    speakers: dict[str, int] | None = None
+
+    @property
+    def section(self) -> TeacherConfig | StudentConfig:
+        """The model's own config section."""
+        return self.cfg.teacher if self.kind == "teacher" else self.cfg.student
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a log-mel (every student; a teacher with ``use_mel``)."""
+        return self.kind == "student" or self.cfg.teacher.use_mel
+
+    @property
+    def num_speakers(self) -> int:
+        """Rows of the speaker embedding (0: trained on one speaker, no embedding)."""
+        return self.section.num_speakers
+
+    def to(self, device: str | torch.device) -> LoadedModel:
+        self.model.to(device)
+        return self
+
+    def speaker_ids(self, speaker: int | None, batch: int) -> Tensor | None:
+        """The ``(batch,)`` speaker ids the model takes for a user's ``speaker`` choice, or None
+        for a one-speaker model; a choice the model cannot honour is a UserError."""
+        if self.num_speakers == 0:
+            if speaker is not None:  # even 0: the user expects a speaker the model lacks
+                raise UserError(f"--speaker {speaker}: this model has no speaker embedding "
+                                "(it was trained on one speaker)")
+            return None
+        if speaker is None:
+            raise UserError(f"--speaker is required: this model has {self.num_speakers} speakers")
+        if not 0 <= speaker < self.num_speakers:
+            raise UserError(f"--speaker {speaker} is out of range [0, {self.num_speakers})")
+        return torch.full((batch,), speaker, dtype=torch.long, device=self.device)
+
+    def batch_speaker(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """A training/evaluation batch's ``speaker`` (B,) when the model embeds speakers."""
+        return batch["speaker"] if self.num_speakers > 0 else None
+
+    def batch_mel(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """A batch's normalised ``mel`` (B, n_mels, F) when the model is conditioned on it."""
+        return batch["mel"] if self.conditional else None
+
+
+def from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> LoadedModel:
+    """The model a loaded checkpoint dict describes, its weights loaded (the EMA weights when
+    stored and ``use_ema``), in eval mode on the CPU."""
+    cfg = checkpoint_config(ckpt)
+    model = new_model(ckpt["kind"], cfg)
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    source = ckpt.get("path", "checkpoint")
+    load_weights(model, weights, source)
+    return LoadedModel(ckpt["kind"], model.eval(), cfg, checkpoint_stats(ckpt), source,
+                       step=int(ckpt.get("step", 0)), speakers=dict(ckpt.get("speakers") or {}))
+
+
+def load_model(path: str | Path, expected_kind: str | None = None,
+               device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+    """A checkpoint's (or an exported bundle folder's) model ready for inference: rebuilt,
+    weights loaded, on ``device``, in eval mode and without gradients. ``expected_kind``
+    refuses the other kind."""
+    if is_bundle(path):
+        return load_bundle(path, expected_kind, device)
+    loaded = from_checkpoint(load_checkpoint(path, expected_kind), use_ema)
+    loaded.model.requires_grad_(False)
+    return loaded.to(device)
+
+
+def random_model(kind: str, cfg: Config, source: str, device: str | torch.device = "cpu"
+                 ) -> LoadedModel:
+    """A model of ``cfg`` with random weights seeded by ``train.seed`` (for benchmarks), frozen,
+    in eval mode, without statistics."""
+    torch.manual_seed(cfg.train.seed)
+    model = new_model(kind, cfg).eval().requires_grad_(False)
+    return LoadedModel(kind, model, cfg, None, source).to(device)
+
+
+# -- exported bundles ------------------------------------------------------------------------
+
+BUNDLE_FORMAT = "wavedistill-bundle"
+BUNDLE_FILES = ("bundle.json", "config.yaml", "stats.json", "model.safetensors")
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``wavedistill export`` (it has bundle.json)."""
+    return Path(path).is_dir() and (Path(path) / "bundle.json").is_file()
+
+
+def load_bundle(folder: str | Path, expected_kind: str | None = None,
+                device: str | torch.device = "cpu") -> LoadedModel:
+    """A model from an exported bundle folder (see ``export.py``): no pickle anywhere, the
+    weights from ``model.safetensors``. Frozen, in eval mode, on ``device``. A missing or
+    damaged file is a one-line UserError that names it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    missing = [n for n in BUNDLE_FILES if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"{folder}: not a complete model bundle (no {', '.join(missing)})")
+    meta_path = folder / "bundle.json"
+    meta = _read_json(meta_path)
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT \
+            or kind not in ("teacher", "student"):
+        raise UserError(f"{meta_path}: not a wavedistill model bundle (needs \"format\": "
+                        f"\"{BUNDLE_FORMAT}\" and \"kind\": \"teacher\" or \"student\")")
+    if expected_kind is not None and kind != expected_kind:
+        raise UserError(f"{folder}: is a {kind} bundle; a {expected_kind} is needed")
+    try:
+        step = int(meta.get("step") or 0)
+        speakers = {str(k): int(v) for k, v in dict(meta.get("speakers") or {}).items()}
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{meta_path}: malformed step or speakers ({exc})") from None
+    cfg = _bundle_config(folder / "config.yaml")
+    stats = _bundle_stats(folder / "stats.json", cfg.audio.n_mels)
+    model = new_model(kind, cfg)
+    weights_path = folder / "model.safetensors"
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{weights_path}: unreadable ({_one_line(exc)})") from None
+    load_weights(model, weights, str(weights_path))
+    loaded = LoadedModel(kind, model.eval().requires_grad_(False), cfg, stats, str(folder),
+                         step=step, speakers=speakers)
+    return loaded.to(device)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({_one_line(exc)})") from None
+
+
+def _bundle_config(path: Path) -> Config:
+    """A bundle's ``config.yaml``, validated; its errors name the file."""
+    from wavedistill.config import load_config
+
+    try:
+        return load_config(path)
+    except UserError as exc:
+        message = _one_line(exc)
+        raise UserError(message if message.startswith(str(path)) else f"{path}: {message}"
+                        ) from None
+
+
+def _bundle_stats(path: Path, n_mels: int) -> FeatureStats:
+    """A bundle's ``stats.json``: finite ``mean`` and positive ``std`` of ``n_mels`` each."""
+    data = _read_json(path)
+    try:
+        stats = FeatureStats(torch.tensor(data["mean"], dtype=torch.float32),
+                             torch.tensor(data["std"], dtype=torch.float32))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise UserError(f"{path}: feature statistics need \"mean\" and \"std\" lists of "
+                        f"numbers ({_one_line(exc)})") from None
+    if stats.n_mels != n_mels:
+        raise UserError(f"{path}: statistics of {stats.n_mels} channels, but config.yaml has "
+                        f"audio.n_mels = {n_mels}")
+    if not (torch.isfinite(stats.mean).all() and torch.isfinite(stats.std).all()
+            and (stats.std > 0).all()):
+        raise UserError(f"{path}: statistics hold a non-finite value or a std <= 0")
+    return stats
+
+
+def load_pretrained(name_or_path: str | Path, expected_kind: str | None = None,
+                    device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+    """A model from a bundle folder, a checkpoint file, a shipped model's name, or a Hugging
+    Face Hub repository id (``owner/name``; needs the ``hub`` extra)."""
+    from wavedistill.store.registry import SHIPPED, shipped
+
+    path = Path(name_or_path)
+    if is_bundle(path) or path.is_file() or path.suffix in (".pt", ".pth"):
+        return load_model(path, expected_kind, device, use_ema)  # says which file is missing
+    name = str(name_or_path)
+    if name in {m.name for m in SHIPPED}:
+        return load_model(shipped(name).path, expected_kind, device, use_ema)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, but not a model bundle (no bundle.json); give a "
+                        "checkpoint file or a folder written by `wavedistill export`")
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return load_bundle(_hub_snapshot(name), expected_kind, device)
+    raise UserError(f"{name}: no such checkpoint, bundle folder or shipped model")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hub repository's files: the cache when it holds them (or when
+    ``HF_HUB_OFFLINE`` is set), else a download into the cache."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{repo_id}: loading from the Hugging Face Hub needs the hub extra: "
+                        "pip install 'wavedistill[hub]'") from None
+    patterns = [*BUNDLE_FILES, "README.md"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # offline without a cached copy, unknown repository, network
+        raise UserError(f"{repo_id}: cannot fetch the model bundle from the Hub "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                        ) from None

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from wavedistill import __version__
+from wavedistill.version import __version__
 from wavedistill.errors import UserError
 
 log = logging.getLogger("wavedistill")

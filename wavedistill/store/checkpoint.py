@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wavedistill import __version__
+from wavedistill.version import __version__
 from wavedistill.config import Config, config_from_dict
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from wavedistill import __version__
+from wavedistill.version import __version__
 from wavedistill.config import save_config
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_path, atomic_write_text

@@ -27,7 +27,9 @@ the model's config). Models are conditioned on the
 dataset's log-mel normalised by the checkpoint's own feature statistics.
 
 The report folder holds ``metrics.json`` (every number, per clip and averaged), ``report.md``
-(a summary table) and ``figures/<clip>.png`` (log-mel of the original, the teacher sample and the
+(a summary table), ``index.html`` (the listening page, :mod:`wavedistill.listening_page`:
+players and spectrograms of every clip, beside ``audio/`` and ``spectrograms/``) and
+``figures/<clip>.png`` (log-mel of the original, the teacher sample and the
 student's synthesis, one above the other, for the first few clips). A metric without a value
 (a silent clip for PESQ, the ``metrics`` extra not installed) is reported with the reason.
 """
@@ -54,6 +56,7 @@ from wavedistill.loading import LoadedModel, load_model
 log = logging.getLogger(__name__)
 
 FIGURE_CLIPS = 3  # clips drawn in figures: enough to judge by eye, few enough to look at
+FAILED = "failed (the synthesis is not finite)"  # every metric of a clip that failed
 SEED = 0  # noise of every synthesis, so that two evaluations of a checkpoint agree
 
 
@@ -226,10 +229,15 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
 
 def score(clips: list[Clip], synthesis: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
     """Metrics of each synthesis against its original (cut to the synthesis's length), per clip
-    and averaged over the clips where the metric has a value."""
+    and averaged over the clips where the metric has a value. A synthesis that is not finite
+    (a diverged model) has the reason in place of every metric; the other clips are scored."""
     per_clip = {}
     for clip in clips:
         est = synthesis[clip.id]
+        if not np.isfinite(est).all():
+            log.warning("clip %s: the synthesis is not finite; not scored", clip.id)
+            per_clip[clip.id] = {m.name: FAILED for m in metrics.METRICS}
+            continue
         ref = clip.audio.numpy()[: len(est)]
         per_clip[clip.id] = metrics.compare(ref, est[: len(ref)], cfg)
     return {"mean": average(per_clip), "clips": per_clip}
@@ -387,9 +395,11 @@ def write_report(out_dir: Path, results: Results) -> None:
 
 def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
              max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
-             griffin_lim_iters: int = 32, split: str = "valid") -> dict[str, Any]:
+             griffin_lim_iters: int = 32, split: str = "valid", command: str | None = None
+             ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
-    folder ``out_dir``; returns the contents of ``metrics.json``."""
+    folder ``out_dir`` (with the listening page, ``index.html``, which shows ``command``);
+    returns the contents of ``metrics.json``."""
     if max_clips < 1:
         raise UserError(f"--max-clips must be at least 1, got {max_clips}")
     if teacher_seconds <= 0:
@@ -443,6 +453,10 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if the_teacher is not None:
         results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
     write_report(out_dir, results)
+    from wavedistill.listening_page import write_listening_page
+
+    write_listening_page(out_dir, results, clips, synthesis, main.cfg,
+                         [m for m in (main, ref) if m is not None], command)
     return results.to_dict()
 
 

@@ -214,3 +214,36 @@ def test_compare_refuses_folders_that_are_not_reports_of_the_same_clips(
     assert len(err.splitlines()) == 1 and "missing" in err
     with pytest.raises(UserError, match="two or more"):
         compare([a], tmp_path / "cmp")
+
+
+def test_the_learning_curves_of_both_runs_are_shown_in_words_and_figures(
+    tmp_path, tiny_config, tiny_dataset
+):
+    runs = {}
+    for kind, lines in (
+        ("teacher", [{"step": 10, "nll_bits": 12.5}, {"step": 20, "nll_bits": 11.25}]),
+        (
+            "student",
+            [
+                {"step": 5, "stft_distance": 2.5, "kl": 0.5, "loudness_gap_db": -3.0},
+                {"step": 9, "stft_distance": 1.75, "kl": 0.25, "loudness_gap_db": -1.0},
+            ],
+        ),
+    ):
+        run = tmp_path / kind
+        (run / "checkpoints").mkdir(parents=True)
+        text = "".join(json.dumps({**line, "minutes": 0.1}) + "\n" for line in lines)
+        (run / "validation.jsonl").write_text(text)
+        runs[kind] = write_checkpoint(
+            run / "checkpoints" / "best.pt", kind, tiny_config, tiny_dataset
+        )
+    out = tmp_path / "report"
+    run_evaluation(out, (runs["student"], runs["teacher"]), tiny_dataset, clips=1)
+    text = (out / "index.html").read_text()
+    page = Page(text)
+    check_files(page, out)
+    assert {"figures/teacher_nll.png", "figures/student_validation.png"} <= {
+        i["src"] for i in page.images
+    }
+    assert "nll_bits went from 12.500 bits/sample at step 10 to 11.250 bits/sample" in text
+    assert "stft_distance went from 2.500 at step 5 to 1.750 at step 9" in text

@@ -68,6 +68,8 @@ td strong { color: #0b5b0b; }
 figure { margin: 0; } figcaption { font-weight: 600; }
 audio { width: 100%; }
 img.spec { display: block; height: 6rem; min-width: 1px; background: #eee; }
+.curves { display: flex; flex-wrap: wrap; gap: 1rem; } .curves figure { max-width: 48rem; }
+img.curve { max-width: 100%; height: auto; }
 .failed { color: #a00000; font-weight: 600; }
 .note { color: #444; font-size: .9rem; }
 pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; white-space: pre-wrap; }
@@ -486,6 +488,17 @@ def clip_index(entries: list[dict[str, Any]]) -> str:
     return f'<nav aria-label="clips"><p>Clips: {", ".join(links)}</p></nav>'
 
 
+def curve_figures(found: list[dict[str, str]]) -> str:
+    """The learning curves side by side, each with its title and the curve in words."""
+    figures = [
+        f"<figure><figcaption>{esc(c['title'])}</figcaption>"
+        f'<img class="curve" src="{esc(c["image"])}" alt="{esc(c["text"] or c["title"])}">'
+        f'<p class="note">{esc(c["text"])}</p></figure>'
+        for c in found
+    ]
+    return f'<div class="curves">{"".join(figures)}</div>'
+
+
 def render(report: dict[str, Any], media: dict[str, Any]) -> str:
     """``index.html`` from the contents of ``metrics.json`` and ``listening.json``."""
     name = Path(report["checkpoint"]).name
@@ -505,12 +518,8 @@ def render(report: dict[str, Any], media: dict[str, Any]) -> str:
                 means, f"Means over {report['clips']} clip(s); bold: best in the column", labels
             )
         )
-    for curve in media.get("curves", []):
-        body += [
-            f"<h2>{esc(curve['title'])}</h2>",
-            f"<p>{esc(curve['text'])}</p>",
-            f'<img src="{esc(curve["image"])}" alt="{esc(curve["text"] or curve["title"])}">',
-        ]
+    if media.get("curves"):
+        body += ["<h2>Learning curves</h2>", curve_figures(media["curves"])]
     low, high = media["colour_scale"]
     body += [
         "<h2>Clips</h2>",

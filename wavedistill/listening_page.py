@@ -63,7 +63,7 @@ caption { text-align: left; font-weight: 600; padding: .25rem 0; }
 th, td { border: 1px solid #ccc; padding: .2rem .5rem; text-align: right; }
 th[scope=row], thead th { text-align: left; background: #f3f3f3; }
 td strong { color: #0b5b0b; }
-.signals { display: grid; grid-template-columns: repeat(auto-fill, minmax(17rem, 1fr));
+.signals { display: grid; grid-template-columns: repeat(auto-fill, minmax(14rem, 1fr));
            gap: .75rem; }
 figure { margin: 0; } figcaption { font-weight: 600; }
 audio { width: 100%; }

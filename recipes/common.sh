@@ -80,4 +80,11 @@ run_recipe() {
             --teacher "${teacher_ckpt}" --out "${exp}/report" "${device_args[@]}" ${eval_args:-}
     fi
     echo "done: audio in ${exp}/synth, report in ${exp}/report; watch training: tensorboard --logdir ${exp}"
+    if [ -z "${page_last:-}" ]; then listening_page; fi
+}
+
+listening_page() {  # a recipe's last line: the evaluation's listening page, when there is one
+    if [ -f "${exp}/report/index.html" ]; then
+        echo "listening page (open it in a web browser): ${exp}/report/index.html"
+    fi
 }

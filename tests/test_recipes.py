@@ -218,6 +218,8 @@ def test_alice_recipe_runs_every_stage_and_ships_loadable_models(tmp_path, capsy
         scored = json.loads((exp / report / "metrics.json").read_text())["copy_synthesis"]
         assert {"student", "teacher", "griffin_lim", "student_span"} <= set(scored), report
     assert (exp / "report" / "figures" / "teacher_nll.png").is_file()
+    page = exp / "report" / "index.html"
+    assert page.is_file() and result.stdout.splitlines()[-1].endswith(str(page))
     from wavedistill.inference.synthesizer import Synthesizer
     from wavedistill.store.registry import SHIPPED
 

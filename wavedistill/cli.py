@@ -12,8 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from wavedistill.version import __version__
 from wavedistill.errors import UserError
+from wavedistill.version import __version__
 
 log = logging.getLogger("wavedistill")
 
@@ -156,13 +156,13 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from wavedistill.evaluation.report import verdict
     from wavedistill.evaluation.run import evaluate
+    from wavedistill.evaluation.report import verdict
 
     results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
                        max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
                        device=args.device, griffin_lim_iters=args.griffin_lim_iters,
-                       split=args.split)
+                       split=args.split, command=_command(args))
     summary = f"report written to {args.out}"
     if "nll" in results:
         summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
@@ -170,7 +170,23 @@ def cmd_evaluate(args) -> int:
     sentence = verdict(results["copy_synthesis"])
     if sentence:
         print(sentence)
+    print(f"listening page: {args.out / 'index.html'}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from wavedistill.evaluation.compare import compare
+
+    page = compare(args.reports, args.out, labels=args.label, command=_command(args))
+    print(f"comparison page: {page}")
+    return 0
+
+
+def _command(args) -> str:
+    """The command line that is running, as one copyable shell line."""
+    import shlex
+
+    return shlex.join(["wavedistill", *getattr(args, "argv", [])])
 
 
 def cmd_make_synthetic(args) -> int:
@@ -326,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="one listening page setting two or more evaluation "
+                       "reports side by side, per clip, with the metric deltas")
+    p.add_argument("reports", type=Path, nargs="+", metavar="REPORT_DIR",
+                   help="folders written by `wavedistill evaluate --out` (the first is the "
+                        "reference of the deltas)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the comparison page")
+    p.add_argument("--label", action="append", metavar="NAME",
+                   help="name of each report on the page, in order (default: folder names)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("make-synthetic", help="write a synthetic source with exact entropy rate")
     p.add_argument("--kind", required=True, choices=["ar", "ar-conditioned", "ar-logistic"])
     p.add_argument("--out", type=Path, required=True)
@@ -356,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -16,6 +16,7 @@ format=folder
 synth_input="${root}/data/alice/wavs/alice_021.flac"  # a held-out sentence, 3.2 s
 eval_args="--max-clips 20 --teacher-seconds 0.5"
 parse_options "$@"
+page_last=1  # the listening page is printed after the stages below
 run_recipe
 if run_stage 5 "evaluate on an unseen speaker (the two bundled ARCTIC clips)"; then
     wavedistill preprocess --config "${conf}/teacher.yaml" --format folder \
@@ -28,3 +29,4 @@ if run_stage 6 "ship the models (inference copies of best.pt into wavedistill/st
     wavedistill ship --teacher "${exp}/teacher/checkpoints/best.pt" \
         --student "${exp}/student/checkpoints/best.pt" ${SHIP_DIR:+--out-dir "${SHIP_DIR}"}
 fi
+listening_page

@@ -3,6 +3,7 @@ results in the shape of ``metrics.json``."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,10 @@ import torch
 
 from wavedistill.config import Config
 from wavedistill.evaluation import metrics
+
+log = logging.getLogger(__name__)
+
+FAILED = "failed (the synthesis is not finite)"  # every metric of a clip that failed
 
 
 @dataclass
@@ -44,10 +49,15 @@ class Results:
 
 def score(clips: list[Clip], synthesis: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
     """Metrics of each synthesis against its original (cut to the synthesis's length), per clip
-    and averaged over the clips where the metric has a value."""
+    and averaged over the clips where the metric has a value. A synthesis that is not finite
+    (a diverged model) has the reason in place of every metric; the other clips are scored."""
     per_clip = {}
     for clip in clips:
         est = synthesis[clip.id]
+        if not np.isfinite(est).all():
+            log.warning("clip %s: the synthesis is not finite; not scored", clip.id)
+            per_clip[clip.id] = {m.name: FAILED for m in metrics.METRICS}
+            continue
         ref = clip.audio.numpy()[: len(est)]
         per_clip[clip.id] = metrics.compare(ref, est[: len(ref)], cfg)
     return {"mean": average(per_clip), "clips": per_clip}

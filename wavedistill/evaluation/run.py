@@ -27,7 +27,9 @@ the model's config). Models are conditioned on the
 dataset's log-mel normalised by the checkpoint's own feature statistics.
 
 The report folder holds ``metrics.json`` (every number, per clip and averaged), ``report.md``
-(a summary table) and ``figures/<clip>.png`` (log-mel of the original, the teacher sample and the
+(a summary table), ``index.html`` (the listening page, :mod:`wavedistill.evaluation.listening_page`:
+players and spectrograms of every clip, beside ``audio/`` and ``spectrograms/``) and
+``figures/<clip>.png`` (log-mel of the original, the teacher sample and the
 student's synthesis, one above the other, for the first few clips). A metric without a value
 (a silent clip for PESQ, the ``metrics`` extra not installed) is reported with the reason.
 """
@@ -45,6 +47,7 @@ import torch
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
 from wavedistill.data.features import FeatureStats, frames_for
 from wavedistill.errors import UserError
+from wavedistill.evaluation.listening_page import write_listening_page
 from wavedistill.evaluation.plots import draw_figures, plot_nll_curve
 from wavedistill.evaluation.report import write_report
 from wavedistill.evaluation.results import Clip, Results, score
@@ -198,9 +201,11 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
 
 def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
              max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
-             griffin_lim_iters: int = 32, split: str = "valid") -> dict[str, Any]:
+             griffin_lim_iters: int = 32, split: str = "valid", command: str | None = None
+             ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
-    folder ``out_dir``; returns the contents of ``metrics.json``."""
+    folder ``out_dir`` (with the listening page, ``index.html``, which shows ``command``);
+    returns the contents of ``metrics.json``."""
     if max_clips < 1:
         raise UserError(f"--max-clips must be at least 1, got {max_clips}")
     if teacher_seconds <= 0:
@@ -254,6 +259,8 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if the_teacher is not None:
         results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
     write_report(out_dir, results)
+    write_listening_page(out_dir, results, clips, synthesis, main.cfg,
+                         [m for m in (main, ref) if m is not None], command)
     return results.to_dict()
 
 

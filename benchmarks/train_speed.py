@@ -5,8 +5,8 @@ Compares, side by side in one run and on the same batch:
 - ``straightforward``: a textbook WaveNet (kept here only as the yardstick): mel upsampled to
   sample rate by transposed convolutions, a 1x1 conditioning conv per layer on the upsampled mel,
   the dilated conv padded then cropped, separate residual and skip 1x1 convs;
-- ``wavedistill``: :class:`wavedistill.models.teacher.WaveNetTeacher` (conditioning projected at frame
-  rate and upsampled by a channel-shared filter, one fused residual+skip 1x1), in float32 and
+- ``wavedistill``: :class:`wavedistill.models.teacher.WaveNetTeacher` (conditioning projected at
+  frame rate and upsampled by a channel-shared filter, one fused residual+skip 1x1), in float32 and
   under bfloat16 autocast.
 
 Both use the same output head and loss (the config's discretized mixture of logistics), the same

@@ -6,12 +6,15 @@
 #   --input PATH                 clip or saved log-mel (.npy) to synthesise in stages 2 and 4
 #   --device cpu|cuda            training and synthesis device
 #   --eval_args "..."            extra options of the evaluation stage (e.g. "--max-clips 2")
+# shellcheck shell=bash
 stage=0
 stop_stage=100
 overrides=""
 device=""
 override_args=()
 device_args=()
+synth_opts=()  # the words of synth_args and eval_args (strings a recipe may set)
+eval_opts=()
 
 parse_options() {
     while [ $# -gt 0 ]; do
@@ -28,8 +31,10 @@ parse_options() {
             *) echo "unknown option: $1" >&2; exit 2 ;;
         esac
     done
-    # shellcheck disable=SC2206
-    override_args=(${overrides})
+    # the option strings split into words (and never glob-expanded: "k=[1,1]" stays as is)
+    read -r -a override_args <<< "${overrides}"
+    read -r -a synth_opts <<< "${synth_args:-}"
+    read -r -a eval_opts <<< "${eval_args:-}"
     if [ -n "${device}" ]; then device_args=(--device "${device}"); fi
 }
 
@@ -49,6 +54,7 @@ run_recipe() {
     # Stages shared by all recipes; needs conf, exp, data, format; optional synth_input
     # (defaults to the first validation utterance's features), synth_args (e.g. --speaker 0)
     # and eval_args (e.g. --max-clips 20).
+    : "${conf:?run_recipe needs conf}" "${format:?run_recipe needs format}"
     local teacher_ckpt="${exp}/teacher/checkpoints/best.pt"
     local student_ckpt="${exp}/student/checkpoints/best.pt"
     if run_stage 0 "preprocess ${data} (${format})"; then
@@ -65,7 +71,7 @@ run_recipe() {
     fi
     if run_stage 2 "teacher synthesis (sequential, cached)"; then
         wavedistill synthesize --checkpoint "${teacher_ckpt}" --input "${input}" \
-            --output "${exp}/synth/teacher.wav" "${device_args[@]}" ${synth_args:-}
+            --output "${exp}/synth/teacher.wav" "${device_args[@]}" "${synth_opts[@]}"
     fi
     if run_stage 3 "distil the student (KL to the teacher + spectral losses)"; then
         wavedistill distill --config "${conf}/student.yaml" --teacher "${teacher_ckpt}" \
@@ -73,11 +79,11 @@ run_recipe() {
     fi
     if run_stage 4 "student synthesis (one parallel pass)"; then
         wavedistill synthesize --checkpoint "${student_ckpt}" --input "${input}" \
-            --output "${exp}/synth/student.wav" "${device_args[@]}" ${synth_args:-}
+            --output "${exp}/synth/student.wav" "${device_args[@]}" "${synth_opts[@]}"
     fi
     if run_stage 5 "evaluate the student against the teacher"; then
         wavedistill evaluate --checkpoint "${student_ckpt}" --data "${exp}/data" \
-            --teacher "${teacher_ckpt}" --out "${exp}/report" "${device_args[@]}" ${eval_args:-}
+            --teacher "${teacher_ckpt}" --out "${exp}/report" "${device_args[@]}" "${eval_opts[@]}"
     fi
     echo "done: audio in ${exp}/synth, report in ${exp}/report; watch training: tensorboard --logdir ${exp}"
     if [ -z "${page_last:-}" ]; then listening_page; fi

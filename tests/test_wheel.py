@@ -37,7 +37,8 @@ def dist(tmp_path_factory) -> Path:
 def test_the_wheel_and_sdist_carry_the_models_and_presets(dist):
     wheel = next(dist.glob("wavedistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("wavedistill/store/weights/alice_student.pt", "wavedistill/store/weights/alice_teacher.pt",
+    for needed in ("wavedistill/store/weights/alice_student.pt",
+                   "wavedistill/store/weights/alice_teacher.pt",
                    "wavedistill/presets/parallelwavegan.yaml", "wavedistill/presets/hifigan.yaml",
                    "wavedistill/cli.py"):
         assert needed in names, needed

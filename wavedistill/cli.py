@@ -156,8 +156,8 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from wavedistill.evaluation.run import evaluate
     from wavedistill.evaluation.report import verdict
+    from wavedistill.evaluation.run import evaluate
 
     results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
                        max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,

@@ -228,7 +228,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in types_:
             raise _unknown_key(full, list(types_))
         typ = types_[key]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value or {}, full + ".")
         else:
             kwargs[key] = _coerce(full, value, typ)

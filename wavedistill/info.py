@@ -7,7 +7,7 @@ from pathlib import Path
 from wavedistill.config import load_config
 from wavedistill.data.corpora import read_jsonl
 from wavedistill.errors import UserError
-from wavedistill.store.checkpoint import load_checkpoint
+from wavedistill.store.checkpoint import ModelKind, load_checkpoint
 from wavedistill.store.loading import LoadedModel, from_checkpoint, is_bundle, load_bundle
 from wavedistill.store.registry import MODELS_DIR, SHIPPED
 
@@ -85,7 +85,7 @@ def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:
     ]
 
 
-def _architecture_line(kind: str, cfg) -> str:
+def _architecture_line(kind: ModelKind, cfg) -> str:
     if kind == "teacher":
         t = cfg.teacher
         return (f"  WaveNet teacher: {t.layers} layers in {t.stacks} stacks, "

@@ -8,6 +8,7 @@
 #   6 copy the models into the package (wavedistill/store/weights, or $SHIP_DIR), as the shipped defaults
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=recipes/common.sh
 source "${root}/recipes/common.sh"
 conf="${root}/recipes/alice/conf"
 exp="exp/alice"
@@ -23,7 +24,7 @@ if run_stage 5 "evaluate on an unseen speaker (the two bundled ARCTIC clips)"; t
         --data "${root}/data/arctic" --out "${exp}/arctic" "${override_args[@]}"
     wavedistill evaluate --checkpoint "${exp}/student/checkpoints/best.pt" \
         --teacher "${exp}/teacher/checkpoints/best.pt" --data "${exp}/arctic" --split all \
-        --out "${exp}/report_arctic" "${device_args[@]}" ${eval_args}
+        --out "${exp}/report_arctic" "${device_args[@]}" "${eval_opts[@]}"
 fi
 if run_stage 6 "ship the models (inference copies of best.pt into wavedistill/store/weights)"; then
     wavedistill ship --teacher "${exp}/teacher/checkpoints/best.pt" \

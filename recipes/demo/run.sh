@@ -7,6 +7,7 @@
 # recipes/alice trains the same voice for an hour with the settings chosen by ablation.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=recipes/common.sh
 source "${root}/recipes/common.sh"
 conf="${root}/recipes/demo/conf"
 exp="exp/demo"

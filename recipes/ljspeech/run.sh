@@ -5,6 +5,7 @@
 # Stages: 0 preprocess  1 teacher  2 teacher synthesis  3 distil  4 student synthesis  5 evaluate
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=recipes/common.sh
 source "${root}/recipes/common.sh"
 conf="${root}/recipes/ljspeech/conf"
 exp="exp/ljspeech"

@@ -9,6 +9,7 @@
 #   bash recipes/synthetic/run.sh [--exp exp/synthetic] [--stage N] [--stop_stage M]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=recipes/common.sh
 source "${root}/recipes/common.sh"
 conf="${root}/recipes/synthetic/conf"
 exp="exp/synthetic"

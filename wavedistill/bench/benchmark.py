@@ -12,17 +12,19 @@ mel features:
   would flatter it.
 
 Models come from checkpoints or, with random weights, from config files alone, so paper-sized
-models can be measured without training them (both as a :class:`~wavedistill.store.loading.LoadedModel`).
+models can be measured without training them (both as a
+:class:`~wavedistill.store.loading.LoadedModel`).
 
-Method. The input is real speech: the bundled clip's log-mel (:func:`wavedistill.data.features.log_mel`),
-tiled or cropped to the requested length and normalised (by the checkpoint's statistics, or by
-the clip's own when the model comes from a config). Every measurement runs once untimed first
-(warm-up: allocator, kernels, caches; the samplers warm up on one frame, which reaches every
-code path), then ``repeats`` timed runs, each between two device synchronisations; the median
-is reported with the spread (max - min) / median. ``threads`` sets torch's intra-op threads
-for the run. On a machine shared with other jobs, more threads than idle cores makes OpenMP
-wait at barriers and can slow small operations by orders of magnitude: measure on idle cores.
-Timing, peak memory, the matmul peak and FLOP counting live in :mod:`wavedistill.bench.profiling`.
+Method. The input is real speech: the bundled clip's log-mel
+(:func:`wavedistill.data.features.log_mel`), tiled or cropped to the requested length and
+normalised (by the checkpoint's statistics, or by the clip's own when the model comes from a
+config). Every measurement runs once untimed first (warm-up: allocator, kernels, caches; the
+samplers warm up on one frame, which reaches every code path), then ``repeats`` timed runs, each
+between two device synchronisations; the median is reported with the spread (max - min) /
+median. ``threads`` sets torch's intra-op threads for the run. On a machine shared with other
+jobs, more threads than idle cores makes OpenMP wait at barriers and can slow small operations
+by orders of magnitude: measure on idle cores. Timing, peak memory, the matmul peak and FLOP
+counting live in :mod:`wavedistill.bench.profiling`.
 
 Reported per model:
 
@@ -71,6 +73,7 @@ from wavedistill.config import Config, load_config
 from wavedistill.data.features import FeatureStats, frames_for
 from wavedistill.errors import UserError
 from wavedistill.precision import resolve_dtype
+from wavedistill.store.checkpoint import ModelKind
 from wavedistill.store.loading import LoadedModel, load_model, random_model
 
 log = logging.getLogger(__name__)
@@ -177,7 +180,7 @@ def loaded_batch(loaded: LoadedModel, frames: int, settings: Settings
 # -- models ----------------------------------------------------------------------------------
 
 
-def load_kind(kind: str, checkpoint: Path | None, config: Path | None, device: torch.device
+def load_kind(kind: ModelKind, checkpoint: Path | None, config: Path | None, device: torch.device
               ) -> LoadedModel | None:
     """The model of one kind from a checkpoint, or from a config with random weights (seeded,
     no statistics), or None when neither is given."""
@@ -235,13 +238,13 @@ def measure_student(student: LoadedModel, settings: Settings, peak: float) -> di
     """One-pass synthesis of ``settings.seconds`` of audio per batch row."""
     frames = frames_for(settings.seconds, student.cfg.audio)
     batch = loaded_batch(student, frames, settings)
-    mel, speaker = student.batch_mel(batch), student.batch_speaker(batch)
+    model, mel, speaker = student.student, batch["mel"], student.batch_speaker(batch)
 
     def run():
-        return student.model.synthesize(mel, speaker, generator=_generator(settings))
+        return model.synthesize(mel, speaker, generator=_generator(settings))
 
     samples = settings.batch * frames * student.cfg.audio.hop_length
-    return measure(run, samples, student_flops(student.model), student, settings, peak)
+    return measure(run, samples, student_flops(model), student, settings, peak)
 
 
 def measure_teacher(teacher: LoadedModel, settings: Settings, peak: float) -> dict[str, Any]:
@@ -325,6 +328,8 @@ def measure_step(model: torch.nn.Module, objective, batch: dict[str, torch.Tenso
 def training_batch(loaded: LoadedModel, settings: Settings) -> dict[str, torch.Tensor]:
     """``settings.batch`` segments of ``data.segment_length`` samples of real speech."""
     cfg = loaded.cfg
+    if cfg.data.segment_length is None:
+        raise UserError("training speed is measured on segments; data.segment_length is unset")
     return loaded_batch(loaded, cfg.data.segment_length // cfg.audio.hop_length, settings)
 
 

@@ -40,12 +40,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from wavedistill.config import Config
 from wavedistill.models.sampling import naive_hop_and_context, naive_windows
+
+if TYPE_CHECKING:
+    from wavedistill.models.student import IAFStudent
 
 # Square matrix size for the peak measurement: large enough to saturate the device's matrix
 # units (a CPU reaches its plateau well before 2048; a data-centre GPU needs about 8192).
@@ -258,7 +261,7 @@ def naive_teacher_flops(cfg: Config, teacher: torch.nn.Module, steps: range, fra
                       for name, value in teacher_flops(cfg).parts.items()})
 
 
-def student_flops(student: torch.nn.Module) -> FlopCount:
+def student_flops(student: IAFStudent) -> FlopCount:
     """FLOPs per sample of an :class:`~wavedistill.models.student.IAFStudent`'s one-pass synthesis,
     read off its modules (what is counted: see the module docstring)."""
     parts = {"input_1x1": 0.0, "dilated_convs": 0.0, "conditioning_add": 0.0,

@@ -161,7 +161,7 @@ class FeatureStats:
             mean = mean + delta * (n / total)
             m2 = m2 + batch_m2 + delta**2 * (count * n / total)
             count = total
-        if mean is None:
+        if mean is None or m2 is None:
             raise ValueError("FeatureStats.compute needs at least one frame")
         std = np.maximum(np.sqrt(m2 / count), std_floor)
         return cls(torch.from_numpy(mean), torch.from_numpy(std))

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,9 +123,10 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
         pcm = quantize_16bit(audio[:usable])
         # The features come from the stored 16-bit samples, so training pairs them exactly.
         mel = log_mel(torch.from_numpy(dequantize_16bit(pcm)), cfg.audio).numpy()
-    entry = {"id": utt.id, "audio": f"audio/{utt.id}.npy", "mel": f"mel/{utt.id}.npy",
-             "speaker": speaker, "samples": usable, "frames": usable // cfg.audio.hop_length,
-             "source": str(utt.path)}
+    entry: dict[str, Any] = {
+        "id": utt.id, "audio": f"audio/{utt.id}.npy", "mel": f"mel/{utt.id}.npy",
+        "speaker": speaker, "samples": usable, "frames": usable // cfg.audio.hop_length,
+        "source": str(utt.path)}
     if external is not None:
         entry["mel_source"] = str(external.path(utt.id))
     _save_npy(out_dir / entry["audio"], pcm)

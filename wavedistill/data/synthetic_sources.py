@@ -300,6 +300,7 @@ def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, s
     cfg = synthetic_config()
     hop = cfg.audio.hop_length
     num_samples = int(seconds * cfg.audio.sample_rate) // hop * hop
+    assert cfg.data.segment_length is not None  # synthetic_config sets it
     if num_samples < cfg.data.segment_length or clips < 2:
         raise UserError(f"--seconds {seconds:g} --clips {clips}: need clips of at least "
                         f"data.segment_length = {cfg.data.segment_length} samples and two clips "

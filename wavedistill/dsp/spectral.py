@@ -108,13 +108,13 @@ class MultiResolutionSTFT:
     def distances(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``{"power", "spectral_convergence", "log_magnitude"}``, each averaged over
         resolutions (one STFT per resolution and signal)."""
-        sums = {"power": 0.0, "spectral_convergence": 0.0, "log_magnitude": 0.0}
+        sums: dict[str, Tensor] = {}
         for px, py in self._powers(x, y):
-            sums["power"] = sums["power"] + power_distance(px, py)
-            sums["spectral_convergence"] = sums["spectral_convergence"] \
-                + spectral_convergence(px, py)
-            sums["log_magnitude"] = sums["log_magnitude"] \
-                + log_magnitude_distance(px, py, self.log_floor)
+            terms = {"power": power_distance(px, py),
+                     "spectral_convergence": spectral_convergence(px, py),
+                     "log_magnitude": log_magnitude_distance(px, py, self.log_floor)}
+            for key, value in terms.items():
+                sums[key] = sums[key] + value if key in sums else value
         return {k: v / len(self.resolutions) for k, v in sums.items()}
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from wavedistill.data.synthetic_sources import (
 )
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_write_text
+from wavedistill.store.checkpoint import ModelKind
 from wavedistill.store.loading import load_model
 
 TEACHER_TARGET = 0.01  # nats/sample: teacher NLL minus the entropy rate
@@ -34,7 +35,7 @@ STUDENT_TARGET = 0.02  # nats/sample: KL(student || source)
 GAP_BLOCK = 4000  # samples per block of the teacher's blocked standard error
 
 
-def _load(checkpoint: str | Path, kind: str, device: str):
+def _load(checkpoint: str | Path, kind: ModelKind, device: str):
     """``(model, Config, FeatureStats, device)`` of a checkpoint, frozen on ``device``."""
     loaded = load_model(checkpoint, kind, device)
     return loaded.model, loaded.cfg, loaded.stats, loaded.device

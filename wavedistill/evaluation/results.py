@@ -51,7 +51,7 @@ def score(clips: list[Clip], synthesis: dict[str, np.ndarray], cfg: Config) -> d
     """Metrics of each synthesis against its original (cut to the synthesis's length), per clip
     and averaged over the clips where the metric has a value. A synthesis that is not finite
     (a diverged model) has the reason in place of every metric; the other clips are scored."""
-    per_clip = {}
+    per_clip: dict[str, dict[str, float | str]] = {}
     for clip in clips:
         est = synthesis[clip.id]
         if not np.isfinite(est).all():

@@ -7,7 +7,8 @@
   and teacher samples conditioned on the first ``--max-clips`` clips, cut to
   ``--teacher-seconds`` because sequential sampling is slow;
 - a **student** checkpoint: copy-synthesis of each of the first ``--max-clips`` held-out clips
-  from its own mel, compared with the original by every metric of :mod:`wavedistill.evaluation.metrics`;
+  from its own mel, compared with the original by every metric of
+  :mod:`wavedistill.evaluation.metrics`;
   with ``--teacher``, also the KL(student || teacher) estimate of the distillation objective on
   the first ``data.segment_length`` samples of those clips, and teacher samples of the same
   clips as above, scored alike.
@@ -108,7 +109,7 @@ def held_out_nll(teacher: LoadedModel, clips: list[Clip], device: torch.device) 
     for clip in clips:
         audio = clip.audio[None].to(device)
         mel = clip.mel[None].to(device) if teacher.conditional else None
-        logp = teacher.model.log_prob(audio, mel, _speaker(teacher, clip, device))
+        logp = teacher.teacher.log_prob(audio, mel, _speaker(teacher, clip, device))
         nats = -float(logp.double().sum())
         per_clip[clip.id] = nats / audio.shape[-1] / math.log(2.0)
         total_nats += nats
@@ -149,9 +150,9 @@ def student_samples(student: LoadedModel, clips: list[Clip], device: torch.devic
     out = {}
     for clip in clips:
         generator = torch.Generator(device=device).manual_seed(SEED)
-        audio = student.model.synthesize(clip.mel[None].to(device),
-                                         _speaker(student, clip, device),
-                                         generator=generator)
+        audio = student.student.synthesize(clip.mel[None].to(device),
+                                           _speaker(student, clip, device),
+                                           generator=generator)
         out[clip.id] = audio[0].float().cpu().numpy()
     return out
 
@@ -167,6 +168,8 @@ def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], d
 
     objective = Distillation(teacher.model, student.cfg)
     length, hop = student.cfg.data.segment_length, student.cfg.audio.hop_length
+    if length is None:
+        raise UserError("the KL estimate runs on segments; data.segment_length is unset")
     torch.manual_seed(SEED)  # the objective draws its noise from the global generator
     per_clip = {}
     for clip in clips:
@@ -224,7 +227,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         check_teacher_compatible(ref.cfg, main.cfg)
     the_teacher = main if main.kind == "teacher" else ref
 
-    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips, split)
+    clips = held_out_clips(data_dir, main.cfg, main.feature_stats, max_clips, split)
     results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
                        "teacher": str(teacher) if teacher else None, "clips": len(clips),
                        "teacher_seconds": teacher_seconds,
@@ -233,7 +236,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     synthesis: dict[str, dict[str, np.ndarray]] = {}
     if main.kind == "teacher":
         log.info("held-out NLL over the validation split")
-        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.stats,
+        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.feature_stats,
                                                         split=split), dev)
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
@@ -244,11 +247,12 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if the_teacher is not None:
         log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
         # The teacher's own statistics normalise its conditioning.
-        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips, split)
+        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.feature_stats,
+                                 max_clips, split)
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
     if griffin_lim_iters > 0:
         log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
-        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, main.stats,
+        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, main.feature_stats,
                                                        griffin_lim_iters)
     for name, audio in synthesis.items():
         results.samples[name] = score(clips, audio, main.cfg)

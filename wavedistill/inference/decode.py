@@ -155,10 +155,18 @@ def corpus_inputs(input_dir: Path | None = None, scp: Path | None = None
             raise UserError(f"--input-dir {input_dir}: no {'/'.join(CORPUS_SUFFIXES)} files")
         names = [str(p.relative_to(input_dir).with_suffix("")) for p in files]
         _check_distinct(input_dir, files, names)
-        return [(name, lambda synth, conv, p=p: synth.features(p, conv))
-                for name, p in zip(names, files, strict=True)]
-    return [(key, lambda synth, conv, key=key, read=read: synth.mel_input(
-                f"{scp}: {key}", read(key), conv)) for key, read in _scp_entries(scp)]
+        return [(name, _file_reader(p)) for name, p in zip(names, files, strict=True)]
+    assert scp is not None  # exactly one of the two was given
+    return [(key, _scp_reader(f"{scp}: {key}", key, read)) for key, read in _scp_entries(scp)]
+
+
+def _file_reader(path: Path) -> Callable[[Synthesizer, MelConvention], torch.Tensor]:
+    return lambda synth, conv: synth.features(path, conv)
+
+
+def _scp_reader(name: str, key: str, read: Callable[[str], np.ndarray]
+                ) -> Callable[[Synthesizer, MelConvention], torch.Tensor]:
+    return lambda synth, conv: synth.mel_input(name, read(key), conv)
 
 
 def _check_distinct(input_dir: Path, files: list[Path], names: list[str]) -> None:

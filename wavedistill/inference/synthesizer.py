@@ -25,6 +25,7 @@ from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy, model_
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
 from wavedistill.precision import DTYPES, resolve_dtype
+from wavedistill.store.checkpoint import ModelKind
 from wavedistill.store.loading import LoadedModel, load_model, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ class Synthesizer:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", use_ema: bool = True,
                         dtype: str = "float32") -> Synthesizer:
         """A training checkpoint's model (its EMA weights unless ``use_ema`` is False)."""
-        dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_model(path, device=device, use_ema=use_ema), dtype)
+        torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
+        return cls(load_model(path, device=device, use_ema=use_ema), torch_dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu",
@@ -65,15 +66,15 @@ class Synthesizer:
         shipped model (``alice-student``), or a Hugging Face Hub repository id
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
         ``dtype``: float32, bfloat16 or float16, refused where not native."""
-        dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), dtype)
+        torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
+        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), torch_dtype)
 
     @property
     def cfg(self) -> Config:
         return self.loaded.cfg
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         return self.loaded.kind
 
     def features(self, path: str | Path, convention: MelConvention = PLAIN) -> torch.Tensor:
@@ -85,13 +86,13 @@ class Synthesizer:
             raise UserError(f"{path}: no such file")
         if path.suffix.lower() == ".npy":
             return self.mel_input(str(path), load_npy(path), convention)
-        return self.loaded.stats.normalize(self._audio_features(path))
+        return self.loaded.feature_stats.normalize(self._audio_features(path))
 
     def mel_input(self, name: str, array: np.ndarray,
                   convention: MelConvention = PLAIN) -> torch.Tensor:
         """Saved features (any layout of ``convention``) -> the normalised ``(n_mels, F)`` the
         model takes; ``name`` labels errors."""
-        return model_input(name, array, self.cfg.audio, self.loaded.stats, convention)
+        return model_input(name, array, self.cfg.audio, self.loaded.feature_stats, convention)
 
     def _audio_features(self, path: Path) -> torch.Tensor:
         """Un-normalised log-mel ``(n_mels, F)`` of an audio file."""
@@ -160,7 +161,7 @@ class Synthesizer:
         receptive field, whatever the length."""
         if self.kind != "student":
             raise UserError("streaming is for students; a teacher samples step by step")
-        model, device, hop = self.loaded.model, self.loaded.device, self.cfg.audio.hop_length
+        model, device, hop = self.loaded.student, self.loaded.device, self.cfg.audio.hop_length
         spk = self.loaded.speaker_ids(speaker, 1)
         generator = torch.Generator(device=device).manual_seed(seed)
         lookahead = self.stream_latency_frames
@@ -191,7 +192,7 @@ class Synthesizer:
     def _stream_noise(self, noise: torch.Tensor | None, first: int, frames: int,
                       generator: torch.Generator) -> torch.Tensor:
         """Noise ``(1, frames * hop)`` of frames ``[first, first + frames)``."""
-        hop, model = self.cfg.audio.hop_length, self.loaded.model
+        hop, model = self.cfg.audio.hop_length, self.loaded.student
         if noise is None:
             return model.sample_noise((1, frames * hop), generator, self.loaded.device)
         piece = noise.reshape(1, -1)[:, first * hop:(first + frames) * hop]
@@ -201,22 +202,25 @@ class Synthesizer:
         return piece.to(self.loaded.device, torch.float32)
 
     def _span(self, z, mel, base, f0, f1, speaker) -> np.ndarray:
-        audio = self.loaded.model.synthesize_span(z, mel, f0 - base, f1 - base, speaker)
+        audio = self.loaded.student.synthesize_span(z, mel, f0 - base, f1 - base, speaker)
         return audio[0].float().cpu().numpy()
 
     def _run(self, mel: torch.Tensor | None, speaker: torch.Tensor | None, lengths: list[int],
              seed: int, chunk_seconds: float | None, progress: bool) -> torch.Tensor:
         """Audio ``(B, max T)`` of one batch."""
         check_chunk_seconds(self.kind, chunk_seconds)
-        model, device = self.loaded.model, self.loaded.device
+        device = self.loaded.device
         generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
             from wavedistill.models.sampling import generate
 
             precision = "bfloat16" if self.dtype == torch.bfloat16 else None
-            return generate(model, mel=mel, speaker=speaker, num_samples=max(lengths),
+            return generate(self.loaded.teacher, mel=mel, speaker=speaker, num_samples=max(lengths),
                             generator=generator, method="cached", progress=progress,
                             batch=len(lengths), precision=precision)
+        model = self.loaded.student
+        if mel is None:
+            raise UserError("a student synthesises from a mel; none was given")
         mel = mel.to(self.dtype)
         if chunk_seconds is not None:
             chunk_frames = frames_for(chunk_seconds, self.cfg.audio)
@@ -226,7 +230,7 @@ class Synthesizer:
     def _noise(self, lengths: list[int], seed: int) -> torch.Tensor:
         """A student's noise ``(B, max T)``: each clip's drawn from its own generator seeded
         ``seed``, zero beyond its end, so a clip's audio is the same alone or in a batch."""
-        model, device = self.loaded.model, self.loaded.device
+        model, device = self.loaded.student, self.loaded.device
         z = torch.zeros(len(lengths), max(lengths), device=device)
         for i, n in enumerate(lengths):
             generator = torch.Generator(device=device).manual_seed(seed)
@@ -240,7 +244,7 @@ def _named_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def check_chunk_seconds(kind: str, chunk_seconds: float | None) -> None:
+def check_chunk_seconds(kind: ModelKind, chunk_seconds: float | None) -> None:
     if chunk_seconds is None:
         return
     if kind == "teacher":

@@ -1,6 +1,6 @@
 """The student's flows evaluated fast for inference: the same weights and arithmetic as
-:meth:`~wavedistill.models.iaf_flow.IAFFlow.forward`, arranged for CPU matrix products, a whole batch
-in every product (see :func:`fused_flow`). :meth:`IAFStudent.synthesize` and its chunked and
+:meth:`~wavedistill.models.iaf_flow.IAFFlow.forward`, arranged for CPU matrix products, a
+whole batch in every product (see :func:`fused_flow`). :meth:`IAFStudent.synthesize` and its chunked and
 streamed forms run through it; it equals the module path to float tolerance (tested).
 """
 
@@ -71,6 +71,7 @@ def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
 def _input_layer(flow: IAFFlow, x: Tensor, out: Tensor) -> None:
     """``out (T, B, C) = input_conv(shift_right(x))``, time-major, for the clips ``x (B, T)``."""
     w, b = flow.input_conv.weight[:, 0, 0], flow.input_conv.bias  # (C,), (C,)
+    assert b is not None  # a Conv1d has a bias by default
     torch.addcmul(b, shift_right(x).t().unsqueeze(-1), w, out=out)
 
 
@@ -90,11 +91,13 @@ class _TileInputs:
                  like: Tensor):
         G, kC = layers[0].conv.shape
         self.B, self.kC = B, kC
-        self.frames = self.filter = self.speaker = None
+        self.frames: Tensor | None = None
+        self.filter: Tensor | None = None
+        self.speaker: Tensor | None = None
         if cond is not None:
             scale = torch.ones(G, dtype=like.dtype, device=like.device)
             scale[:G // 2] = 2.0
-            if cond.frames is not None:  # (L, F, B, G)
+            if cond.frames is not None and cond.filter is not None:  # (L, F, B, G)
                 frames = cond.frames.to(like.dtype).view(B, len(layers), G, -1)
                 self.frames = (frames * scale[:, None]).permute(1, 3, 0, 2).contiguous()
                 self.filter = cond.filter.to(like.dtype)
@@ -106,12 +109,12 @@ class _TileInputs:
         width = frame_cols + B * (self.speaker is not None) if self.in_product else 0
         self.col = like.new_zeros(n * B, kC + width)
         self.weight = like.new_zeros(G, kC + width)
-        self.c = None if self.in_product else like.new_empty(n * B, G)
+        self.c: Tensor | None = None if self.in_product else like.new_empty(n * B, G)
         if self.in_product:
             cols = self.col.view(n, B, kC + width)
             t = torch.arange(n, device=like.device)[:, None]
             b = torch.arange(B, device=like.device)[None, :]
-            if self.frames is not None:
+            if self.frames is not None and self.filter is not None:
                 cols[t, b, kC + (t // self.hop) * B + b] = self.filter[t % self.hop]
             if self.speaker is not None:
                 cols[:, b[0], kC + frame_cols + b[0]] = 1.0
@@ -119,6 +122,8 @@ class _TileInputs:
 
     @property
     def hop(self) -> int:
+        if self.filter is None:
+            raise ValueError("no mel conditioning, hence no hop")
         return self.filter.shape[0]
 
     def start_layer(self, j: int, layer: _FusedLayer) -> None:
@@ -133,8 +138,8 @@ class _TileInputs:
     def start_tile(self, t0: int, n: int) -> Tensor | None:
         """Conditioning of steps ``[t0, t0 + n)``: written into ``weight`` and None, or the
         upsampled ``c (n B, G)`` plus bias."""
-        if self.frames is None:
-            return None if self.in_product else self.c[:n * self.B].copy_(
+        if self.frames is None:  # self.c is None exactly when the conditioning is in_product
+            return None if self.c is None else self.c[:n * self.B].copy_(
                 self.bias.expand(n, self.B, -1).reshape(n * self.B, -1))
         f0, nf = t0 // self.hop, n // self.hop
         frames = self.frames[self.j, f0:f0 + nf]  # (nf, B, G)
@@ -142,6 +147,7 @@ class _TileInputs:
             # columns past this tile's frames keep older values: their col entries are zero
             self.weight[:, self.kC:self.kC + nf * self.B] = frames.reshape(nf * self.B, -1).t()
             return None
+        assert self.c is not None and self.filter is not None
         c = self.c[:n * self.B]
         torch.addcmul(self.bias, frames[:, None], self.filter[:, None, None],
                       out=c.view(nf, self.hop, self.B, -1))
@@ -233,7 +239,9 @@ def _linear_sigmoid(x: Tensor, w: Tensor, b: Tensor | None, c: Tensor | None) ->
     ``b``, ``c`` is None."""
     if c is None and _onednn(x):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "sigmoid", [], "")
-    return torch.addmm(b if c is None else c, x, w.t()).sigmoid_()
+    added = b if c is None else c
+    assert added is not None, "b or c is given"
+    return torch.addmm(added, x, w.t()).sigmoid_()
 
 
 def _linear_add(x: Tensor, w: Tensor, b: Tensor, other: Tensor) -> Tensor:

@@ -123,11 +123,18 @@ def _split_output(block: ResidualBlock) -> tuple[Tensor | None, Tensor | None, T
     """A block's folded 1x1 ``G/2 -> R + S`` as ``(res_w (R, G/2), res_b, skip_w (S, G/2),
     skip_b)``; the residual part is None for a skip-only block."""
     w = block.output.weight.detach()[:, :, 0]
+    assert block.output.bias is not None  # the block's output conv has a bias
     b = block.output.bias.detach()
     R = block.residual_channels
     if R == 0:
         return None, None, w, b
     return w[:R], b[:R], w[R:], b[R:]
+
+
+def _bias(conv: torch.nn.Conv1d) -> Tensor:
+    if conv.bias is None:
+        raise ValueError("cached teacher sampling needs biased head convolutions")
+    return conv.bias
 
 
 def _fuse_layer(block: ResidualBlock, dilation: int, dtype: torch.dtype, batch: int
@@ -169,7 +176,7 @@ def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> Fused
               for block, d in zip(stack.blocks, stack.dilations, strict=True)]
     skips = [_split_output(block)[2:] for block in stack.blocks]
     head_convs = [m for m in teacher.head if isinstance(m, torch.nn.Conv1d)]
-    head = [(_as_operand(c.weight[:, :, 0], dtype, batch), c.bias.detach().to(dtype))
+    head = [(_as_operand(c.weight[:, :, 0], dtype, batch), _bias(c).detach().to(dtype))
             for c in head_convs]
     first = stack.blocks[0]
     return FusedTeacher(
@@ -291,6 +298,7 @@ def init_state(fused: FusedTeacher, batch: int, cond: Conditioning | None,
         if cond.bias is not None:
             constant += cond.bias[:, :, 0].to(mm)
         if cond.frames is not None:
+            assert cond.filter is not None, "frames come with their upsampling filter"
             frames = cond.frames.detach().permute(2, 0, 1).to(mm).contiguous()
             filt = cond.filter.detach().double().tolist()
     cond_now = constant if frames is None else torch.empty_like(constant)
@@ -319,7 +327,7 @@ def init_state(fused: FusedTeacher, batch: int, cond: Conditioning | None,
 
 def _conditioning(state: TeacherState) -> None:
     """``cond = W[o] P[f] + constant`` for the current sample ``t = f hop + o``, all layers."""
-    if state.frames is None:
+    if state.frames is None or state.filter is None:
         return  # the constant is the whole conditioning and ``cond`` already is it
     f, o = divmod(state.t, len(state.filter))
     torch.add(state.constant, state.frames[f], alpha=state.filter[o], out=state.cond)
@@ -348,9 +356,12 @@ def _layers(fused: FusedTeacher, state: TeacherState, x: Tensor) -> None:
     last = len(fused.layers) - 1
     for i, (lw, ls) in enumerate(zip(fused.layers, state.layers, strict=True)):
         j = t % ls.period
-        if lw.past is None:
+        if lw.taps is not None:  # unblocked
             torch.addmm(state.cond_views[i], ls.windows[j], lw.taps, out=state.pre)
         else:
+            assert lw.past is not None and lw.current is not None
+            assert ls.block_inputs is not None and ls.past is not None \
+                and ls.past_rows is not None
             phase = j % lw.dilation
             if phase == 0:  # past taps of the next d steps, all in one product
                 torch.mm(ls.block_inputs[j // lw.dilation], lw.past, out=ls.past)
@@ -362,6 +373,7 @@ def _layers(fused: FusedTeacher, state: TeacherState, x: Tensor) -> None:
         gate.mul_(state.tanh)
         if i == last:
             break
+        assert lw.residual is not None and lw.residual_bias is not None  # all but the last
         torch.addmm(lw.residual_bias, gate, lw.residual, out=state.residual)
         nxt = state.layers[i + 1]
         slot = nxt.slots[t % nxt.period]

@@ -61,6 +61,7 @@ class IAFFlow(nn.Module):
                                   dilation_cycle(layers, cycle))
         self.output = nn.Conv1d(channels, 2, 1)
         nn.init.normal_(self.output.weight, std=_OUTPUT_INIT_STD)
+        assert self.output.bias is not None  # a Conv1d has a bias by default
         with torch.no_grad():
             self.output.bias.copy_(torch.tensor([0.0, initial_log_scale]))
 

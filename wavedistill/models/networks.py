@@ -2,8 +2,8 @@
 
 Everything works on ``(B, C, T)`` tensors. Fast inference does not run these modules: the
 teacher's cached sampler (:mod:`wavedistill.models.sampling`) and the student's fused synthesis
-(:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own way, and the tests
-check them against the batch path here.
+(:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own way, and
+the tests check them against the batch path here.
 
 Pieces, from the bottom up:
 
@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,7 @@ class _GatedTanh(torch.autograd.Function):
         if frames is None:
             act = pre.clone()
         else:
+            assert filt is not None, "frames come with their upsampling filter"
             B, N, F_ = frames.shape
             act = torch.addcmul(pre.reshape(B, N, F_, -1), frames.unsqueeze(-1),
                                 filt).view(pre.shape)
@@ -167,7 +169,7 @@ def gated_activation(pre: Tensor, cond: Conditioning | None = None) -> Tensor:
         return torch.tanh(a) * torch.sigmoid(b)
     if cond is not None and cond.bias is not None:
         pre = pre + cond.bias
-    if frames is None:
+    if cond is None or frames is None:
         return _GatedTanh.apply(pre, None, None)
     _check_frames(pre, frames, cond.filter)
     return _GatedTanh.apply(pre, frames, cond.filter)
@@ -236,10 +238,11 @@ class WaveNetStack(nn.Module):
                  kernel_size: int, dilations: Sequence[int]):
         super().__init__()
         n = len(dilations)
-        self.blocks = nn.ModuleList(
+        # an nn.ModuleList, typed as the blocks it holds
+        self.blocks = cast("Sequence[ResidualBlock]", nn.ModuleList(
             ResidualBlock(residual_channels, gate_channels, skip_channels, kernel_size, d,
                           residual=skip_channels == 0 or i < n - 1)
-            for i, d in enumerate(dilations))
+            for i, d in enumerate(dilations)))
         self.kernel_size = kernel_size
         self.dilations = list(dilations)
         self.gate_channels = gate_channels
@@ -312,6 +315,7 @@ def _upsampled_grads(grad: Tensor, frames: Tensor | None, filt: Tensor | None,
     g_frames = g_filt = None
     if frames is None:
         return g_frames, g_filt
+    assert filt is not None, "frames come with their upsampling filter"
     B, N, F_ = frames.shape
     g4 = grad.reshape(B, N, F_, filt.shape[0])  # (B, N, F, hop)
     if needs[0]:
@@ -322,7 +326,9 @@ def _upsampled_grads(grad: Tensor, frames: Tensor | None, filt: Tensor | None,
     return g_frames, g_filt
 
 
-def _check_frames(pre: Tensor, frames: Tensor, filt: Tensor) -> None:
+def _check_frames(pre: Tensor, frames: Tensor, filt: Tensor | None) -> None:
+    if filt is None:
+        raise ValueError("conditioning frames without their upsampling filter")
     T, F_, hop = pre.shape[-1], frames.shape[-1], filt.shape[0]
     if T != F_ * hop:
         raise ValueError(f"{T} samples do not match {F_} frames of hop {hop}")
@@ -357,6 +363,7 @@ class Conditioning:
         out = pre
         if self.frames is not None:
             _check_frames(pre, self.frames, self.filter)
+            assert self.filter is not None  # checked just above
             if torch.jit.is_tracing() or torch.compiler.is_exporting():
                 # exporters know no custom autograd function: the same sum in plain ops
                 up = self.frames.unsqueeze(-1) * self.filter.to(self.frames.dtype)
@@ -375,6 +382,7 @@ class Conditioning:
         """
         out = None
         if self.frames is not None:
+            assert self.filter is not None, "frames come with their upsampling filter"
             f, o = divmod(t, self.filter.shape[0])
             out = self.frames[:, :, f:f + 1] * self.filter[o]
         if self.bias is not None:
@@ -386,6 +394,8 @@ class Conditioning:
     def dense(self, num_samples: int) -> Tensor:
         """The conditioning of every sample, materialised: ``(B, N, num_samples)``."""
         ref = self.frames if self.frames is not None else self.bias
+        if ref is None:
+            raise ValueError("empty conditioning")
         return self.add_to(ref.new_zeros(ref.shape[0], ref.shape[1], num_samples))
 
 
@@ -434,17 +444,17 @@ class Conditioner(nn.Module):
         self.out_channels = out_channels
         self.n_mels = n_mels
         self.num_speakers = num_speakers
-        self.context = None
-        self.projection = None
-        self.upsampler = None
+        self.context: nn.Conv1d | None = None
+        self.projection: nn.Conv1d | None = None
+        self.upsampler: ConditioningUpsampler | None = None
         if n_mels > 0:
             if context > 0:
                 self.context = nn.Conv1d(n_mels, n_mels, 2 * context + 1, padding=context,
                                          bias=False)
             self.projection = nn.Conv1d(n_mels, out_channels, 1, bias=False)
             self.upsampler = ConditioningUpsampler(upsample_factors)
-        self.speaker_embedding = None
-        self.speaker_projection = None
+        self.speaker_embedding: nn.Embedding | None = None
+        self.speaker_projection: nn.Linear | None = None
         if num_speakers > 0:
             self.speaker_embedding = nn.Embedding(num_speakers, speaker_dim)
             self.speaker_projection = nn.Linear(speaker_dim, out_channels, bias=False)
@@ -455,6 +465,8 @@ class Conditioner(nn.Module):
 
     def project(self, mel: Tensor) -> Tensor:
         """Frame-rate projection ``(B, n_mels, F) -> (B, out_channels, F)``."""
+        if self.projection is None:
+            raise ValueError("this model is not conditioned on mel")
         if self.context is not None:
             mel = self.context(mel)
         return self.projection(mel)
@@ -463,12 +475,12 @@ class Conditioner(nn.Module):
                 ) -> Conditioning | None:
         """``mel (B, n_mels, F)``, ``speaker (B,)`` int64 -> :class:`Conditioning` or ``None``."""
         frames = filt = bias = None
-        if self.projection is not None:
+        if self.projection is not None and self.upsampler is not None:  # both or neither
             if mel is None:
                 raise ValueError("this model is conditioned on mel; mel is missing")
             frames = self.project(mel)
             filt = self.upsampler.filter()
-        if self.speaker_embedding is not None:
+        if self.speaker_embedding is not None and self.speaker_projection is not None:
             if speaker is None:
                 raise ValueError("this model is conditioned on a speaker; speaker is missing")
             bias = self.speaker_projection(self.speaker_embedding(speaker)).unsqueeze(-1)

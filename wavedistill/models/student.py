@@ -7,8 +7,8 @@ dilations ``2 ** (i % student.dilation_cycle)``), ReLU, 1x1 conv ``C -> 2`` givi
 ``(mu^k, log s^k)``. Flow ``k`` reads the previous flow's output shifted right by one sample, so
 its parameters at ``t`` depend on ``x^(k-1)_<t`` only, and maps ``x^k = x^(k-1) * s^k + mu^k``
 (``x^0 = z``, noise). Every flow sees the same mel (and speaker) through one frame-rate
-:class:`~wavedistill.models.networks.Conditioner` that projects the mel to all layers of all flows at
-once.
+:class:`~wavedistill.models.networks.Conditioner` that projects the mel to all layers of all
+flows at once.
 
 Collapse. Composing the flows gives one affine map per step,
 ``x_t = z_t * s_tot,t + mu_tot,t`` with ``log s_tot = sum_k log s^k`` and
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -74,8 +75,9 @@ class IAFStudent(nn.Module):
         self.conditioning_context = conditioning_context
         self.synthesis_tile = synthesis_tile
         share = math.log(initial_scale) / len(flow_layers)
-        self.flows = nn.ModuleList(IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share)
-                                   for n in flow_layers)
+        # an nn.ModuleList, typed as the flows it holds
+        self.flows = cast("Sequence[IAFFlow]", nn.ModuleList(
+            IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share) for n in flow_layers))
         self.conditioner = Conditioner(sum(f.stack.conditioning_channels for f in self.flows),
                                        n_mels, upsample_factors, conditioning_context,
                                        num_speakers, speaker_dim)
@@ -83,13 +85,16 @@ class IAFStudent(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config) -> IAFStudent:
         s = cfg.student
+        assert s.upsample_factors is not None  # Config fills it in from the hop
         return cls(cfg.audio.n_mels, s.flow_layers, s.channels, s.kernel_size, s.dilation_cycle,
                    s.noise, s.upsample_factors, s.conditioning_context, s.num_speakers,
                    s.speaker_dim, s.log_scale_min, s.synthesis_tile, s.initial_scale)
 
     @property
     def hop(self) -> int:
-        return self.conditioner.hop
+        hop = self.conditioner.hop
+        assert hop is not None  # a student is always mel-conditioned
+        return hop
 
     @property
     def receptive_field(self) -> int:
@@ -248,6 +253,7 @@ class IAFStudent(nn.Module):
         c = self.conditioning_context
         lo, hi = max(0, start - c), min(mel.shape[-1], stop + c)
         cond = self.conditioning(mel[..., lo:hi], speaker)
+        assert cond.frames is not None  # a student is always mel-conditioned
         frames = cond.frames[..., start - lo:stop - lo]
         return Conditioning(frames, cond.filter, cond.bias)
 

@@ -71,6 +71,7 @@ class WaveNetTeacher(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config) -> WaveNetTeacher:
         t = cfg.teacher
+        assert t.upsample_factors is not None  # Config fills it in from the hop
         if t.skip_channels <= 0:
             raise UserError(f"teacher.skip_channels must be positive, got {t.skip_channels}")
         return cls(build_distribution(t), layers=t.layers, stacks=t.stacks,
@@ -123,7 +124,9 @@ class WaveNetTeacher(nn.Module):
         16-bit grid, and bfloat16 resolves only ~4e-3 near 1.
         """
         with torch.autocast(skips.device.type, enabled=False):
-            return self.head(skips.to(self.head[-1].weight.dtype))
+            last = self.head[-1]
+            assert isinstance(last, nn.Conv1d)
+            return self.head(skips.to(last.weight.dtype))
 
     # -- density ---------------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class WaveNetTeacher(nn.Module):
         cond = self.conditioning(mel, speaker)
         if cond is not None and cond.frames is not None:
             hop = self.conditioner.hop
+            assert mel is not None and hop is not None  # there are frames, hence a mel
             if audio.shape[-1] != mel.shape[-1] * hop:
                 raise UserError(f"audio has {audio.shape[-1]} samples but {mel.shape[-1]} mel "
                                 f"frames of hop {hop} need {mel.shape[-1] * hop}")

@@ -51,12 +51,17 @@ from wavedistill.dsp.spectral import MultiResolutionSTFT
 from wavedistill.errors import UserError
 from wavedistill.models.distributions import (
     DiscretizedGaussian,
-    MuLawCategorical,
+    DiscretizedLogisticMixture,
     OutputDistribution,
 )
 from wavedistill.models.distributions.gaussian import gaussian_kl
 from wavedistill.models.iaf_flow import NOISE_ENTROPY, sample_noise
-from wavedistill.models.networks import unwrap
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.objectives.base import bare_model
+
+# The teacher heads with a continuous density, which distillation scores the student against.
+ContinuousHead = DiscretizedGaussian | DiscretizedLogisticMixture
 
 # -- compatibility -----------------------------------------------------------------------------
 
@@ -70,8 +75,10 @@ def check_teacher_compatible(teacher_cfg: Config, student_cfg: Config) -> None:
     audio = audio_differences(teacher_cfg.audio, student_cfg.audio)
     if audio:
         problems.append("the audio settings differ, teacher vs student: " + ", ".join(audio))
-    t_hop = math.prod(teacher_cfg.teacher.upsample_factors)
-    s_hop = math.prod(student_cfg.student.upsample_factors)
+    t_factors = teacher_cfg.teacher.upsample_factors
+    s_factors = student_cfg.student.upsample_factors
+    assert t_factors is not None and s_factors is not None  # Config fills them in from the hop
+    t_hop, s_hop = math.prod(t_factors), math.prod(s_factors)
     if t_hop != s_hop:
         problems.append(f"teacher.upsample_factors {teacher_cfg.teacher.upsample_factors} "
                         f"(hop {t_hop}) and student.upsample_factors "
@@ -126,7 +133,7 @@ def gaussian_kl_per_step(mu_s: Tensor, log_s_s: Tensor, mu_t: Tensor, log_s_t: T
     return gaussian_kl(mu_s, log_s_s, mu_t, log_s_t), reg_lambda * (log_s_t - log_s_s).square()
 
 
-def teacher_floor_rate(distribution: OutputDistribution, params: Tensor, floor: float) -> Tensor:
+def teacher_floor_rate(distribution: ContinuousHead, params: Tensor, floor: float) -> Tensor:
     """Share of the teacher's probability weight whose log-scale is below ``floor`` (for a
     mixture, weighted by the components' mixture weights): a 0-dim tensor, no gradient."""
     parts = distribution.location_scale(params.detach())
@@ -168,13 +175,14 @@ class Distillation:
     valid_metric = "stft_distance"
 
     def __init__(self, teacher: nn.Module, cfg: Config):
-        self.teacher = unwrap(teacher).eval().requires_grad_(False)
-        self.distribution = self.teacher.distribution
+        self.teacher = bare_model(teacher, WaveNetTeacher).eval().requires_grad_(False)
+        distribution = self.teacher.distribution
         self.cfg = cfg.distill
         self.noise = cfg.student.noise
-        if isinstance(self.distribution, MuLawCategorical):
+        if not isinstance(distribution, ContinuousHead):
             raise UserError("teacher.output is 'categorical', which has no continuous density; "
                             "distillation needs a mol or gaussian teacher")
+        self.distribution: ContinuousHead = distribution
         self.closed_form = isinstance(self.distribution, DiscretizedGaussian)
         if self.closed_form and self.noise != "gaussian":
             raise UserError("the teacher has a Gaussian head (teacher.output=gaussian) but "
@@ -205,13 +213,14 @@ class Distillation:
         log_s = log_s_tot.clamp_min(self.student_floor)
         entropy = entropy_per_step(log_s, self.noise)
         floor_rate = teacher_floor_rate(self.distribution, params, self.teacher_floor)
-        if self.closed_form:
+        if isinstance(self.distribution, DiscretizedGaussian):  # self.closed_form
             mu_t, log_s_t = self.distribution.location_scale(params, self.teacher_floor)
             kl, reg = gaussian_kl_per_step(mu_tot, log_s, mu_t, log_s_t,
                                            self.cfg.gaussian_reg_lambda)
             zero = kl.new_zeros(())  # no Monte-Carlo draws: no spread
             return KLTerms(kl.mean(), (kl + entropy).mean(), entropy.mean(), reg.mean(),
                            zero, zero, floor_rate)
+        assert eps is not None  # drawn by the caller for the Monte-Carlo estimate
         values = draw_values(mu_tot, log_s, eps)
         ce, stderr = mc_cross_entropy(self.distribution, params, values, self.teacher_floor)
         spread = stderr.mean()
@@ -232,15 +241,15 @@ class Distillation:
     def _checked(self, student: nn.Module) -> None:
         """:meth:`_check_noise` once per student module (the training weights, the EMA copy):
         a module's noise kind is fixed at construction, so one check covers every step."""
-        model = unwrap(student)
+        model = bare_model(student, IAFStudent)
         if model not in self._checked_students:
             self._check_noise(model)
             self._checked_students.add(model)
 
-    def _check_noise(self, student: nn.Module) -> None:
+    def _check_noise(self, student: IAFStudent) -> None:
         """The student must draw the noise kind whose entropy and draws this objective uses."""
-        if unwrap(student).noise != self.noise:
-            raise UserError(f"the student's noise is {unwrap(student).noise!r} but the config "
+        if student.noise != self.noise:
+            raise UserError(f"the student's noise is {student.noise!r} but the config "
                             f"given to the objective says student.noise={self.noise!r}")
 
     def loss(self, student: nn.Module, batch: dict[str, Tensor]
@@ -313,8 +322,8 @@ class Distillation:
     def log_media(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"student": (T,)}``: the student's copy-synthesis of the batch's first clip."""
         speaker = batch.get("speaker")
-        audio = unwrap(student).synthesize(batch["mel"][:1],
-                                          speaker[:1] if speaker is not None else None)
+        audio = bare_model(student, IAFStudent).synthesize(
+            batch["mel"][:1], speaker[:1] if speaker is not None else None)
         return {"student": audio[0]}
 
 

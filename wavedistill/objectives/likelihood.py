@@ -7,8 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from wavedistill.models.networks import unwrap
 from wavedistill.models.sampling import generate
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.objectives.base import bare_model
 
 
 class MaximumLikelihood:
@@ -18,13 +19,15 @@ class MaximumLikelihood:
     ``media_samples``: length of the samples :meth:`log_media` draws.
     """
 
+    valid_metric = "nll_bits"
+
     def __init__(self, media_samples: int = 8000):
         self.media_samples = media_samples
 
     def _nll_nats(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         audio = batch["audio"]
         params = model(audio, batch.get("mel"), batch.get("speaker"))
-        return -unwrap(model).distribution.log_prob(params, audio).mean()
+        return -bare_model(model, WaveNetTeacher).distribution.log_prob(params, audio).mean()
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``(mean NLL in nats per sample (scalar, differentiable), {"nll_bits": 0-dim tensor})``;
@@ -41,12 +44,14 @@ class MaximumLikelihood:
     def log_media(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"teacher": (T,)}``: a sample of the first ``media_samples`` of the batch's first
         clip, drawn step by step from its mel (cached sampler)."""
-        teacher = unwrap(model)
+        teacher = bare_model(model, WaveNetTeacher)
         mel, speaker = batch.get("mel"), batch.get("speaker")
         speaker = speaker[:1] if speaker is not None and teacher.num_speakers else None
         length = min(self.media_samples, batch["audio"].shape[-1])
         if teacher.n_mels:
-            mel = mel[:1, :, :math.ceil(length / teacher.conditioner.hop)]
+            hop = teacher.conditioner.hop
+            assert mel is not None and hop is not None  # a mel-conditioned teacher's batch
+            mel = mel[:1, :, :math.ceil(length / hop)]
         else:
             mel = None
         return {"teacher": generate(teacher, mel, speaker, num_samples=length, batch=1)[0]}

@@ -26,19 +26,20 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from wavedistill.version import __version__
 from wavedistill.config import Config, config_from_dict
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_write
+from wavedistill.version import __version__
 
 FORMAT = "wavedistill"
-KINDS = ("teacher", "student")
+ModelKind = Literal["teacher", "student"]  # what a checkpoint, bundle or model is
+KINDS: tuple[ModelKind, ...] = ("teacher", "student")
 REQUIRED_KEYS = ("format", "kind", "config", "stats", "model")
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 BEST_NAME = "best.pt"
@@ -114,7 +115,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, expected_kind: ModelKind | None = None) -> dict[str, Any]:
     """Read a checkpoint onto the CPU, refusing anything that is not a wavedistill checkpoint
     made only of tensors and plain data. ``expected_kind`` ("teacher" | "student") also
     refuses the other kind. The returned dict carries the source as ``ckpt["path"]``."""
@@ -140,7 +141,7 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[
     return ckpt
 
 
-def _check_loaded(path: Path, ckpt: Any, expected_kind: str | None) -> None:
+def _check_loaded(path: Path, ckpt: Any, expected_kind: ModelKind | None) -> None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a wavedistill checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -179,7 +180,9 @@ def _source(ckpt: dict[str, Any]) -> str:
 def capture_rng_state() -> dict[str, Any]:
     """Every random generator the training loop may touch, as tensors and plain types (so a
     ``weights_only`` load can read it back)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # numpy's global generator is a legacy MT19937
+    _, keys, pos, has_gauss, cached = legacy
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

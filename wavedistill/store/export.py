@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from wavedistill.version import __version__
 from wavedistill.config import save_config
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_path, atomic_write_text
+from wavedistill.models.student import IAFStudent
 from wavedistill.store.loading import BUNDLE_FORMAT, LoadedModel
+from wavedistill.version import __version__
 
 ONNX_OPSET = 18
 
@@ -54,7 +55,7 @@ def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | No
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "kind": loaded.kind})
     save_config(loaded.cfg, out / "config.yaml")
-    stats = {"mean": loaded.stats.mean.tolist(), "std": loaded.stats.std.tolist()}
+    stats = {"mean": loaded.feature_stats.mean.tolist(), "std": loaded.feature_stats.std.tolist()}
     atomic_write_text(out / "stats.json", json.dumps(stats) + "\n")
     atomic_write_text(out / "README.md", model_card(loaded, trained_on))
     meta = {"format": BUNDLE_FORMAT, "version": __version__, "kind": loaded.kind,
@@ -104,7 +105,7 @@ class PlainStudent(nn.Module):
     """The student's ``(z, mel[, speaker]) -> audio`` with nothing data-dependent in Python,
     so that tracing and ONNX export see one graph for every length."""
 
-    def __init__(self, student: nn.Module):
+    def __init__(self, student: IAFStudent):
         super().__init__()
         self.student = student
 
@@ -131,7 +132,7 @@ def check_deployable(loaded: LoadedModel) -> None:
 
 def _plain(loaded: LoadedModel) -> PlainStudent:
     check_deployable(loaded)
-    return PlainStudent(loaded.model).cpu().float().eval()
+    return PlainStudent(loaded.student).cpu().float().eval()
 
 
 def export_torchscript(loaded: LoadedModel, path: str | Path) -> Path:

@@ -19,18 +19,21 @@ from torch import Tensor, nn
 from wavedistill.config import Config, StudentConfig, TeacherConfig
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
-from wavedistill.store.checkpoint import checkpoint_config, checkpoint_stats, load_checkpoint
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.store.checkpoint import (
+    ModelKind,
+    checkpoint_config,
+    checkpoint_stats,
+    load_checkpoint,
+)
 
 
-def new_model(kind: str, cfg: Config) -> nn.Module:
+def new_model(kind: ModelKind, cfg: Config) -> WaveNetTeacher | IAFStudent:
     """A freshly initialised teacher or student for ``cfg``."""
     if kind == "teacher":
-        from wavedistill.models.teacher import WaveNetTeacher
-
         return WaveNetTeacher.from_config(cfg)
     if kind == "student":
-        from wavedistill.models.student import IAFStudent
-
         return IAFStudent.from_config(cfg)
     raise ValueError(f"unknown model kind {kind!r}")
 
@@ -54,8 +57,8 @@ class LoadedModel:
     statistics of its own. ``step`` and ``speakers`` come from the checkpoint (0 and {} for
     random weights)."""
 
-    kind: str  # "teacher" | "student"
-    model: nn.Module
+    kind: ModelKind
+    model: WaveNetTeacher | IAFStudent
     cfg: Config
     stats: FeatureStats | None
     source: str  # the checkpoint path, or a description of where the weights came from
@@ -70,6 +73,27 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def teacher(self) -> WaveNetTeacher:
+        """The model, which must be a teacher."""
+        if not isinstance(self.model, WaveNetTeacher):
+            raise UserError(f"{self.source}: is a {self.kind}; a teacher is needed")
+        return self.model
+
+    @property
+    def student(self) -> IAFStudent:
+        """The model, which must be a student."""
+        if not isinstance(self.model, IAFStudent):
+            raise UserError(f"{self.source}: is a {self.kind}; a student is needed")
+        return self.model
+
+    @property
+    def feature_stats(self) -> FeatureStats:
+        """``stats``, which a model with random weights lacks (refused)."""
+        if self.stats is None:
+            raise UserError(f"{self.source}: has random weights, hence no feature statistics")
+        return self.stats
 
     @property
     def conditional(self) -> bool:
@@ -120,7 +144,7 @@ def from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> LoadedModel:
                        step=int(ckpt.get("step", 0)), speakers=dict(ckpt.get("speakers") or {}))
 
 
-def load_model(path: str | Path, expected_kind: str | None = None,
+def load_model(path: str | Path, expected_kind: ModelKind | None = None,
                device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """A checkpoint's (or an exported bundle folder's) model ready for inference: rebuilt,
     weights loaded, on ``device``, in eval mode and without gradients. ``expected_kind``
@@ -132,7 +156,7 @@ def load_model(path: str | Path, expected_kind: str | None = None,
     return loaded.to(device)
 
 
-def random_model(kind: str, cfg: Config, source: str, device: str | torch.device = "cpu"
+def random_model(kind: ModelKind, cfg: Config, source: str, device: str | torch.device = "cpu"
                  ) -> LoadedModel:
     """A model of ``cfg`` with random weights seeded by ``train.seed`` (for benchmarks), frozen,
     in eval mode, without statistics."""
@@ -152,7 +176,7 @@ def is_bundle(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "bundle.json").is_file()
 
 
-def load_bundle(folder: str | Path, expected_kind: str | None = None,
+def load_bundle(folder: str | Path, expected_kind: ModelKind | None = None,
                 device: str | torch.device = "cpu") -> LoadedModel:
     """A model from an exported bundle folder (see ``export.py``): no pickle anywhere, the
     weights from ``model.safetensors``. Frozen, in eval mode, on ``device``. A missing or
@@ -235,7 +259,7 @@ def _bundle_stats(path: Path, n_mels: int) -> FeatureStats:
     return stats
 
 
-def load_pretrained(name_or_path: str | Path, expected_kind: str | None = None,
+def load_pretrained(name_or_path: str | Path, expected_kind: ModelKind | None = None,
                     device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """A model from a bundle folder, a checkpoint file, a shipped model's name, or a Hugging
     Face Hub repository id (``owner/name``; needs the ``hub`` extra)."""

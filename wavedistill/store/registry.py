@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wavedistill.errors import UserError
-from wavedistill.store.checkpoint import load_checkpoint, save_checkpoint
+from wavedistill.store.checkpoint import ModelKind, load_checkpoint, save_checkpoint
 
 MODELS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -25,7 +25,7 @@ class Shipped:
     """One installed model: its name, kind and file (inside :data:`MODELS_DIR`)."""
 
     name: str
-    kind: str
+    kind: ModelKind
     filename: str
     description: str
 

@@ -129,17 +129,16 @@ class BatchStream:
         self._iterator = None
 
     def next(self) -> dict[str, Tensor]:
-        if self._iterator is None:
-            self._start_epoch()
-        batch = next(self._iterator, None)
+        iterator = self._iterator if self._iterator is not None else self._start_epoch()
+        batch = next(iterator, None)
         if batch is None:
             self.epoch, self.position = self.epoch + 1, 0
-            self._start_epoch()
-            batch = next(self._iterator)
+            batch = next(self._start_epoch())
         self.position += 1
         return batch
 
-    def _start_epoch(self) -> None:
+    def _start_epoch(self) -> Iterator:
         self.dataset.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, self.position)
         self._iterator = iter(self.loader)
+        return self._iterator

@@ -1,11 +1,12 @@
 """The one training loop: the teacher by maximum likelihood, the student by distillation.
 
-:class:`Trainer` takes a model and an *objective* -- any object with
-``loss(model, batch) -> (scalar, {name: 0-dim tensor})`` and
-``validate(model, batch) -> {name: float}`` (optionally ``log_media(model, batch) -> {name: (T,)
-audio}``) -- and runs Adam with warm-up and decay, gradient clipping, EMA weights, bf16 autocast
-where the device has it, validation, TensorBoard and checkpoints. The loop reads top to bottom
-in :meth:`Trainer.fit`. The step's logs stay on the device until a log line is due, so a step
+:class:`Trainer` takes a model and an *objective* -- an
+:class:`~wavedistill.objectives.base.Objective`: ``loss(model, batch) -> (scalar, {name: 0-dim
+tensor})``, ``validate(model, batch) -> {name: float}``, ``log_media(model, batch) -> {name:
+(T,) audio}`` and ``valid_metric``, the validation value that selects ``best.pt`` -- and runs
+Adam with warm-up and decay, gradient clipping, EMA weights, bf16 autocast where the device
+has it, validation, TensorBoard and checkpoints. The loop reads top to bottom in
+:meth:`Trainer.fit`. The step's logs stay on the device until a log line is due, so a step
 waits for the device only to decide whether its loss and gradient are finite.
 
 A run folder (``--out``) holds::
@@ -35,7 +36,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from wavedistill.config import Config, audio_differences, config_to_dict, save_c
 from wavedistill.errors import UserError
 from wavedistill.store.checkpoint import (
     BEST_NAME,
+    ModelKind,
     capture_rng_state,
     latest_checkpoint,
     link_or_copy,
@@ -61,6 +63,11 @@ from wavedistill.training.distributed import Processes, autocast_dtype, gather
 from wavedistill.training.figures import mel_figure
 from wavedistill.training.optim import EMA, make_optimizer
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from wavedistill.objectives.base import Objective
+
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +82,7 @@ class _ObjectiveLoss(nn.Module):
     """The objective's loss as a module's forward, so DistributedDataParallel wraps the whole
     loss computation and the objective may call any method of the bare model."""
 
-    def __init__(self, model: nn.Module, objective):
+    def __init__(self, model: nn.Module, objective: Objective):
         super().__init__()
         self.model = model
         self._loss = objective.loss  # a bound method: not registered as a submodule
@@ -89,8 +96,8 @@ class Trainer:
     docstring. :meth:`run` picks the starting point (fresh, ``resume``, ``init_from``) and
     calls :meth:`fit`, the loop."""
 
-    def __init__(self, kind: str, model: nn.Module, objective, cfg: Config, data: DataFolder,
-                 out_dir: str | Path, procs: Processes, device: torch.device):
+    def __init__(self, kind: ModelKind, model: nn.Module, objective: Objective, cfg: Config,
+                 data: DataFolder, out_dir: str | Path, procs: Processes, device: torch.device):
         from wavedistill.data.corpora import SegmentDataset
 
         self.kind, self.cfg, self.data, self.procs, self.device = kind, cfg, data, procs, device
@@ -109,10 +116,11 @@ class Trainer:
                                       procs, pin_memory=device.type == "cuda")
         self.valid_data = valid_dataset(data, cfg)
         self._valid_cache: list[dict[str, Tensor]] | None = None
-        self.step, self.best_valid = 0, None
+        self.step = 0
+        self.best_valid: float | None = None
         self.bad_in_row, self.bad_total = 0, 0
         self._started = time.monotonic()
-        self.writer = None
+        self.writer: SummaryWriter | None = None  # open during fit() on the main process
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:
@@ -323,10 +331,11 @@ class Trainer:
         model.train(was_training)
         count = sum(batch["audio"].shape[0] for batch in batches)
         means = {k: v / count for k, v in totals.items()}
-        for key, value in means.items():
-            self.writer.add_scalar(f"valid/{key}", value, self.step)
+        if self.writer is not None:
+            for key, value in means.items():
+                self.writer.add_scalar(f"valid/{key}", value, self.step)
         self._append_history(means)
-        key = getattr(self.objective, "valid_metric", None) or next(iter(means))
+        key = self.objective.valid_metric
         log.info("step %d validation: %s", self.step,
                  ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
         return means[key]
@@ -360,17 +369,16 @@ class Trainer:
 
     @torch.no_grad()
     def log_media(self) -> None:
-        """Audio from ``objective.log_media`` (when it has one) and mel figures of it and of
-        the reference clip, written to TensorBoard."""
+        """Audio from ``objective.log_media`` and mel figures of it and of the reference clip,
+        written to TensorBoard."""
         batches = self._valid_batches()[:1]
-        media = getattr(self.objective, "log_media", None)
-        if not batches or media is None:
+        if not batches or self.writer is None:
             return
         batch = {k: v[:1] if isinstance(v, Tensor) else v for k, v in batches[0].items()}
         sr = self.cfg.audio.sample_rate
         clips = {"reference": batch["audio"][0]}
         with _isolated_rng(self.cfg.train.seed):
-            clips.update(media(self.eval_model, batch))
+            clips.update(self.objective.log_media(self.eval_model, batch))
         for name, clip in clips.items():
             clip = clip.detach().float().cpu().reshape(-1).clamp(-1, 1)
             self.writer.add_audio(f"audio/{name}", clip, self.step, sample_rate=sr)
@@ -441,15 +449,16 @@ class Trainer:
 
     def _log_train(self, means: dict[str, float], bar) -> None:
         lr = self.scheduler.get_last_lr()[0]
-        for key, value in means.items():
-            self.writer.add_scalar(f"train/{key}", value, self.step)
-        self.writer.add_scalar("train/learning_rate", lr, self.step)
+        if self.writer is not None:
+            for key, value in means.items():
+                self.writer.add_scalar(f"train/{key}", value, self.step)
+            self.writer.add_scalar("train/learning_rate", lr, self.step)
         bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}",
                         samples_s=f"{means['samples_per_s']:.0f}")
         log.debug("step %d: %s", self.step, means)
 
 
-def _check_same_model(ckpt: dict[str, Any], cfg: Config, kind: str) -> None:
+def _check_same_model(ckpt: dict[str, Any], cfg: Config, kind: ModelKind) -> None:
     """A resumed run may change training settings, not the model or its features."""
     stored, wanted = ckpt["config"], config_to_dict(cfg)
     differ = audio_differences(stored.get("audio", {}), cfg.audio)

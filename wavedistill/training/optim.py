@@ -7,7 +7,7 @@ import copy
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from wavedistill.config import TrainConfig
 
@@ -30,7 +30,8 @@ def lr_factor(step: int, train: TrainConfig) -> float:
 def make_optimizer(model: nn.Module, train: TrainConfig):
     """Adam over the trainable parameters, with its warm-up/decay ``LambdaLR`` schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=train.learning_rate, betas=tuple(train.betas),
+    betas = (train.betas[0], train.betas[1])  # checked by the config: two values
+    optimizer = torch.optim.Adam(params, lr=train.learning_rate, betas=betas,
                                  weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train))
     return optimizer, scheduler
@@ -50,7 +51,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
         decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
-        ema = [p for p in self.model.parameters()]
+        ema: list[Tensor] = [p for p in self.model.parameters()]
         raw = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema, raw, 1.0 - decay)  # ema += (1 - decay) * (raw - ema)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):

@@ -4,9 +4,10 @@ and one :class:`~wavedistill.training.loop.Trainer` run (see trainer.py for the 
 folder it writes).
 
 The pieces live in their own modules: :mod:`wavedistill.training.optim` (schedule, Adam, EMA),
-:mod:`wavedistill.training.distributed` (torchrun processes, device, precision), :mod:`wavedistill.training.batches`
-(dataset folder, data order, batches), :mod:`wavedistill.training.loop` (the loop, validation,
-checkpoints), :mod:`wavedistill.training.figures` (TensorBoard figures).
+:mod:`wavedistill.training.distributed` (torchrun processes, device, precision),
+:mod:`wavedistill.training.batches` (dataset folder, data order, batches),
+:mod:`wavedistill.training.loop` (the loop, validation, checkpoints),
+:mod:`wavedistill.training.figures` (TensorBoard figures).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
     from wavedistill.store.loading import load_model
 
     loaded = load_model(teacher_ckpt, "teacher")
-    teacher, teacher_cfg, teacher_stats = loaded.model, loaded.cfg, loaded.stats
+    teacher, teacher_cfg, teacher_stats = loaded.model, loaded.cfg, loaded.feature_stats
     check_teacher_compatible(teacher_cfg, cfg)
     cfg = dataclasses.replace(cfg, teacher=teacher_cfg.teacher)
     data = _with_teacher_stats(open_data_folder(data_dir, cfg), teacher_stats, teacher_ckpt)

@@ -1,7 +1,7 @@
 """The student's flows evaluated fast for inference: the same weights and arithmetic as
 :meth:`~wavedistill.models.iaf_flow.IAFFlow.forward`, arranged for CPU matrix products, a
-whole batch in every product (see :func:`fused_flow`). :meth:`IAFStudent.synthesize` and its chunked and
-streamed forms run through it; it equals the module path to float tolerance (tested).
+whole batch in every product (see :func:`fused_flow`). :meth:`IAFStudent.synthesize` and its
+chunked and streamed forms run through it; it equals the module path to float tolerance (tested).
 """
 
 from __future__ import annotations

@@ -186,6 +186,7 @@ INVARIANTS = [
     (["distill.power_weight=-1"], "distill.power_weight"),
     (["distill.power_log_weight=-1"], "distill.power_log_weight"),
     (["distill.stft_weight=-1"], "distill.stft_weight"),
+    (["distill.mel_weight=-1"], "distill.mel_weight"),
     (["distill.contrastive_weight=-1"], "distill.contrastive_weight"),
     (["distill.gaussian_reg_lambda=-1"], "distill.gaussian_reg_lambda"),
     (["distill.kl_weight=0", "distill.power_weight=0"], "distill.stft_weight"),

@@ -116,6 +116,9 @@ class DistillConfig:
     # weight of the multi-resolution STFT distance (spectral convergence + log magnitude, the
     # copy-synthesis distance that evaluation reports) at the power loss's resolutions
     stft_weight: float = 0.0
+    # weight of the L1 distance between the log-mel of the student's sample and of the real clip
+    # (the feature function's own log-mel, as HiFi-GAN's mel loss)
+    mel_weight: float = 0.0
     contrastive_weight: float = 0.0  # gamma; 0 disables the contrastive term
     gaussian_reg_lambda: float = 4.0  # ClariNet's lambda (log sigma_T - log sigma_S)^2
     # Floors on log-scales inside the KL, above the teacher's own floor: a peaked teacher
@@ -450,13 +453,13 @@ def validate(cfg: Config) -> None:
         _check(all(v > 0 for v in sizes), f"distill.{key} must be positive, got {sizes}")
     for fft, win in zip(k.power_fft_sizes, k.power_win_lengths, strict=True):
         _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
-    weights = ("kl_weight", "power_weight", "power_log_weight", "stft_weight",
+    weights = ("kl_weight", "power_weight", "power_log_weight", "stft_weight", "mel_weight",
                "contrastive_weight", "gaussian_reg_lambda")
     for key in weights:
         _check(getattr(k, key) >= 0, f"distill.{key} must be >= 0, got {getattr(k, key)}")
-    _check(k.kl_weight + k.power_weight + k.stft_weight > 0,
-           "distill.kl_weight, distill.power_weight and distill.stft_weight are all 0: "
-           "the student would learn nothing")
+    _check(k.kl_weight + k.power_weight + k.stft_weight + k.mel_weight > 0,
+           "distill.kl_weight, distill.power_weight, distill.stft_weight and distill.mel_weight "
+           "are all 0: the student would learn nothing")
     tr = cfg.train
     _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")
     _check(tr.audio_seconds > 0, f"train.audio_seconds must be positive, got {tr.audio_seconds}")

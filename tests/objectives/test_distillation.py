@@ -219,6 +219,28 @@ def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
                                                          rel=1e-5)
 
 
+def test_mel_weight_adds_the_l1_distance_of_the_feature_functions_log_mel():
+    from wavedistill.data.features import log_mel
+
+    cfg = tiny_config(distill={"kl_weight": 0.0, "power_weight": 0.0, "mel_weight": 2.0})
+    teacher, student = models(cfg)
+    batch = batch_for(cfg)
+    torch.manual_seed(1)
+    loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch))
+    torch.manual_seed(1)
+    z = sample_noise(batch["audio"].shape, cfg.student.noise)
+    x, _, _ = student(z, batch["mel"], batch["speaker"])
+    expected = (log_mel(x.detach(), cfg.audio) - log_mel(batch["audio"], cfg.audio)).abs().mean()
+    assert logs["mel_l1"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(2.0 * float(expected), rel=1e-5)
+    objective = Distillation(teacher, cfg)
+    # zero for the clip itself, and its gradient reaches the student's weights
+    assert float(objective.mel_l1(batch["audio"], batch["audio"])) == 0.0
+    loss, _ = objective.loss(student, batch)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
 def test_kl_weight_zero_trains_on_spectra_without_a_teacher_pass():
     cfg = tiny_config(distill={"kl_weight": 0.0, "stft_weight": 1.0})
     teacher, student = models(cfg)

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from wavedistill.config import Config, audio_differences
+from wavedistill.data.features import log_mel
 from wavedistill.dsp.levels import loudness_gap_db
 from wavedistill.dsp.spectral import MultiResolutionSTFT
 from wavedistill.errors import UserError
@@ -199,6 +200,7 @@ class Distillation:
         self.teacher_floor = max(self.distribution.log_scale_min, self.cfg.teacher_log_scale_min)
         self.student_floor = self.cfg.student_log_scale_min
         self.stft = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio)
+        self.audio = cfg.audio
         self._checked_students: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # -- KL(student || teacher) --------------------------------------------------------------
@@ -276,6 +278,9 @@ class Distillation:
         if c.stft_weight > 0:
             total = total + c.stft_weight * (spectra["spectral_convergence"]
                                              + spectra["log_magnitude"])
+        if c.mel_weight > 0:
+            spectra["mel_l1"] = self.mel_l1(x.float(), audio.float())
+            total = total + c.mel_weight * spectra["mel_l1"]
         contrastive = torch.zeros((), device=x.device)
         if c.contrastive_weight > 0 and x.shape[0] > 1:
             rolled = speaker.roll(1, 0) if speaker is not None else None
@@ -285,6 +290,11 @@ class Distillation:
         logs["contrastive"] = _value(contrastive)
         logs["loudness_gap_db"] = loudness_gap_db(x, audio).mean()
         return total, logs
+
+    def mel_l1(self, x: Tensor, audio: Tensor) -> Tensor:
+        """Mean absolute difference of the log-mel of ``x`` and of ``audio``, ``(B, T)`` each:
+        the feature function's own log-mel (its log base and floor), a scalar."""
+        return (log_mel(x, self.audio) - log_mel(audio, self.audio)).abs().mean()
 
     def _spectral(self, x: Tensor, audio: Tensor) -> dict[str, Tensor]:
         if self.cfg.power_log_weight > 0 or self.cfg.stft_weight > 0:
@@ -311,9 +321,11 @@ class Distillation:
         z = _noise(audio, audio.shape, self.noise)
         x, mu_tot, log_s_tot = student(z, mel, speaker)
         terms = self.kl_terms(x, mu_tot, log_s_tot, mel, speaker, self._draws(x))
-        d = self.stft.distances(x.float().clamp(-1.0, 1.0), audio.float())
+        clipped = x.float().clamp(-1.0, 1.0)
+        d = self.stft.distances(clipped, audio.float())
         return {"stft_distance": float(d["spectral_convergence"] + d["log_magnitude"]),
                 "power": float(d["power"]),
+                "mel_l1": float(self.mel_l1(clipped, audio.float())),
                 "loudness_gap_db": float(loudness_gap_db(x.clamp(-1.0, 1.0), audio).mean()),
                 "kl": float(terms.kl), "cross_entropy": float(terms.cross_entropy),
                 "entropy": float(terms.entropy)}

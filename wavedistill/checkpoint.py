@@ -58,8 +58,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     _check_payload(path, payload)
     payload = {"format": FORMAT, "version": __version__, **payload}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    # torch's zip writer fails on a full disk with a RuntimeError; atomic_write says it in one
+    # line, with the size the tensors need
+    atomic_write(path, lambda f: torch.save(payload, f), size=tensor_bytes(payload))
     return path
+
+
+def tensor_bytes(data: Any) -> int:
+    """Bytes of every tensor in a nested dict/list: about what a checkpoint of it needs."""
+    if isinstance(data, torch.Tensor):
+        return data.numel() * data.element_size()
+    if isinstance(data, dict):
+        return sum(tensor_bytes(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(tensor_bytes(v) for v in data)
+    return 0
 
 
 def _check_payload(path: Path, payload: dict[str, Any]) -> None:

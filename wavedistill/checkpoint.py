@@ -64,10 +64,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+TENSOR_OVERHEAD = 200  # bytes per tensor in torch's zip file: a record header, alignment, pickle
+
+
 def tensor_bytes(data: Any) -> int:
-    """Bytes of every tensor in a nested dict/list: about what a checkpoint of it needs."""
+    """Bytes of every tensor in a nested dict/list, with the zip file's overhead per tensor:
+    about what a checkpoint of it needs."""
     if isinstance(data, torch.Tensor):
-        return data.numel() * data.element_size()
+        return data.numel() * data.element_size() + TENSOR_OVERHEAD
     if isinstance(data, dict):
         return sum(tensor_bytes(v) for v in data.values())
     if isinstance(data, (list, tuple)):

@@ -189,6 +189,8 @@ def cmd_evaluate(args) -> int:
     sentence = verdict(results["copy_synthesis"])
     if sentence:
         print(sentence)
+    if results.get("skipped"):
+        print(results["skipped"])  # clips left out as corrupted, and where they are listed
     return 0
 
 

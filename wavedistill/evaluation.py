@@ -48,7 +48,8 @@ from wavedistill import metrics
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats, frames_for, lowest_log_mel
-from wavedistill.fileio import atomic_write_text
+from wavedistill.datacheck import SKIPPED_NAME, SkipLog
+from wavedistill.fileio import atomic_path, atomic_write_text
 from wavedistill.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,11 @@ SPLITS = ("valid", "all")
 
 
 def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int | None = None,
-                   split: str = "valid") -> list[Clip]:
+                   split: str = "valid", skipped: SkipLog | None = None) -> list[Clip]:
     """The utterances of ``split``, whole, in manifest order (the first ``limit``):
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
-    split first), for a corpus the model never saw, such as another speaker's."""
+    split first), for a corpus the model never saw, such as another speaker's. Corrupted
+    clips are left out and reported to ``skipped``."""
     from wavedistill.datasets import SegmentDataset
 
     if split not in SPLITS:
@@ -115,6 +117,10 @@ def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int 
     parts = ("valid",) if split == "valid" else ("train", "valid")
     datasets = [SegmentDataset(data_dir, p, cfg, stats, full_utterances=True) for p in parts]
     items = [d[i] for d in datasets for i in range(len(d))]
+    for item in items:
+        if "corrupt" in item and skipped is not None:
+            skipped.record(*item["corrupt"])
+    items = [item for item in items if "corrupt" not in item]
     if not items:
         raise UserError(f"{data_dir}: the {split} split has no utterances "
                         f"({' + '.join(p + '.jsonl' for p in parts)} empty)")
@@ -373,7 +379,13 @@ def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Con
     axes[-1].set_xlabel("seconds")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="log-mel (natural log)")
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A figure as a PNG file, atomically (a full disk is one line, like every write)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def write_report(out_dir: Path, results: Results) -> None:
@@ -408,7 +420,8 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         check_teacher_compatible(ref.cfg, main.cfg)
     the_teacher = main if main.kind == "teacher" else ref
 
-    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips, split)
+    skipped = SkipLog(out_dir / SKIPPED_NAME, data_dir, total=0)
+    clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips, split, skipped)
     results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
                        "teacher": str(teacher) if teacher else None, "clips": len(clips),
                        "teacher_seconds": teacher_seconds,
@@ -418,7 +431,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if main.kind == "teacher":
         log.info("held-out NLL over the validation split")
         results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.stats,
-                                                        split=split), dev)
+                                                        split=split, skipped=skipped), dev)
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
         synthesis["student"] = student_samples(main, clips, dev)
@@ -428,7 +441,8 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if the_teacher is not None:
         log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
         # The teacher's own statistics normalise its conditioning.
-        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips, split)
+        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.stats, max_clips, split,
+                                 skipped)
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
     if griffin_lim_iters > 0:
         log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
@@ -442,6 +456,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     results.header["figures"] = draw_figures(out_dir, clips, synthesis, main.cfg)
     if the_teacher is not None:
         results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
+    results.header["skipped"] = skipped.summary()
     write_report(out_dir, results)
     return results.to_dict()
 
@@ -476,7 +491,7 @@ def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
     ax.grid(alpha=0.3)
     name = "figures/teacher_nll.png"
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / name, dpi=100)
+    _save_figure(fig, out_dir / name)
     return name
 
 

@@ -53,7 +53,7 @@ from wavedistill.config import Config, config_from_dict, save_config
 from wavedistill.datasets import SINGLE_SPEAKER, split_utterances
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats, frames_for
-from wavedistill.fileio import atomic_write_text
+from wavedistill.fileio import atomic_write, atomic_write_text
 
 KINDS = ("ar", "ar-conditioned", "ar-logistic")
 BURN_IN = 4096  # samples run before each clip so that it starts in the stationary state
@@ -325,7 +325,7 @@ def _write_clip(out_dir: Path, uid: str, source: ARSource, x: np.ndarray, contro
     pcm = quantize_16bit(np.clip(x, -1.0, 1.0).astype(np.float32))
     for sub, array in (("audio", pcm), ("mel", encode_control(control))):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        np.save(out_dir / sub / f"{uid}.npy", array)
+        atomic_write(out_dir / sub / f"{uid}.npy", lambda f, a=array: np.save(f, a))
     write_wav(out_dir / "wav" / f"{uid}.wav", dequantize_16bit(pcm), cfg.audio.sample_rate)
     h = source.entropy_rate(len(x))
     return {"id": uid, "clipped_samples": clipped, "samples": len(x),

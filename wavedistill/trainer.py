@@ -200,7 +200,8 @@ class Trainer:
         A full disk, a signal and corrupted clips end the run as the module docstring says."""
         if resume and init_from is not None:
             raise UserError("give --resume or --init-from, not both")
-        lock = run_lock(self.out_dir, self.kind) if self.procs.is_main else contextlib.nullcontext()
+        command = {"teacher": "train-teacher", "student": "distill"}[self.kind]
+        lock = run_lock(self.out_dir, command) if self.procs.is_main else contextlib.nullcontext()
         with lock, self.stop, explain(self._intact):
             try:
                 self._start(resume, init_from)
@@ -243,7 +244,7 @@ class Trainer:
         meter, bar = _Meter(), self._progress_bar()
         budget = _Budget(self.cfg.train.max_minutes, self.procs, self.device)
         self._started = time.monotonic()
-        with self._tensorboard():
+        with contextlib.closing(bar), self._tensorboard():  # an error starts on its own line
             if self.step == 0 and self.procs.is_main:
                 self.validate()  # the starting point: the curve then shows what training gains
             while self.step < total:
@@ -265,7 +266,6 @@ class Trainer:
         if self.step < total:  # the loop ends early only when the clock ran out
             log.info("stopped at step %d: train.max_minutes (%g) reached", self.step,
                      self.cfg.train.max_minutes)
-        bar.close()
 
     def _stop_requested(self) -> bool:
         """A signal asked to stop (on any rank: every rank stops after the same step)."""

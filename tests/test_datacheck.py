@@ -30,8 +30,9 @@ def entries(folder: Path, split: str) -> list[dict]:
     return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
 
 
-def copy_with_nan(clean: Path, tmp_path: Path, count: int, split: str = "train"
-                  ) -> tuple[Path, list[Path]]:
+def copy_with_nan(
+    clean: Path, tmp_path: Path, count: int, split: str = "train"
+) -> tuple[Path, list[Path]]:
     """A copy of the folder whose first ``count`` clips of ``split`` hold NaN in their log-mel;
     returns it and the damaged files."""
     folder = shutil.copytree(clean, tmp_path / "data")
@@ -79,8 +80,9 @@ def test_each_kind_of_damage_is_found_and_named(clean, tmp_path):
 
     mel = np.load(folder / others[0]["mel"])
     assert damaged(others[0], "mel", mel[:, :-1]) == (
-        folder / others[0]["mel"], f"shape {(mel.shape[0], mel.shape[1] - 1)}, the manifest says "
-        f"{mel.shape}")
+        folder / others[0]["mel"],
+        f"shape {(mel.shape[0], mel.shape[1] - 1)}, the manifest says {mel.shape}",
+    )
     floored = np.full_like(np.load(folder / others[1]["mel"]), -20.0)  # log(1e-5) is -11.5
     assert "below the log floor" in damaged(others[1], "mel", floored)[1]
     loud = np.load(folder / others[2]["mel"]) + 40.0
@@ -110,8 +112,10 @@ def test_info_check_lists_every_bad_array_and_manifest_line(clean, tmp_path, cap
 
 def test_training_skips_a_corrupted_clip_names_it_once_and_sums_up(clean, tmp_path, caplog):
     folder, (bad,) = copy_with_nan(clean, tmp_path, 1)
-    cfg = tiny_cfg(data={"max_corrupt_fraction": 0.5},
-                   train={"steps": 6, "checkpoint_every": 100, "valid_every": 100})
+    cfg = tiny_cfg(
+        data={"max_corrupt_fraction": 0.5},
+        train={"steps": 6, "checkpoint_every": 100, "valid_every": 100},
+    )
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
         trainer = train_teacher(cfg, folder, out)
@@ -119,15 +123,28 @@ def test_training_skips_a_corrupted_clip_names_it_once_and_sums_up(clean, tmp_pa
     named = [r for r in caplog.records if str(bad) in r.getMessage()]
     assert len(named) == 1 and "skipped as corrupted" in named[0].getMessage()
     assert (out / "skipped.txt").read_text().startswith(f"{bad}: ")
-    assert caplog.records[-1].getMessage() == (f"1 clip(s) skipped as corrupted: see "
-                                               f"{out / 'skipped.txt'}")
+    assert caplog.records[-1].getMessage() == (
+        f"1 clip(s) skipped as corrupted: see {out / 'skipped.txt'}"
+    )
 
 
 def test_more_corrupted_clips_than_the_limit_stop_training_in_one_line(clean, tmp_path, capsys):
     folder, _ = copy_with_nan(clean, tmp_path, 3)  # half the clips, as in the report
-    code, _, err = cli(capsys, "train-teacher", "--data", folder, "--out", tmp_path / "run",
-                       *[f"{s}.{k}={v}" for s, keys in TINY_CONFIG.items() for k, v in
-                         keys.items() if not isinstance(v, (list, dict))], "train.steps=20")
+    code, _, err = cli(
+        capsys,
+        "train-teacher",
+        "--data",
+        folder,
+        "--out",
+        tmp_path / "run",
+        *[
+            f"{s}.{k}={v}"
+            for s, keys in TINY_CONFIG.items()
+            for k, v in keys.items()
+            if not isinstance(v, (list, dict))
+        ],
+        "train.steps=20",
+    )
     line = err.strip().splitlines()[-1].split("\r")[-1]
     assert code == 2 and "Traceback" not in err
     assert line.startswith(f"wavedistill train-teacher: error: {folder}: ")
@@ -152,12 +169,27 @@ def test_evaluation_leaves_out_a_corrupted_clip_and_names_it(clean, tmp_path, ca
     train_teacher(cfg, clean, tmp_path / "teacher")
     folder, (bad,) = copy_with_nan(clean, tmp_path, 1)
     report = tmp_path / "report"
-    code, out, err = cli(capsys, "evaluate", "--checkpoint",
-                         tmp_path / "teacher" / "checkpoints" / "best.pt", "--data", folder,
-                         "--out", report, "--split", "all", "--griffin-lim-iters", "0",
-                         "--teacher-seconds", "0.02", "--max-clips", "6")
+    code, out, err = cli(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        tmp_path / "teacher" / "checkpoints" / "best.pt",
+        "--data",
+        folder,
+        "--out",
+        report,
+        "--split",
+        "all",
+        "--griffin-lim-iters",
+        "0",
+        "--teacher-seconds",
+        "0.02",
+        "--max-clips",
+        "6",
+    )
     assert code == 0, err
-    assert out.strip().splitlines()[-1] == (f"1 clip(s) skipped as corrupted: see "
-                                            f"{report / 'skipped.txt'}")
+    assert out.strip().splitlines()[-1] == (
+        f"1 clip(s) skipped as corrupted: see {report / 'skipped.txt'}"
+    )
     assert (report / "skipped.txt").read_text().startswith(f"{bad}: ")
     assert json.loads((report / "metrics.json").read_text())["clips"] == 5

@@ -41,11 +41,16 @@ def small_fs(tmp_path):
     folder.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command: the real full-disk variant needs a small file system")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'refused'}); "
-                    "the injected ENOSPC tests cover the same paths")
+        pytest.skip(
+            f"cannot mount a small tmpfs here ({done.stderr.strip() or 'refused'}); "
+            "the injected ENOSPC tests cover the same paths"
+        )
     try:
         yield folder
     finally:
@@ -107,7 +112,7 @@ def test_every_writers_way_of_failing_on_a_full_disk_reads_as_out_of_space(tmp_p
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
     except RuntimeError as exc:
         assert isinstance(translate(exc, path), OutOfSpace)
     eio = translate(OSError(errno.EIO, "x"), path, needed=2_900_000)
@@ -125,8 +130,12 @@ def test_an_error_without_errno_on_a_nearly_full_disk_is_out_of_space(tmp_path, 
 
 
 def test_sizes_read_as_people_write_them():
-    assert [format_size(n) for n in (512, 4096, 2_900_000, 1_234_000_000)] == \
-        ["512 bytes", "4.1 kB", "2.9 MB", "1.2 GB"]
+    assert [format_size(n) for n in (512, 4096, 2_900_000, 1_234_000_000)] == [
+        "512 bytes",
+        "4.1 kB",
+        "2.9 MB",
+        "1.2 GB",
+    ]
 
 
 @pytest.mark.parametrize("code, kind", [(errno.ENOSPC, OutOfSpace), (errno.EIO, WriteFailed)])
@@ -164,10 +173,13 @@ def test_a_failed_append_leaves_no_half_line(tmp_path, monkeypatch):
 # -- training: injected at the checkpoint's write --------------------------------------------
 
 
-@pytest.mark.parametrize("code, status, reason", [(errno.ENOSPC, 28, "no space left"),
-                                                  (errno.EIO, 74, "write failed (Input/output error)")])
+@pytest.mark.parametrize(
+    "code, status, reason",
+    [(errno.ENOSPC, 28, "no space left"), (errno.EIO, 74, "write failed (Input/output error)")],
+)
 def test_a_checkpoint_that_cannot_be_written_ends_in_one_line_and_resume_completes(
-        dataset, tmp_path, capsys, monkeypatch, code, status, reason):
+    dataset, tmp_path, capsys, monkeypatch, code, status, reason
+):
     out = tmp_path / "run"
     conf = config_file(tmp_path, steps=4, checkpoint_every=2, keep_last=1, valid_every=100)
     args = ["train-teacher", "--config", conf, "--data", dataset, "--out", out]
@@ -175,8 +187,10 @@ def test_a_checkpoint_that_cannot_be_written_ends_in_one_line_and_resume_complet
     # the first checkpoint (step 2) cannot be written either: nothing to resume from yet
     code_, err = cli(capsys, *args)
     assert code_ == status and "Traceback" not in err
-    assert last_line(err).startswith(f"wavedistill train-teacher: error: {reason} writing "
-                                     f"{out / 'checkpoints' / 'step-000002.pt'} (")
+    assert last_line(err).startswith(
+        f"wavedistill train-teacher: error: {reason} writing "
+        f"{out / 'checkpoints' / 'step-000002.pt'} ("
+    )
     assert "no checkpoint written yet" in last_line(err)
     assert temporary_files(out) == [] and latest_checkpoint(out) is None
 
@@ -196,9 +210,11 @@ def test_a_checkpoint_that_cannot_be_written_ends_in_one_line_and_resume_complet
     assert code_ == status and "Traceback" not in err, err
     assert f"writing {out / 'checkpoints' / 'step-000004.pt'} (" in line
     assert "kB needed" in line and "free)" in line
-    assert line.endswith("; step-000002.pt is intact; "
-                         + ("free space" if code == errno.ENOSPC else "check the disk")
-                         + " and run again with --resume")
+    assert line.endswith(
+        "; step-000002.pt is intact; "
+        + ("free space" if code == errno.ENOSPC else "check the disk")
+        + " and run again with --resume"
+    )
     assert temporary_files(out) == []
     assert load_checkpoint(out / "checkpoints" / "step-000002.pt")["step"] == 2
 
@@ -230,8 +246,9 @@ def test_a_preprocess_that_cannot_write_ends_in_one_line(tmp_path, capsys, monke
     line = last_line(err)
     assert code == 28 and "Traceback" not in err, err
     assert line.startswith(f"wavedistill preprocess: error: no space left writing {out}/")
-    assert line.endswith("the folder's manifests are as before this run; free space and run "
-                         "the same command again")
+    assert line.endswith(
+        "the folder's manifests are as before this run; free space and run the same command again"
+    )
     assert temporary_files(out) == []
     monkeypatch.undo()
     code, err = cli(capsys, "preprocess", "--config", conf, "--data", corpus, "--out", out)
@@ -241,8 +258,9 @@ def test_a_preprocess_that_cannot_write_ends_in_one_line(tmp_path, capsys, monke
 # -- for real, on a small file system --------------------------------------------------------
 
 
-def test_training_on_a_full_disk_keeps_its_checkpoint_and_resumes(dataset, tmp_path, small_fs,
-                                                                 capsys):
+def test_training_on_a_full_disk_keeps_its_checkpoint_and_resumes(
+    dataset, tmp_path, small_fs, capsys
+):
     out = small_fs / "run"
     conf = config_file(tmp_path, steps=2, checkpoint_every=2, keep_last=1, valid_every=100)
     args = ["train-teacher", "--config", conf, "--data", dataset, "--out", out]
@@ -252,8 +270,10 @@ def test_training_on_a_full_disk_keeps_its_checkpoint_and_resumes(dataset, tmp_p
     code, err = cli(capsys, *args, "--resume", "train.steps=4")
     line = last_line(err)
     assert code == 28 and "Traceback" not in err, err
-    assert line.startswith(f"wavedistill train-teacher: error: no space left writing "
-                           f"{out / 'checkpoints' / 'step-000004.pt'} (")
+    assert line.startswith(
+        f"wavedistill train-teacher: error: no space left writing "
+        f"{out / 'checkpoints' / 'step-000004.pt'} ("
+    )
     assert line.endswith("; step-000002.pt is intact; free space and run again with --resume")
     assert temporary_files(small_fs) == []
     assert (out / "checkpoints" / "step-000002.pt").read_bytes() == step2
@@ -263,8 +283,7 @@ def test_training_on_a_full_disk_keeps_its_checkpoint_and_resumes(dataset, tmp_p
     assert load_checkpoint(latest_checkpoint(out))["step"] == 4
 
 
-def test_preprocess_on_a_full_disk_stops_and_the_same_command_completes(tmp_path, small_fs,
-                                                                        capsys):
+def test_preprocess_on_a_full_disk_stops_and_the_same_command_completes(tmp_path, small_fs, capsys):
     corpus = tmp_path / "corpus"
     for i in range(6):
         write_clip(corpus / f"clip{i}.wav", seconds=0.5, seed=i)
@@ -280,12 +299,14 @@ def test_preprocess_on_a_full_disk_stops_and_the_same_command_completes(tmp_path
     ballast.unlink()
     code, err = cli(capsys, *args)
     assert code == 0, err
-    assert len((out / "train.jsonl").read_text().splitlines()) + \
-        len((out / "valid.jsonl").read_text().splitlines()) == 6
+    assert (
+        len((out / "train.jsonl").read_text().splitlines())
+        + len((out / "valid.jsonl").read_text().splitlines())
+        == 6
+    )
 
 
-def test_synthesis_on_a_full_disk_stops_and_the_same_command_completes(tmp_path, small_fs,
-                                                                       capsys):
+def test_synthesis_on_a_full_disk_stops_and_the_same_command_completes(tmp_path, small_fs, capsys):
     clip = write_clip(tmp_path / "clip.wav", seconds=1.0)
     output = small_fs / "out.wav"
     ballast = fill(small_fs, leave=8_000)  # a second of 16 kHz 16-bit audio needs 32 kB
@@ -293,10 +314,12 @@ def test_synthesis_on_a_full_disk_stops_and_the_same_command_completes(tmp_path,
     code, err = cli(capsys, *args)
     line = last_line(err)
     assert code == 28 and "Traceback" not in err, err
-    assert line.startswith(f"wavedistill synthesize: error: no space left writing {output} "
-                           "(32.0 kB needed, ")
-    assert line.endswith("the 0 output(s) written before it are complete; free space and run "
-                         "the same command again")
+    assert line.startswith(
+        f"wavedistill synthesize: error: no space left writing {output} (32.0 kB needed, "
+    )
+    assert line.endswith(
+        "the 0 output(s) written before it are complete; free space and run the same command again"
+    )
     assert temporary_files(small_fs) == [] and not output.exists()
     ballast.unlink()
     code, err = cli(capsys, *args)

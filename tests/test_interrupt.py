@@ -33,8 +33,9 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     """The final weights of a run of STEPS that no signal reached (in this process)."""
-    trainer = train_teacher(config_from_dict(settings()), dataset,
-                            tmp_path_factory.mktemp("straight") / "run")
+    trainer = train_teacher(
+        config_from_dict(settings()), dataset, tmp_path_factory.mktemp("straight") / "run"
+    )
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
@@ -49,8 +50,19 @@ def start(dataset: Path, out: Path, *extra: str, stderr=subprocess.PIPE) -> subp
     config = out.parent / "tiny.yaml"
     config.write_text(yaml.safe_dump(settings()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "wavedistill", "train-teacher", "--config", str(config),
-               "--data", str(dataset), "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "wavedistill",
+        "train-teacher",
+        "--config",
+        str(config),
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
@@ -67,10 +79,12 @@ def one_thread_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("sig, status, name", [(signal.SIGINT, 130, "SIGINT"),
-                                               (signal.SIGTERM, 143, "SIGTERM")])
-def test_a_signal_saves_and_the_resumed_run_ends_bit_identical(dataset, uninterrupted, tmp_path,
-                                                               sig, status, name):
+@pytest.mark.parametrize(
+    "sig, status, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_a_signal_saves_and_the_resumed_run_ends_bit_identical(
+    dataset, uninterrupted, tmp_path, sig, status, name
+):
     out = tmp_path / "run"
     proc = start(dataset, out)
     wait_until_training(proc, out)
@@ -82,8 +96,10 @@ def test_a_signal_saves_and_the_resumed_run_ends_bit_identical(dataset, uninterr
     saved = latest_checkpoint(out)
     step = load_checkpoint(saved)["step"]
     assert 0 < step < STEPS, "the signal came too late to interrupt the run"
-    assert line.startswith(f"wavedistill train-teacher: interrupted by {name} at step {step} of "
-                           f"{STEPS}: saved {saved}; resume with: wavedistill train-teacher ")
+    assert line.startswith(
+        f"wavedistill train-teacher: interrupted by {name} at step {step} of "
+        f"{STEPS}: saved {saved}; resume with: wavedistill train-teacher "
+    )
     assert line.endswith(" --resume")
 
     if sig == signal.SIGINT:  # the command the message gives, as the user would run it
@@ -114,6 +130,7 @@ def test_a_second_ctrl_c_exits_at_once(dataset, tmp_path):
         proc.wait(timeout=60)
     err = log.read_text()
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == ("wavedistill train-teacher: SIGINT again: stopped at "
-                                            "once without saving")
+    assert err.strip().splitlines()[-1] == (
+        "wavedistill train-teacher: SIGINT again: stopped at once without saving"
+    )
     assert not [p for p in out.rglob("*.tmp")]

@@ -41,8 +41,11 @@ def cli(capsys, *args) -> tuple[int, str]:
 def test_a_lock_is_exclusive_and_leaves_nothing_behind(tmp_path):
     with run_lock(tmp_path, "preprocess") as path:
         assert holder_pid(tmp_path) == os.getpid()
-        with pytest.raises(FolderBusy, match=rf"in use by another run \(pid {os.getpid()}, "
-                                             r"wavedistill preprocess, since "):
+        with pytest.raises(
+            FolderBusy,
+            match=rf"in use by another run \(pid {os.getpid()}, "
+            r"wavedistill preprocess, since ",
+        ):
             with run_lock(tmp_path, "train-teacher"):
                 pass
     assert not path.exists()
@@ -51,27 +54,44 @@ def test_a_lock_is_exclusive_and_leaves_nothing_behind(tmp_path):
 
 
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(
-        dataset, tmp_path, capsys):
+    dataset, tmp_path, capsys
+):
     out = tmp_path / "run"
     busy = config_file(tmp_path, steps=100000, valid_every=100000, checkpoint_every=100000)
     first = subprocess.Popen(
-        [sys.executable, "-m", "wavedistill", "train-teacher", "--config", str(busy), "--data",
-         str(dataset), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "wavedistill",
+            "train-teacher",
+            "--config",
+            str(busy),
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 60
         while not (out / "validation.jsonl").exists():  # it holds the folder and trains
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         short = config_file(tmp_path, steps=2)
-        for command in (["train-teacher", "--config", short, "--data", dataset],
-                        ["preprocess", "--data", dataset.parent / "corpus"]):
+        for command in (
+            ["train-teacher", "--config", short, "--data", dataset],
+            ["preprocess", "--data", dataset.parent / "corpus"],
+        ):
             code, err = cli(capsys, *command, "--out", out)
             lines = err.strip().splitlines()
             assert code == 2 and len(lines) == 1, err
-            assert lines[0].startswith(f"wavedistill {command[0]}: error: {out}: in use by "
-                                       f"another run (pid {first.pid}, wavedistill train-teacher, ")
+            assert lines[0].startswith(
+                f"wavedistill {command[0]}: error: {out}: in use by "
+                f"another run (pid {first.pid}, wavedistill train-teacher, "
+            )
             assert lines[0].endswith("wait for it to end or choose another output folder")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)

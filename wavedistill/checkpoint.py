@@ -7,7 +7,8 @@ A checkpoint is a ``torch.save`` dict holding only tensors and plain Python type
      "config": dict (the resolved Config), "stats": {"mean": (n_mels,), "std": (n_mels,)},
      "model": state_dict, "ema": state_dict | None, "optimizer": dict, "scheduler": dict,
      "step": int, "rng": [per-rank RNG state], "data_state": {"epoch": int, "position": int},
-     "best_valid": float | None, "speakers": {name: id}, "skipped_steps": int}
+     "best_valid": float | None, "speakers": {name: id}, "skipped_steps": int,
+     "scaler": the float16 GradScaler's state_dict | None}
 
 It is read with ``torch.load(weights_only=True)``, so a file from a stranger can hold no code
 that runs on load; anything else is refused with a one-line :class:`UserError`. Files are

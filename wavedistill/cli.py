@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wavedistill import __version__
 from wavedistill.errors import UserError
-from wavedistill.faults import EXIT_OUT_OF_SPACE, EXIT_WRITE_FAILED, WriteFailed
+from wavedistill.faults import EXIT_OUT_OF_SPACE, EXIT_WRITE_FAILED, WriteFailed, advice
 from wavedistill.interrupt import Interrupted
 
 EXIT_STATUSES = f"""exit status:
@@ -146,17 +146,22 @@ def cmd_export(args) -> int:
         export_onnx,
         export_torchscript,
     )
+    from wavedistill.faults import explain
     from wavedistill.loading import load_pretrained
 
     loaded = load_pretrained(args.checkpoint)
     if args.onnx or args.torchscript:
         check_deployable(loaded)  # before the bundle is written
-    out = export_bundle(loaded, args.out, trained_on=args.trained_on)
+    with explain(lambda exc: f"{args.out} is not a complete bundle until bundle.json is "
+                             "written; " + advice(exc, "run the same command again")):
+        out = export_bundle(loaded, args.out, trained_on=args.trained_on)
     print(f"wrote the {loaded.kind} bundle {out}")
-    if args.torchscript:
-        print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
-    if args.onnx:
-        print(f"wrote {export_onnx(loaded, out / 'student.onnx')}")
+    with explain(lambda exc: f"the bundle {out} itself is complete; "
+                             + advice(exc, "run the same command again")):
+        if args.torchscript:
+            print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
+        if args.onnx:
+            print(f"wrote {export_onnx(loaded, out / 'student.onnx')}")
     return 0
 
 
@@ -359,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     except WriteFailed as exc:
         if args.debug:
             raise
+        if not exc.notes:  # files written whole before it stay; nothing half-written does
+            exc.add(advice(exc, "run the same command again"))
         print(f"wavedistill {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Interrupted as exc:

@@ -29,8 +29,9 @@ from wavedistill.features import FeatureStats, lowest_log_mel
 log = logging.getLogger(__name__)
 
 SKIPPED_NAME = "skipped.txt"  # in the output folder of a command that skipped clips
-# A clip whose log-mel lies on average this many of the folder's standard deviations from the
-# folder's mean is not speech computed by preprocess (a real clip stays within a few).
+# A clip whose mean log-mel lies this many standard deviations (of all the folder's values)
+# from the folder's mean is not audio computed by preprocess: a real clip's mean stays within a
+# few, a silent one at the log floor included.
 LEVEL_LIMIT = 10.0
 FLOOR_TOLERANCE = 1e-3  # float32 rounding of the floor itself
 ENTRY_KEYS = ("id", "audio", "mel", "samples", "frames")
@@ -102,11 +103,16 @@ class ClipCheck:
         return self._level_problem(mel)
 
     def _level_problem(self, mel: np.ndarray) -> str | None:
+        """The clip's mean log-mel against the folder's: in units of the spread of all the
+        folder's values (per-channel deviations would let one near-constant channel, whose
+        std is floored, decide)."""
         if self.stats is None or mel.size == 0 or _is_identity(self.stats):
             return None
-        mean = self.stats.mean.numpy().astype(np.float64)[:, None]
-        std = self.stats.std.numpy().astype(np.float64)[:, None]
-        level = float(((mel - mean) / std).mean())
+        means = self.stats.mean.numpy().astype(np.float64)
+        stds = self.stats.std.numpy().astype(np.float64)
+        centre = means.mean()
+        spread = math.sqrt(float(np.mean(stds**2 + (means - centre) ** 2)))
+        level = (float(mel.mean()) - centre) / spread
         if not math.isfinite(level) or abs(level) > LEVEL_LIMIT:
             return (
                 f"level {level:+.1f} standard deviations from the folder's statistics "

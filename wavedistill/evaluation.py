@@ -46,9 +46,9 @@ import torch
 
 from wavedistill import metrics
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
+from wavedistill.datacheck import SKIPPED_NAME, SkipLog
 from wavedistill.errors import UserError
 from wavedistill.features import FeatureStats, frames_for, lowest_log_mel
-from wavedistill.datacheck import SKIPPED_NAME, SkipLog
 from wavedistill.fileio import atomic_path, atomic_write_text
 from wavedistill.loading import LoadedModel, load_model
 

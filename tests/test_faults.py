@@ -118,6 +118,8 @@ def test_every_writers_way_of_failing_on_a_full_disk_reads_as_out_of_space(tmp_p
     eio = translate(OSError(errno.EIO, "x"), path, needed=2_900_000)
     assert type(eio) is WriteFailed and eio.exit_code == 74
     assert str(eio).startswith(f"write failed (Input/output error) writing {path} (2.9 MB needed")
+    rust = Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert isinstance(translate(rust, path), OutOfSpace)  # safetensors
     assert translate(ValueError("a bug"), path) is None
     assert translate(RuntimeError("a bug"), path) is None  # plenty of space: not the disk
 
@@ -324,3 +326,37 @@ def test_synthesis_on_a_full_disk_stops_and_the_same_command_completes(tmp_path,
     ballast.unlink()
     code, err = cli(capsys, *args)
     assert code == 0 and output.stat().st_size == 44 + 2 * 16000
+
+
+def test_tensorboard_events_on_a_full_disk_are_one_error_naming_the_file(tmp_path, capsys):
+    from wavedistill.eventlog import EventLog
+
+    events = EventLog(tmp_path / "tb")
+    events.flush()  # the file's header is out; from now on the disk is full
+
+    def full(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    events._writer.file_writer.event_writer._general_file_writer.write = full
+    with pytest.raises(OutOfSpace, match=f"no space left writing {events.events_file}"):
+        for step in range(100):  # the writer thread fails; a later call says so
+            events.add_scalar("train/loss", 1.0, step)
+            events.flush()
+    events.close(quiet=True)
+    assert "Traceback" not in capsys.readouterr().err  # the thread's error is not printed
+
+
+def test_an_export_that_cannot_write_is_one_line_and_the_folder_no_bundle(
+    tmp_path, small_fs, capsys
+):
+    bundle = small_fs / "bundle"
+    ballast = fill(small_fs, leave=20_000)  # the shipped student's weights need 1.7 MB
+    code, err = cli(capsys, "export", "--checkpoint", "alice-student", "--out", bundle)
+    assert code == 28 and "Traceback" not in err, err
+    assert last_line(err).startswith(
+        f"wavedistill export: error: no space left writing "
+        f"{bundle / 'model.safetensors'} (1.7 MB needed, "
+    )
+    assert not (bundle / "bundle.json").exists() and temporary_files(small_fs) == []
+    ballast.unlink()
+    assert cli(capsys, "export", "--checkpoint", "alice-student", "--out", bundle)[0] == 0

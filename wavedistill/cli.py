@@ -75,7 +75,7 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_info(args) -> int:
-    if args.path is None:
+    if args.path is None and not args.check:
         from wavedistill.pretrained import describe_shipped
 
         print(describe_shipped())
@@ -83,6 +83,8 @@ def cmd_info(args) -> int:
     if args.check:
         from wavedistill.info import check_dataset
 
+        if args.path is None:
+            raise UserError("--check needs a dataset folder: wavedistill info DATA --check")
         text, bad = check_dataset(args.path)
         print(text)
         return 1 if bad else 0

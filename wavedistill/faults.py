@@ -8,8 +8,8 @@ quota, :class:`WriteFailed` (``EXIT_WRITE_FAILED``, 74, ``EX_IOERR`` of sysexits
 other I/O error. Writers do not agree on how they fail: Python's ``open().write`` raises
 ``OSError(ENOSPC)``, torch's zip writer a ``RuntimeError`` ("unexpected pos") whose context is
 that ``OSError``, numpy's ``tofile`` an ``OSError`` without an errno, libsndfile a bare
-"System error". :func:`translate` reads the errno where there is one and the free space of the
-file system where there is not.
+"System error", safetensors an error whose message ends "(os error 28)". :func:`translate`
+reads the errno where there is one and the free space of the file system where there is not.
 
 The command that was writing knows what is still intact and how to continue; it adds that with
 :func:`explain`, and the CLI prints the whole as one line::
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,10 @@ def free_space(path: str | Path) -> int | None:
     return None
 
 
+# Rust's io::Error (safetensors) says its errno only in the message: "... (os error 28)"
+RUST_ERRNO = re.compile(r"\(os error (\d+)\)")
+
+
 def _errno(exc: BaseException) -> int | None:
     """The errno of ``exc`` or of an ``OSError`` it was raised from or while handling."""
     seen: set[int] = set()
@@ -109,6 +114,9 @@ def _errno(exc: BaseException) -> int | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno is not None:
             return exc.errno
+        found = RUST_ERRNO.search(str(exc))
+        if found:
+            return int(found.group(1))
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -125,7 +133,11 @@ def translate(
     if code in FULL_ERRNOS:
         return OutOfSpace(path, "no space left", needed, free)
     if code is not None:
-        if not isinstance(exc, OSError) and not isinstance(exc.__context__, OSError):
+        if not (
+            isinstance(exc, OSError)
+            or isinstance(exc.__context__, OSError)
+            or RUST_ERRNO.search(str(exc))
+        ):
             return None  # an errno deep in an unrelated chain says nothing about this write
         return WriteFailed(path, f"write failed ({os.strerror(code)})", needed, free)
     nearly_full = NEARLY_FULL if needed is None else max(NEARLY_FULL, needed)

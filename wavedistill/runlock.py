@@ -65,8 +65,11 @@ def _acquire(path: Path, folder: Path, command: str) -> int:
         "command": command,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError:
+        pass  # a full disk: the lock holds without the record; the run's own writes say it
     return fd
 
 

@@ -202,7 +202,7 @@ class Trainer:
             raise UserError("give --resume or --init-from, not both")
         command = {"teacher": "train-teacher", "student": "distill"}[self.kind]
         lock = run_lock(self.out_dir, command) if self.procs.is_main else contextlib.nullcontext()
-        with lock, self.stop, explain(self._intact):
+        with explain(self._intact), lock, self.stop:
             try:
                 self._start(resume, init_from)
             finally:

@@ -148,7 +148,7 @@ def test_more_corrupted_clips_than_the_limit_stop_training_in_one_line(clean, tm
     line = err.strip().splitlines()[-1].split("\r")[-1]
     assert code == 2 and "Traceback" not in err
     assert line.startswith(f"wavedistill train-teacher: error: {folder}: ")
-    assert "clips are corrupted, more than data.max_corrupt_fraction allows (0)" in line
+    assert "clips are corrupted, more than data.max_corrupt_fraction = 0.05 allows (0)" in line
     assert line.endswith("run `wavedistill preprocess` again to rewrite them")
 
 
@@ -193,3 +193,22 @@ def test_evaluation_leaves_out_a_corrupted_clip_and_names_it(clean, tmp_path, ca
     )
     assert (report / "skipped.txt").read_text().startswith(f"{bad}: ")
     assert json.loads((report / "metrics.json").read_text())["clips"] == 5
+
+
+# -- synthesis of a folder -------------------------------------------------------------------
+
+
+def test_synthesis_of_a_folder_lists_what_it_skipped_and_says_where(tmp_path, capsys):
+    from conftest import write_clip
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    write_clip(corpus / "good.wav", seconds=0.2)
+    (corpus / "bad.wav").write_bytes(b"RIFF\x00\x00not a wave file")
+    code, stdout, _ = cli(capsys, "synthesize", "--input-dir", corpus, "--output", out)
+    assert code == 1
+    assert (
+        stdout.strip()
+        .splitlines()[-1]
+        .endswith(f"skipped 1 unreadable input(s): see {out / 'skipped.txt'}")
+    )
+    assert (out / "skipped.txt").read_text().startswith("bad: ")

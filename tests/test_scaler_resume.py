@@ -20,7 +20,7 @@ from wavedistill.distributed import Processes
 from wavedistill.stream import open_data_folder
 from wavedistill.trainer import Trainer
 
-INITIAL_SCALE = 2.0**40  # overflows float16 gradients: the first steps shrink it
+INITIAL_SCALE = 2.0**24  # overflows float16 gradients: the first steps shrink it
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,11 @@ def trainer(dataset, out, steps: int) -> Trainer:
 
 
 def test_a_resumed_float16_run_continues_with_the_same_scale(dataset, tmp_path):
-    straight = trainer(dataset, tmp_path / "a", 6).run()
-    trainer(dataset, tmp_path / "b", 3).run()
+    straight = trainer(dataset, tmp_path / "a", 4).run()
+    trainer(dataset, tmp_path / "b", 2).run()
     saved = load_checkpoint(latest_checkpoint(tmp_path / "b"))["scaler"]
     assert saved["scale"] < INITIAL_SCALE  # state a fresh scaler would not have
-    resumed = trainer(dataset, tmp_path / "b", 6).run(resume=True)
+    resumed = trainer(dataset, tmp_path / "b", 4).run(resume=True)
     assert resumed.scaler.state_dict() == straight.scaler.state_dict()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key

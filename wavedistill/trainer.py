@@ -135,8 +135,9 @@ class Trainer:
         """Where corrupted clips of both splits are reported (``skipped.txt`` by rank 0)."""
         total = len(self.train_data.dataset) + (len(self.valid_data) if self.valid_data else 0)
         listing = self.out_dir / SKIPPED_NAME if self.procs.is_main else None
-        return SkipLog(listing, self.data.path, total,
-                       corrupt_limit(self.cfg.data.max_corrupt_fraction, total))
+        fraction = self.cfg.data.max_corrupt_fraction
+        return SkipLog(listing, self.data.path, total, corrupt_limit(fraction, total),
+                       f"data.max_corrupt_fraction = {fraction:g}")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:

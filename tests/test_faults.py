@@ -131,6 +131,15 @@ def test_an_error_without_errno_on_a_nearly_full_disk_is_out_of_space(tmp_path, 
     assert isinstance(translate(RuntimeError("System error."), tmp_path / "a.wav"), OutOfSpace)
 
 
+def test_a_write_failure_crosses_from_a_worker_process_whole(tmp_path):
+    import pickle
+
+    failed = OutOfSpace(tmp_path / "mel" / "a.npy", "no space left", 8192, 4096)
+    failed.add("the folder's manifests are as before this run")
+    back = pickle.loads(pickle.dumps(failed))
+    assert type(back) is OutOfSpace and str(back) == str(failed)
+
+
 def test_sizes_read_as_people_write_them():
     assert [format_size(n) for n in (512, 4096, 2_900_000, 1_234_000_000)] == [
         "512 bytes",

@@ -156,6 +156,7 @@ INVARIANTS = [
     (["data.valid_min=-1"], "data.valid_min"),
     (["data.num_workers=-1"], "data.num_workers"),
     (["data.silence_threshold_db=3"], "data.silence_threshold_db"),
+    (["data.max_corrupt_fraction=-1"], "data.max_corrupt_fraction"),
     (["teacher.upsample_factors=[0, 200]"], "teacher.upsample_factors"),
     (["student.upsample_factors=[2, 50]"], "student.upsample_factors"),
     (["teacher.layers=10", "teacher.stacks=4"], "teacher.layers"),

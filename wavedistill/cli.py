@@ -2,18 +2,33 @@
 
 Each subcommand parses its arguments and calls one API function; nothing here computes.
 A :class:`UserError` becomes one line on stderr and exit status 2 (``--debug`` keeps the
-traceback); heavy modules are imported only by the subcommand that needs them.
+traceback); heavy modules are imported only by the subcommand that needs them. Faults of the
+machine are one line too, each with its own status (``EXIT_STATUSES``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from wavedistill.errors import UserError
+from wavedistill.faults import EXIT_OUT_OF_SPACE, EXIT_WRITE_FAILED, WriteFailed, advice
+from wavedistill.training.interrupt import Interrupted
 from wavedistill.version import __version__
+
+EXIT_STATUSES = f"""exit status:
+  0    done
+  1    done, but some input was skipped or rejected (listed in the output folder)
+  2    a user error: a missing or corrupt file, an invalid config key, a busy folder
+  {EXIT_OUT_OF_SPACE}   out of disk space (what is intact and how to continue is said)
+  {EXIT_WRITE_FAILED}   another I/O error while writing
+  130  interrupted by SIGINT (Ctrl-C); training saved a checkpoint first
+  143  stopped by SIGTERM; training saved a checkpoint first"""
+
 
 log = logging.getLogger("wavedistill")
 
@@ -61,11 +76,19 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_info(args) -> int:
-    if args.path is None:
+    if args.path is None and not args.check:
         from wavedistill.info import describe_shipped
 
         print(describe_shipped())
         return 0
+    if args.check:
+        from wavedistill.info import check_dataset
+
+        if args.path is None:
+            raise UserError("--check needs a dataset folder: wavedistill info DATA --check")
+        text, bad = check_dataset(args.path)
+        print(text)
+        return 1 if bad else 0
     from wavedistill.info import describe
 
     print(describe(args.path))
@@ -120,6 +143,7 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from wavedistill.faults import explain
     from wavedistill.store.export import (
         check_deployable,
         export_bundle,
@@ -131,12 +155,16 @@ def cmd_export(args) -> int:
     loaded = load_pretrained(args.checkpoint)
     if args.onnx or args.torchscript:
         check_deployable(loaded)  # before the bundle is written
-    out = export_bundle(loaded, args.out, trained_on=args.trained_on)
+    with explain(lambda exc: f"{args.out} is not a complete bundle until bundle.json is "
+                             "written; " + advice(exc, "run the same command again")):
+        out = export_bundle(loaded, args.out, trained_on=args.trained_on)
     print(f"wrote the {loaded.kind} bundle {out}")
-    if args.torchscript:
-        print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
-    if args.onnx:
-        print(f"wrote {export_onnx(loaded, out / 'student.onnx')}")
+    with explain(lambda exc: f"the bundle {out} itself is complete; "
+                             + advice(exc, "run the same command again")):
+        if args.torchscript:
+            print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
+        if args.onnx:
+            print(f"wrote {export_onnx(loaded, out / 'student.onnx')}")
     return 0
 
 
@@ -171,6 +199,8 @@ def cmd_evaluate(args) -> int:
     if sentence:
         print(sentence)
     print(f"listening page: {args.out / 'index.html'}")
+    if results.get("skipped"):  # last: clips left out as corrupted, and where they are listed
+        print(results["skipped"])
     return 0
 
 
@@ -223,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wavedistill",
         description="Train a WaveNet teacher, distil it into a parallel IAF student, synthesise, "
-                    "benchmark and evaluate.")
+                    "benchmark and evaluate.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"wavedistill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -248,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "no path) the shipped models")
     p.add_argument("path", type=Path, nargs="?",
                    help="dataset folder or checkpoint file (omit to list the shipped models)")
+    p.add_argument("--check", action="store_true",
+                   help="verify every stored array and manifest entry of a dataset folder and "
+                        "list the bad ones (exit status 1 when there are any)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-teacher", help="train the WaveNet teacher by maximum likelihood")
@@ -392,6 +426,36 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"wavedistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"wavedistill {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except WriteFailed as exc:
+        if args.debug:
+            raise
+        if not exc.notes:  # files written whole before it stay; nothing half-written does
+            exc.add(advice(exc, "run the same command again"))
+        print(f"wavedistill {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"wavedistill {args.command}: {exc}; resume with: {resume_command(argv)}",
+              file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:  # a second signal, or one outside training
+        print(f"wavedistill {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    except OSError as exc:  # a full disk outside the writers that say which file
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"wavedistill {args.command}: error: no space left on device "
+              f"({exc.filename or 'writing'}); free space and run again", file=sys.stderr)
+        return EXIT_OUT_OF_SPACE
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that continues an interrupted training run: this one with
+    ``--resume``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--init-from" in args:  # the checkpoint now holds those weights and more
+        at = args.index("--init-from")
+        del args[at:at + 2]
+    args = [a for a in args if not a.startswith("--init-from=")]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["wavedistill", *args])

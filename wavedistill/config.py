@@ -57,6 +57,9 @@ class DataConfig:
     silence_threshold_db: float = -60.0  # a clip whose peak is below this is rejected as silent
     batch_size: int = 4
     num_workers: int = 0
+    # share of a split's clips that may be found corrupted when read (skipped, named in
+    # OUT/skipped.txt) before a run stops and asks for preprocess again
+    max_corrupt_fraction: float = 0.05
 
 
 @dataclass
@@ -405,6 +408,8 @@ def validate(cfg: Config) -> None:
     _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
     _check(d.valid_min >= 0, f"data.valid_min must be >= 0, got {d.valid_min}")
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _check(0 <= d.max_corrupt_fraction <= 1,
+           f"data.max_corrupt_fraction must be in [0, 1], got {d.max_corrupt_fraction}")
     _check(d.silence_threshold_db <= 0,
            f"data.silence_threshold_db is a level in dBFS and must be <= 0, "
            f"got {d.silence_threshold_db:g}")

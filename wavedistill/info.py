@@ -49,6 +49,32 @@ def describe_dataset(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def check_dataset(folder: str | Path) -> tuple[str, list[str]]:
+    """``info DATA --check``: the report on every stored array and manifest entry of a
+    dataset folder, and the list of bad ones (``"<file>: <reason>"``)."""
+    from wavedistill.data.datacheck import check_folder
+
+    folder = Path(folder)
+    if not folder.is_dir() or not (folder / "train.jsonl").exists():
+        raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
+                        "run `wavedistill preprocess`")
+    bad = check_folder(folder)
+    clips = sum(len(_lines(folder / f"{split}.jsonl")) for split in ("train", "valid"))
+    if not bad:
+        return f"{folder}: all {clips} clips and their manifest entries are sound", bad
+    lines = [f"bad {line}" for line in bad]
+    lines.append(f"{folder}: {len(bad)} problem(s) among {clips} clips; run `wavedistill "
+                 "preprocess` again to rewrite them")
+    return "\n".join(lines), bad
+
+
+def _lines(path: Path) -> list[str]:
+    """The non-empty lines of a text file ([] when absent)."""
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
 def describe_checkpoint(path: str | Path) -> str:
     """Kind, step, architecture, receptive field, parameters, audio settings and validation
     value of a checkpoint."""

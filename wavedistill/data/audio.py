@@ -127,14 +127,16 @@ def write_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: i
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"write_wav expects mono audio of shape (T,), got {audio.shape}")
-    write_wav_stream(path, [audio], sample_rate)
+    write_wav_stream(path, [audio], sample_rate, size=44 + 2 * len(audio))
 
 
-def write_wav_stream(path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int) -> int:
+def write_wav_stream(path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int,
+                     size: int | None = None) -> int:
     """Write mono audio arriving in pieces (each (n,) in [-1, 1]) as one 16-bit PCM WAV,
-    atomically, holding one piece at a time. Returns the samples written."""
+    atomically, holding one piece at a time. Returns the samples written. ``size``: the
+    file's bytes where known (for the message of a full disk)."""
     written = 0
-    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", sample_rate, 1, subtype="PCM_16",
+    with atomic_path(path, size) as tmp, sf.SoundFile(tmp, "w", sample_rate, 1, subtype="PCM_16",
                                                 format="WAV") as out:
         for piece in pieces:
             out.write(quantize_16bit(np.asarray(piece, dtype=np.float32)))

@@ -243,11 +243,17 @@ class SegmentDataset(torch.utils.data.Dataset):
     The start of item ``i`` is drawn from a generator seeded by ``(seed, epoch, i)`` only, so the
     data seen by a resumed run, by any number of workers or by any process is identical to the
     uninterrupted run's. Call :meth:`set_epoch` at the start of every epoch (as with
-    ``DistributedSampler``) to draw new segments. Mel is normalised when ``stats`` is given."""
+    ``DistributedSampler``) to draw new segments. Mel is normalised when ``stats`` is given.
+
+    With ``check`` (the default), each clip is checked once (see datacheck.py) and a corrupted
+    one yields ``{"id", "corrupt": (file, reason)}`` instead, which :func:`collate` sets aside
+    for the caller to report."""
 
     def __init__(self, data_dir: str | Path, split: str, cfg: Config,
                  stats: FeatureStats | None = None, *, full_utterances: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, check: bool = True):
+        from wavedistill.data.datacheck import ClipCheck
+
         self.data_dir = Path(data_dir)
         self.hop = cfg.audio.hop_length
         self.stats = stats
@@ -255,6 +261,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.segment_length = None if full_utterances else cfg.data.segment_length
         self.entries = self._usable(self._read_entries(split))
+        self.check = ClipCheck.for_folder(self.data_dir, cfg.audio) if check else None
 
     def _read_entries(self, split: str) -> list[dict]:
         manifest = self.data_dir / f"{split}.jsonl"
@@ -294,6 +301,9 @@ class SegmentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
+        problem = self.check.problem(entry) if self.check is not None else None
+        if problem is not None:
+            return {"id": entry["id"], "corrupt": (str(problem[0]), problem[1])}
         frames = entry["frames"] if self.segment_length is None else self.segment_length // self.hop
         first = self.start_frame(index)
         # Memory-mapped: a segment reads only its own bytes, however long the utterance.
@@ -312,7 +322,17 @@ def collate(items: list[dict]) -> dict:
     "mel": (B, n_mels, F) float32, "speaker": (B,) int64, "lengths": (B,) int64}``.
 
     Items of different lengths (whole utterances) are zero-padded at the end to the longest;
-    ``lengths`` gives each item's true number of samples (its frames are lengths / hop)."""
+    ``lengths`` gives each item's true number of samples (its frames are lengths / hop).
+    Corrupted items are left out and listed as ``"corrupt": [(file, reason)]`` (a batch of
+    only corrupted items is just that list)."""
+    corrupt = [it["corrupt"] for it in items if "corrupt" in it]
+    if corrupt:
+        items = [it for it in items if "corrupt" not in it]
+        return {"corrupt": corrupt, **(_batch(items) if items else {})}
+    return _batch(items)
+
+
+def _batch(items: list[dict]) -> dict:
     lengths = [it["audio"].shape[-1] for it in items]
     frames = max(it["mel"].shape[-1] for it in items)
     audio = torch.zeros(len(items), max(lengths))

@@ -8,7 +8,9 @@ the file and the reason; the run goes on.
 An existing output folder is added to, never wiped: entries already there are kept, an
 utterance whose files were written from the same source file is not recomputed, and speaker ids
 already assigned keep their numbers. Every file is written atomically (temporary name, then
-rename), so an interrupted run leaves no half-written file behind.
+rename), so an interrupted run leaves no half-written file behind; a full disk stops the run in
+one line (faults.py) with the folder's manifests as they were. One run at a time writes into a
+folder (runlock.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from wavedistill.data.audio import dequantize_16bit, peak_db, quantize_16bit, re
 from wavedistill.data.corpora import Utterance, read_jsonl, read_manifest, split_utterances
 from wavedistill.data.features import FeatureStats, log_mel
 from wavedistill.errors import UserError
+from wavedistill.faults import WriteFailed, advice, explain
 from wavedistill.fileio import atomic_write, atomic_write_text
+from wavedistill.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class PreprocessReport:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array))
+    atomic_write(path, lambda f: np.save(f, array), size=array.nbytes + 128)
 
 
 def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
@@ -244,7 +248,19 @@ def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
             raise UserError(f"--mel-dir {mel_dir}: no such folder")
         external = ExternalMels(Path(mel_dir), mel_layout)
     utts = read_manifest(cfg.data.format, data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with explain(_intact), run_lock(out_dir, "preprocess"):
+        return _fill(cfg, data_dir, out_dir, utts, external, strict)
+
+
+def _intact(exc: WriteFailed) -> str:
+    """What a failed write left of the dataset folder, and how to go on."""
+    return ("the folder's manifests are as before this run; "
+            + advice(exc, "run the same command again"))
+
+
+def _fill(cfg: Config, data_dir: Path, out_dir: Path, utts: list[Utterance],
+          external: ExternalMels | None, strict: bool) -> PreprocessReport:
+    """The work of :func:`preprocess`, with the folder held."""
     _check_compatible(cfg, out_dir)
     speakers = _speaker_ids(utts, out_dir)
     previous = {e["id"]: e for split in ("train", "valid")

@@ -39,10 +39,12 @@ they carry no information); they are not log-mel, and ``config.yaml`` records th
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import scipy.linalg
@@ -53,7 +55,7 @@ from wavedistill.data.audio import LEVELS_16BIT, dequantize_16bit, quantize_16bi
 from wavedistill.data.corpora import SINGLE_SPEAKER, split_utterances
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
-from wavedistill.fileio import atomic_write_text
+from wavedistill.fileio import atomic_write, atomic_write_text
 
 KINDS = ("ar", "ar-conditioned", "ar-logistic")
 BURN_IN = 4096  # samples run before each clip so that it starts in the stationary state
@@ -320,13 +322,17 @@ def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, s
     return summary
 
 
+def _save_npy(f: IO, array: np.ndarray) -> None:
+    np.save(f, array)
+
+
 def _write_clip(out_dir: Path, uid: str, source: ARSource, x: np.ndarray, control: np.ndarray,
                 cfg: Config) -> dict:
     clipped = int(np.sum(np.abs(x) > 1.0))
     pcm = quantize_16bit(np.clip(x, -1.0, 1.0).astype(np.float32))
     for sub, array in (("audio", pcm), ("mel", encode_control(control))):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        np.save(out_dir / sub / f"{uid}.npy", array)
+        atomic_write(out_dir / sub / f"{uid}.npy", functools.partial(_save_npy, array=array))
     write_wav(out_dir / "wav" / f"{uid}.wav", dequantize_16bit(pcm), cfg.audio.sample_rate)
     h = source.entropy_rate(len(x))
     return {"id": uid, "clipped_samples": clipped, "samples": len(x),

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from wavedistill.config import Config
 from wavedistill.data.features import log_mel, lowest_log_mel
 from wavedistill.evaluation.results import Clip
+from wavedistill.fileio import atomic_path
 from wavedistill.training.loop import VALIDATION_HISTORY
 
 FIGURE_CLIPS = 3  # clips drawn in figures: enough to judge by eye, few enough to look at
@@ -51,7 +52,7 @@ def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Con
     axes[-1].set_xlabel("seconds")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="log-mel (natural log)")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
@@ -79,7 +80,7 @@ def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
     ax.grid(alpha=0.3)
     name = "figures/teacher_nll.png"
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / name, dpi=100)
+    save_figure(fig, out_dir / name)
     return name
 
 
@@ -95,3 +96,9 @@ def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str
         plot_clip(out_dir / name, clip, {n: synthesis[n][clip.id] for n in order}, cfg)
         names.append(name)
     return names
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """A figure as a PNG file, atomically (a full disk is one line, like every write)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

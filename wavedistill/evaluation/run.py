@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
+from wavedistill.data.datacheck import SKIPPED_NAME, SkipLog
 from wavedistill.data.features import FeatureStats, frames_for
 from wavedistill.errors import UserError
 from wavedistill.evaluation.listening_page import write_listening_page
@@ -77,10 +78,11 @@ SPLITS = ("valid", "all")
 
 
 def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int | None = None,
-                   split: str = "valid") -> list[Clip]:
+                   split: str = "valid", skipped: SkipLog | None = None) -> list[Clip]:
     """The utterances of ``split``, whole, in manifest order (the first ``limit``):
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
-    split first), for a corpus the model never saw, such as another speaker's."""
+    split first), for a corpus the model never saw, such as another speaker's. Corrupted
+    clips are left out and reported to ``skipped``."""
     from wavedistill.data.corpora import SegmentDataset
 
     if split not in SPLITS:
@@ -88,6 +90,10 @@ def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int 
     parts = ("valid",) if split == "valid" else ("train", "valid")
     datasets = [SegmentDataset(data_dir, p, cfg, stats, full_utterances=True) for p in parts]
     items = [d[i] for d in datasets for i in range(len(d))]
+    for item in items:
+        if "corrupt" in item and skipped is not None:
+            skipped.record(*item["corrupt"])
+    items = [item for item in items if "corrupt" not in item]
     if not items:
         raise UserError(f"{data_dir}: the {split} split has no utterances "
                         f"({' + '.join(p + '.jsonl' for p in parts)} empty)")
@@ -196,9 +202,6 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
             for clip in clips}
 
 
-# -- scoring ---------------------------------------------------------------------------------
-
-
 # -- the command -----------------------------------------------------------------------------
 
 
@@ -227,7 +230,8 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         check_teacher_compatible(ref.cfg, main.cfg)
     the_teacher = main if main.kind == "teacher" else ref
 
-    clips = held_out_clips(data_dir, main.cfg, main.feature_stats, max_clips, split)
+    skipped = SkipLog(out_dir / SKIPPED_NAME, data_dir, total=0)
+    clips = held_out_clips(data_dir, main.cfg, main.feature_stats, max_clips, split, skipped)
     results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
                        "teacher": str(teacher) if teacher else None, "clips": len(clips),
                        "teacher_seconds": teacher_seconds,
@@ -237,7 +241,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     if main.kind == "teacher":
         log.info("held-out NLL over the validation split")
         results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.feature_stats,
-                                                        split=split), dev)
+                                                        split=split, skipped=skipped), dev)
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
         synthesis["student"] = student_samples(main, clips, dev)
@@ -248,7 +252,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
         log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
         # The teacher's own statistics normalise its conditioning.
         t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.feature_stats,
-                                 max_clips, split)
+                                 max_clips, split, skipped)
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
     if griffin_lim_iters > 0:
         log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
@@ -262,6 +266,7 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     results.header["figures"] = draw_figures(out_dir, clips, synthesis, main.cfg)
     if the_teacher is not None:
         results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
+    results.header["skipped"] = skipped.summary()
     write_report(out_dir, results)
     write_listening_page(out_dir, results, clips, synthesis, main.cfg,
                          [m for m in (main, ref) if m is not None], command)

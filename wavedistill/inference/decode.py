@@ -7,7 +7,11 @@ Two ways in:
   generation starts.
 - :func:`decode_corpus`: a folder of ``.wav``/``.flac``/``.npy`` files or a Kaldi
   ``feats.scp``, in batches of similar length, with a progress bar. A file that cannot be read
-  is reported and skipped; every other one is written, named after its input.
+  is reported and skipped; every other one is written, named after its input, and the
+  skipped ones are listed in ``output/skipped.txt``.
+
+A full disk stops either in one line naming the file (faults.py) and saying how many outputs
+were written whole before it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
+from wavedistill.faults import WriteFailed, advice, explain
 from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class DecodeReport:
     written: list[tuple[Path, float]] = field(default_factory=list)  # (file, seconds of audio)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     seconds: float = 0.0  # wall-clock time of feature reading and synthesis
+    skipped_list: Path | None = None  # where the skipped inputs are listed, once written
 
     @property
     def audio_seconds(self) -> float:
@@ -53,7 +59,22 @@ class DecodeReport:
                 f"{self.seconds:.2f} s (real-time factor {self.rtf:.3f})")
         if self.skipped:
             line += f"; skipped {len(self.skipped)} unreadable input(s)"
+            if self.skipped_list is not None:
+                line += f": see {self.skipped_list}"
         return line
+
+    def intact(self, exc: WriteFailed) -> str:
+        """What a failed write left: the outputs written whole before it, and how to go on."""
+        return (f"the {len(self.written)} output(s) written before it are complete; "
+                + advice(exc, "run the same command again"))
+
+    def write_skipped(self, folder: Path) -> None:
+        """List the skipped inputs in ``folder/skipped.txt`` (``<input>: <reason>`` lines)."""
+        from wavedistill.fileio import atomic_write_text
+
+        if self.skipped:
+            self.skipped_list = atomic_write_text(
+                folder / "skipped.txt", "".join(f"{name}: {why}\n" for name, why in self.skipped))
 
 
 def open_synthesizer(checkpoint: Path | None, device: str = "cpu", use_ema: bool = True,
@@ -84,12 +105,13 @@ def synthesize_files(synth: Synthesizer, output: Path, inputs: list[Path] | None
     outputs = output_paths(names, output)
     mels = [synth.features(p, convention) for p in inputs] if inputs else None
     report = DecodeReport()
-    if chunk_seconds is not None and mels:
-        _stream_to_files(synth, outputs, mels, chunk_seconds, speaker, seed, report)
-    else:
-        clips = synth.generate(mels, seconds=seconds, speaker=speaker, seed=seed,
-                               chunk_seconds=chunk_seconds, progress=True)
-        _write(synth, outputs, clips, report)
+    with explain(report.intact):
+        if chunk_seconds is not None and mels:
+            _stream_to_files(synth, outputs, mels, chunk_seconds, speaker, seed, report)
+        else:
+            clips = synth.generate(mels, seconds=seconds, speaker=speaker, seed=seed,
+                                   chunk_seconds=chunk_seconds, progress=True)
+            _write(synth, outputs, clips, report)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -131,7 +153,7 @@ def _write(synth: Synthesizer, paths: list[Path], clips: list[np.ndarray],
 
     rate = synth.cfg.audio.sample_rate
     for path, clip in zip(paths, clips, strict=True):
-        write_wav(path, clip, rate)
+        write_wav(path, clip, rate)  # 16-bit mono: 2 bytes a sample and a 44-byte header
         report.written.append((path, len(clip) / rate))
 
 
@@ -245,10 +267,12 @@ def decode_corpus(synth: Synthesizer, output: Path, input_dir: Path | None = Non
     report = DecodeReport()
     mels = _read_all(synth, corpus_inputs(input_dir, scp), convention, report, progress)
     bar = _bar(progress, sum(m.shape[-1] for m in mels.values()) * synth.cfg.audio.hop_length)
-    for names in _length_sorted_batches(mels, batch_size):
-        clips = synth.generate([mels[n] for n in names], speaker=speaker, seed=seed)
-        _write(synth, [output / f"{n}.wav" for n in names], clips, report)
-        bar.update(sum(len(c) for c in clips))
+    with explain(report.intact):
+        report.write_skipped(output)
+        for names in _length_sorted_batches(mels, batch_size):
+            clips = synth.generate([mels[n] for n in names], speaker=speaker, seed=seed)
+            _write(synth, [output / f"{n}.wav" for n in names], clips, report)
+            bar.update(sum(len(c) for c in clips))
     bar.close()
     report.seconds = time.perf_counter() - start
     return report

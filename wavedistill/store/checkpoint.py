@@ -7,7 +7,8 @@ A checkpoint is a ``torch.save`` dict holding only tensors and plain Python type
      "config": dict (the resolved Config), "stats": {"mean": (n_mels,), "std": (n_mels,)},
      "model": state_dict, "ema": state_dict | None, "optimizer": dict, "scheduler": dict,
      "step": int, "rng": [per-rank RNG state], "data_state": {"epoch": int, "position": int},
-     "best_valid": float | None, "speakers": {name: id}, "skipped_steps": int}
+     "best_valid": float | None, "speakers": {name: id}, "skipped_steps": int,
+     "scaler": the float16 GradScaler's state_dict | None}
 
 It is read with ``torch.load(weights_only=True)``, so a file from a stranger can hold no code
 that runs on load; anything else is refused with a one-line :class:`UserError`. Files are
@@ -59,8 +60,25 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     _check_payload(path, payload)
     payload = {"format": FORMAT, "version": __version__, **payload}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    # torch's zip writer fails on a full disk with a RuntimeError; atomic_write says it in one
+    # line, with the size the tensors need
+    atomic_write(path, lambda f: torch.save(payload, f), size=tensor_bytes(payload))
     return path
+
+
+TENSOR_OVERHEAD = 200  # bytes per tensor in torch's zip file: a record header, alignment, pickle
+
+
+def tensor_bytes(data: Any) -> int:
+    """Bytes of every tensor in a nested dict/list, with the zip file's overhead per tensor:
+    about what a checkpoint of it needs."""
+    if isinstance(data, torch.Tensor):
+        return data.numel() * data.element_size() + TENSOR_OVERHEAD
+    if isinstance(data, dict):
+        return sum(tensor_bytes(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(tensor_bytes(v) for v in data)
+    return 0
 
 
 def _check_payload(path: Path, payload: dict[str, Any]) -> None:

@@ -52,7 +52,8 @@ def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | No
     # contiguous copies: safetensors refuses shared or strided storage
     weights = {k: v.detach().cpu().contiguous().clone()
                for k, v in loaded.model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
+    size = sum(v.numel() * v.element_size() for v in weights.values())
+    with atomic_path(out / "model.safetensors", size) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "kind": loaded.kind})
     save_config(loaded.cfg, out / "config.yaml")
     stats = {"mean": loaded.feature_stats.mean.tolist(), "std": loaded.feature_stats.std.tolist()}

@@ -101,12 +101,16 @@ class ShardedBatchSampler:
 
 class BatchStream:
     """Endless training batches, epoch after epoch, that knows where it is:
-    ``(epoch, position)`` = batches already consumed in the current epoch."""
+    ``(epoch, position)`` = batches already consumed in the current epoch. Corrupted clips are
+    left out of their batch and reported to :attr:`skipped` (a batch of only corrupted clips
+    counts as consumed and the next one is read)."""
 
     def __init__(self, dataset, cfg: Config, procs: Processes, pin_memory: bool):
         from torch.utils.data import DataLoader
 
         from wavedistill.data.corpora import collate
+        from wavedistill.data.datacheck import SkipLog
+        from wavedistill.training.interrupt import ignore_interrupts
 
         self.dataset = dataset
         self.sampler = ShardedBatchSampler(len(dataset), cfg.data.batch_size, cfg.train.seed, procs)
@@ -117,7 +121,9 @@ class BatchStream:
         # resumed run (which creates one mid-epoch) would drift from an uninterrupted one.
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.data.num_workers, pin_memory=pin_memory,
-                                 generator=torch.Generator().manual_seed(cfg.train.seed))
+                                 generator=torch.Generator().manual_seed(cfg.train.seed),
+                                 worker_init_fn=ignore_interrupts)
+        self.skipped = SkipLog(None, getattr(dataset, "data_dir", Path(".")), len(dataset))
         self.epoch, self.position = 0, 0
         self._iterator: Iterator | None = None
 
@@ -129,6 +135,15 @@ class BatchStream:
         self._iterator = None
 
     def next(self) -> dict[str, Tensor]:
+        """The next batch with at least one sound clip."""
+        while True:
+            batch = self._next_batch()
+            for path, reason in batch.pop("corrupt", ()):
+                self.skipped.record(path, reason)
+            if "audio" in batch:
+                return batch
+
+    def _next_batch(self) -> dict[str, Tensor]:
         iterator = self._iterator if self._iterator is not None else self._start_epoch()
         batch = next(iterator, None)
         if batch is None:

@@ -15,10 +15,18 @@ A run folder (``--out``) holds::
     checkpoints/step-000123.pt   the newest train.keep_last checkpoints (see checkpoint.py)
     checkpoints/best.pt          the lowest validation value so far
     validation.jsonl             one line per validation (appended)
+    skipped.txt                  clips skipped as corrupted, when there were any
     tb/                          TensorBoard events: ``tensorboard --logdir EXP``
 
-``--resume`` restores weights, EMA, optimiser, schedule, RNG states and the position in the
-data order, so a stopped and resumed run ends with the weights of one that never stopped.
+``--resume`` restores weights, EMA, optimiser, schedule, the float16 gradient scaler, RNG
+states and the position in the data order, so a stopped and resumed run ends with the weights
+of one that never stopped.
+
+Faults: one run holds the folder at a time (runlock.py); SIGINT and SIGTERM finish the step,
+save and raise :class:`~wavedistill.training.interrupt.Interrupted`; a full disk is one line
+saying which checkpoint is intact (faults.py); a corrupted clip is skipped, named once and
+listed in ``skipped.txt``, and more than ``data.max_corrupt_fraction`` of them stop the run
+(datacheck.py).
 A step whose loss or gradient is not finite is skipped (weights, EMA and schedule untouched)
 and counted; ``train.max_bad_steps`` of them in a row stop the run.
 
@@ -44,7 +52,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from wavedistill.config import Config, audio_differences, config_to_dict, save_config
+from wavedistill.data.datacheck import SKIPPED_NAME, SkipLog, corrupt_limit
 from wavedistill.errors import UserError
+from wavedistill.faults import WriteFailed, advice, explain
+from wavedistill.fileio import append_text
+from wavedistill.runlock import run_lock
 from wavedistill.store.checkpoint import (
     BEST_NAME,
     ModelKind,
@@ -60,11 +72,12 @@ from wavedistill.store.checkpoint import (
 from wavedistill.store.loading import load_weights
 from wavedistill.training.batches import BatchStream, DataFolder, valid_dataset
 from wavedistill.training.distributed import Processes, autocast_dtype, gather
+from wavedistill.training.eventlog import EventLog
 from wavedistill.training.figures import mel_figure
+from wavedistill.training.interrupt import Interrupted, StopRequest, signal_name
 from wavedistill.training.optim import EMA, make_optimizer
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
 
     from wavedistill.objectives.base import Objective
 
@@ -115,12 +128,24 @@ class Trainer:
         self.train_data = BatchStream(SegmentDataset(data.path, "train", cfg, data.stats), cfg,
                                       procs, pin_memory=device.type == "cuda")
         self.valid_data = valid_dataset(data, cfg)
+        self.skipped = self._skip_log()
+        self.train_data.skipped = self.skipped
         self._valid_cache: list[dict[str, Tensor]] | None = None
+        self.stop = StopRequest()
+        self._saved_step: int | None = None
         self.step = 0
         self.best_valid: float | None = None
         self.bad_in_row, self.bad_total = 0, 0
         self._started = time.monotonic()
-        self.writer: SummaryWriter | None = None  # open during fit() on the main process
+        self.writer: EventLog | None = None  # open during fit() on the main process
+
+    def _skip_log(self) -> SkipLog:
+        """Where corrupted clips of both splits are reported (``skipped.txt`` by rank 0)."""
+        total = len(self.train_data.dataset) + (len(self.valid_data) if self.valid_data else 0)
+        listing = self.out_dir / SKIPPED_NAME if self.procs.is_main else None
+        fraction = self.cfg.data.max_corrupt_fraction
+        return SkipLog(listing, self.data.path, total, corrupt_limit(fraction, total),
+                       f"data.max_corrupt_fraction = {fraction:g}")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:
@@ -151,6 +176,8 @@ class Trainer:
             load_weights(self.ema.model, ckpt.get("ema") or ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") and self.scaler.is_enabled():  # float16: the same loss scale
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_valid = int(ckpt["step"]), ckpt.get("best_valid")
         self.bad_total = int(ckpt.get("skipped_steps", 0))
         self.train_data.restore(ckpt["data_state"])
@@ -177,10 +204,30 @@ class Trainer:
         log.info("initialised weights from %s", path)
 
     def run(self, resume: bool = False, init_from: str | Path | None = None) -> Trainer:
-        """Pick the starting point (a fresh run refuses a folder that holds checkpoints),
-        write the run's ``config.yaml``, train. Returns ``self``."""
+        """Hold the run folder, pick the starting point (a fresh run refuses a folder that
+        holds checkpoints), write the run's ``config.yaml``, train. Returns ``self``.
+        A full disk, a signal and corrupted clips end the run as the module docstring says."""
         if resume and init_from is not None:
             raise UserError("give --resume or --init-from, not both")
+        command = {"teacher": "train-teacher", "student": "distill"}[self.kind]
+        lock = run_lock(self.out_dir, command) if self.procs.is_main else contextlib.nullcontext()
+        with explain(self._intact), lock, self.stop:
+            try:
+                self._start(resume, init_from)
+            finally:
+                summary = self.skipped.summary()
+                if summary and self.procs.is_main:
+                    log.warning("%s", summary)
+        return self
+
+    def _intact(self, exc: WriteFailed) -> str:
+        """What a failed write left: the newest checkpoint, and how to go on."""
+        last = latest_checkpoint(self.out_dir)
+        if last is None:
+            return "no checkpoint written yet; " + advice(exc, "run the same command again")
+        return f"{last.name} is intact; " + advice(exc, "run again with --resume")
+
+    def _start(self, resume: bool, init_from: str | Path | None) -> None:
         existing = latest_checkpoint(self.out_dir)
         if resume:
             if existing is None:
@@ -196,7 +243,6 @@ class Trainer:
         if self.procs.is_main:
             save_config(self.cfg, self.out_dir / "config.yaml")
         self.fit()
-        return self
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -207,7 +253,7 @@ class Trainer:
         meter, bar = _Meter(), self._progress_bar()
         budget = _Budget(self.cfg.train.max_minutes, self.procs, self.device)
         self._started = time.monotonic()
-        with self._tensorboard():
+        with contextlib.closing(bar), self._tensorboard():  # an error starts on its own line
             if self.step == 0 and self.procs.is_main:
                 self.validate()  # the starting point: the curve then shows what training gains
             while self.step < total:
@@ -224,10 +270,28 @@ class Trainer:
                     self._after_step(final=final)
                 if final:
                     break
+                if self._stop_requested():
+                    self._save_and_stop()
         if self.step < total:  # the loop ends early only when the clock ran out
             log.info("stopped at step %d: train.max_minutes (%g) reached", self.step,
                      self.cfg.train.max_minutes)
-        bar.close()
+
+    def _stop_requested(self) -> bool:
+        """A signal asked to stop (on any rank: every rank stops after the same step)."""
+        if not self.procs.distributed:
+            return self.stop.requested
+        flag = torch.tensor(float(self.stop.requested), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _save_and_stop(self) -> None:
+        """Save the step just finished (unless it was saved) and raise :class:`Interrupted`."""
+        if self._saved_step != self.step:
+            self.save(step_file=True, best=False)
+        signum = self.stop.signum or 2  # another rank's signal: report it as an interruption
+        raise Interrupted(signum, f"interrupted by {signal_name(signum)} at step {self.step} of "
+                                  f"{self.cfg.train.steps}: saved "
+                                  f"{self.checkpoint_dir / step_name(self.step)}")
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """One update; returns the step's metrics (0-dim tensors, still on the device), or None
@@ -345,8 +409,7 @@ class Trainer:
         metrics...}``): the learning curve as a plain file, for reports and plots."""
         minutes = (time.monotonic() - self._started) / 60.0
         line = json.dumps({"step": self.step, "minutes": round(minutes, 3), **means})
-        with open(self.out_dir / VALIDATION_HISTORY, "a") as f:
-            f.write(line + "\n")
+        append_text(self.out_dir / VALIDATION_HISTORY, line + "\n")
 
     def _valid_batches(self) -> list[dict[str, Tensor]]:
         """The first ``train.valid_batches`` batches of the validation split, read once and
@@ -363,8 +426,11 @@ class Trainer:
         size, n = self.cfg.data.batch_size, len(self.valid_data)
         batches = []
         for start in range(0, min(n, size * self.cfg.train.valid_batches), size):
-            items = [self.valid_data[i] for i in range(start, min(start + size, n))]
-            batches.append(self._to_device(collate(items)))
+            batch = collate([self.valid_data[i] for i in range(start, min(start + size, n))])
+            for path, reason in batch.pop("corrupt", ()):
+                self.skipped.record(path, reason)
+            if "audio" in batch:
+                batches.append(self._to_device(batch))
         return batches
 
     @torch.no_grad()
@@ -402,6 +468,8 @@ class Trainer:
         best_path = self.checkpoint_dir / BEST_NAME
         if step_file:
             path = save_checkpoint(self.checkpoint_dir / step_name(self.step), payload)
+            self._saved_step = self.step
+            # only now, with the new one on disk: a failed save above kept every older one
             prune_checkpoints(self.checkpoint_dir, self.cfg.train.keep_last)
             if best:
                 link_or_copy(path, best_path)
@@ -424,6 +492,7 @@ class Trainer:
             "best_valid": self.best_valid,
             "speakers": self.data.speakers,
             "skipped_steps": self.bad_total,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     # -- logging ---------------------------------------------------------------------------
@@ -431,15 +500,18 @@ class Trainer:
     @contextlib.contextmanager
     def _tensorboard(self):
         if self.procs.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            self.writer = EventLog(self.out_dir / "tb")
         try:
             yield
-        finally:
+        except BaseException:
+            if self.writer is not None:  # the error on its way out is the one to report
+                self.writer.close(quiet=True)
+            raise
+        else:
             if self.writer is not None:
                 self.writer.close()
-                self.writer = None
+        finally:
+            self.writer = None
 
     def _progress_bar(self):
         from tqdm import tqdm

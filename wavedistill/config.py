@@ -60,6 +60,10 @@ class DataConfig:
     # share of a split's clips that may be found corrupted when read (skipped, named in
     # OUT/skipped.txt) before a run stops and asks for preprocess again
     max_corrupt_fraction: float = 0.05
+    # F0 labels (pyin) written by preprocess as f0/<id>.npy, needed by teacher.source=harmonic
+    pitch: bool = False
+    pitch_fmin: float = 50.0  # Hz: the labels' and the pitch predictor's range
+    pitch_fmax: float = 500.0
 
 
 @dataclass
@@ -83,6 +87,12 @@ class TeacherConfig:
     mol_log_scale_min: float = -14.0
     gaussian_log_scale_min: float = -9.0  # ClariNet
     mu_law_levels: int = 256
+    # none | harmonic: a deterministic harmonic excitation from F0 and voicing predicted from
+    # the mel (models/excitation.py) as extra input of the first layer (needs data.pitch labels)
+    source: str = "none"
+    pitch_weight: float = 1.0  # weight of the pitch predictor's loss beside the NLL
+    pitch_channels: int = 64  # channels of the pitch predictor's convolutions
+    source_harmonics: int = 0  # most harmonics in the excitation; 0 = all below Nyquist
 
 
 @dataclass
@@ -104,6 +114,7 @@ class StudentConfig:
     # whole batch, scaled by the thread count and the dtype's size, rounded to whole frames):
     # small enough that a layer's gate activations stay in cache, large enough for fast GEMMs
     synthesis_tile: int = 2048
+    source: str = "none"  # must equal teacher.source (the student inherits its pitch predictor)
 
 
 @dataclass
@@ -181,6 +192,8 @@ CHOICES = {
     "data.format": ("folder", "ljspeech", "vctk", "wavscp"),
     "teacher.output": ("mol", "gaussian", "categorical"),
     "student.noise": ("logistic", "gaussian"),
+    "teacher.source": ("none", "harmonic"),
+    "student.source": ("none", "harmonic"),
     "train.decay": ("exponential", "cosine", "none"),
     "train.precision": ("auto", "float32", "bfloat16", "float16"),
 }
@@ -410,6 +423,12 @@ def validate(cfg: Config) -> None:
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     _check(0 <= d.max_corrupt_fraction <= 1,
            f"data.max_corrupt_fraction must be in [0, 1], got {d.max_corrupt_fraction}")
+    _check(0 < d.pitch_fmin < d.pitch_fmax,
+           f"data.pitch_fmin ({d.pitch_fmin:g}) must be positive and below data.pitch_fmax "
+           f"({d.pitch_fmax:g})")
+    _check(d.pitch_fmax < a.sample_rate / 2,
+           f"data.pitch_fmax ({d.pitch_fmax:g}) must be below sample_rate / 2 "
+           f"({a.sample_rate / 2:g})")
     _check(d.silence_threshold_db <= 0,
            f"data.silence_threshold_db is a level in dBFS and must be <= 0, "
            f"got {d.silence_threshold_db:g}")
@@ -435,6 +454,15 @@ def validate(cfg: Config) -> None:
     _check(t.num_speakers >= 0, f"teacher.num_speakers must be >= 0, got {t.num_speakers}")
     _check(t.conditioning_context >= 0,
            f"teacher.conditioning_context must be >= 0, got {t.conditioning_context}")
+    _check(t.pitch_weight >= 0, f"teacher.pitch_weight must be >= 0, got {t.pitch_weight}")
+    _check(t.pitch_channels > 0,
+           f"teacher.pitch_channels must be positive, got {t.pitch_channels}")
+    _check(t.source_harmonics >= 0,
+           f"teacher.source_harmonics must be >= 0 (0: all below Nyquist), "
+           f"got {t.source_harmonics}")
+    _check(t.source == "none" or t.use_mel,
+           f"teacher.source {t.source!r} derives the excitation from the mel; "
+           "it needs teacher.use_mel=true")
     s = cfg.student
     _check(len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
            f"student.flow_layers must be positive integers, got {s.flow_layers}")

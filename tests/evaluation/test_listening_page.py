@@ -16,10 +16,10 @@ from test_run import write_checkpoint
 
 from wavedistill.cli import main
 from wavedistill.errors import UserError
+from wavedistill.evaluation import run as evaluation
 from wavedistill.evaluation.compare import compare
 from wavedistill.evaluation.results import FAILED
 from wavedistill.evaluation.run import evaluate
-from wavedistill.evaluation import run as evaluation
 
 
 class Page(HTMLParser):

@@ -557,3 +557,20 @@ def test_steps_wait_only_to_decide_a_skip_and_a_log_line_reads_all_means_at_once
         expected = sum(float(r[key]) for r in results) / len(results)
         assert means[key] == pytest.approx(expected, rel=1e-6)
     assert all(isinstance(v, float) for v in means.values())
+
+
+def test_resume_accepts_a_checkpoint_config_older_than_a_model_key():
+    """A run saved before ``teacher.source`` existed resumes: the missing key is its default."""
+    from wavedistill.config import Config, config_to_dict
+    from wavedistill.errors import UserError
+    from wavedistill.training.loop import _check_same_model
+
+    stored = config_to_dict(Config())
+    for key in ("source", "pitch_weight", "pitch_channels", "source_harmonics"):
+        del stored["teacher"][key]
+    ckpt = {"config": stored, "path": "old.pt"}
+    _check_same_model(ckpt, Config(), "teacher")
+    changed = Config()
+    changed.teacher.source = "harmonic"
+    with pytest.raises(UserError, match="teacher.source"):
+        _check_same_model(ckpt, changed, "teacher")

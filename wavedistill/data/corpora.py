@@ -313,8 +313,12 @@ class SegmentDataset(torch.utils.data.Dataset):
         mel = torch.from_numpy(np.array(mel[:, first: first + frames], dtype=np.float32))
         if self.stats is not None:
             mel = self.stats.normalize(mel)
-        return {"id": entry["id"], "audio": torch.from_numpy(audio), "mel": mel,
+        item = {"id": entry["id"], "audio": torch.from_numpy(audio), "mel": mel,
                 "speaker": int(entry["speaker"])}
+        if "f0" in entry:  # F0 labels (preprocess with data.pitch=true): Hz, 0 = unvoiced
+            f0 = np.load(self.data_dir / entry["f0"], mmap_mode="r")
+            item["f0"] = torch.from_numpy(np.array(f0[first: first + frames], dtype=np.float32))
+        return item
 
 
 def collate(items: list[dict]) -> dict:
@@ -323,8 +327,9 @@ def collate(items: list[dict]) -> dict:
 
     Items of different lengths (whole utterances) are zero-padded at the end to the longest;
     ``lengths`` gives each item's true number of samples (its frames are lengths / hop).
-    Corrupted items are left out and listed as ``"corrupt": [(file, reason)]`` (a batch of
-    only corrupted items is just that list)."""
+    ``"f0": (B, F)`` float32 (Hz, 0 = unvoiced, and 0 past an item's end) when every item has
+    F0 labels. Corrupted items are left out and listed as ``"corrupt": [(file, reason)]`` (a
+    batch of only corrupted items is just that list)."""
     corrupt = [it["corrupt"] for it in items if "corrupt" in it]
     if corrupt:
         items = [it for it in items if "corrupt" not in it]
@@ -340,6 +345,12 @@ def _batch(items: list[dict]) -> dict:
     for i, it in enumerate(items):
         audio[i, : lengths[i]] = it["audio"]
         mel[i, :, : it["mel"].shape[-1]] = it["mel"]
-    return {"id": [it["id"] for it in items], "audio": audio, "mel": mel,
-            "speaker": torch.tensor([it["speaker"] for it in items], dtype=torch.int64),
-            "lengths": torch.tensor(lengths, dtype=torch.int64)}
+    batch = {"id": [it["id"] for it in items], "audio": audio, "mel": mel,
+             "speaker": torch.tensor([it["speaker"] for it in items], dtype=torch.int64),
+             "lengths": torch.tensor(lengths, dtype=torch.int64)}
+    if all("f0" in it for it in items):
+        f0 = torch.zeros(len(items), frames)
+        for i, it in enumerate(items):
+            f0[i, : it["f0"].shape[-1]] = it["f0"]
+        batch["f0"] = f0
+    return batch

@@ -135,6 +135,11 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
         entry["mel_source"] = str(external.path(utt.id))
     _save_npy(out_dir / entry["audio"], pcm)
     _save_npy(out_dir / entry["mel"], mel)
+    if cfg.data.pitch:
+        from wavedistill.data.pitch import f0_labels
+
+        entry["f0"] = f"f0/{utt.id}.npy"
+        _save_npy(out_dir / entry["f0"], f0_labels(dequantize_16bit(pcm), cfg.audio, cfg.data))
     return entry, changes
 
 
@@ -200,11 +205,12 @@ def _speaker_ids(utts: list[Utterance], out_dir: Path) -> dict[str, int]:
 
 
 def _reusable(previous: dict | None, utt: Utterance, out_dir: Path,
-              external: ExternalMels | None) -> bool:
+              external: ExternalMels | None, pitch: bool = False) -> bool:
     mel_source = None if external is None else str(external.path(utt.id))
     return (previous is not None and previous.get("source") == str(utt.path)
             and previous.get("mel_source") == mel_source
-            and (out_dir / previous["audio"]).exists() and (out_dir / previous["mel"]).exists())
+            and (out_dir / previous["audio"]).exists() and (out_dir / previous["mel"]).exists()
+            and (not pitch or ("f0" in previous and (out_dir / previous["f0"]).exists())))
 
 
 def _run_jobs(jobs: list[tuple], num_workers: int, desc: str):
@@ -270,12 +276,15 @@ def _fill(cfg: Config, data_dir: Path, out_dir: Path, utts: list[Utterance],
     current: dict[str, dict] = {}
     jobs = []
     for utt in utts:
-        if _reusable(previous.get(utt.id), utt, out_dir, external):
+        if _reusable(previous.get(utt.id), utt, out_dir, external, cfg.data.pitch):
             current[utt.id] = previous[utt.id]
             report.reused += 1
         else:
             jobs.append((utt, speakers[utt.speaker], cfg, out_dir, external))
-    for result in _run_jobs(jobs, cfg.data.num_workers, f"preprocess {data_dir.name}"):
+    desc = f"preprocess {data_dir.name}"
+    if cfg.data.pitch and jobs:  # pyin dominates the run: say so
+        desc += " with F0 labels (pyin, ~0.2x real time)"
+    for result in _run_jobs(jobs, cfg.data.num_workers, desc):
         if isinstance(result, str):
             report.rejected.append(result)
             continue

@@ -105,8 +105,11 @@ def synthesize_files(synth: Synthesizer, output: Path, inputs: list[Path] | None
     outputs = output_paths(names, output)
     mels = [synth.features(p, convention) for p in inputs] if inputs else None
     report = DecodeReport()
+    # a student with an excitation cannot stream (its phase runs from the clip's start,
+    # Synthesizer.stream); it is synthesised in chunks of the whole mel instead, same audio
+    excitation = getattr(synth.loaded.model, "excitation", None)
     with explain(report.intact):
-        if chunk_seconds is not None and mels:
+        if chunk_seconds is not None and mels and excitation is None:
             _stream_to_files(synth, outputs, mels, chunk_seconds, speaker, seed, report)
         else:
             clips = synth.generate(mels, seconds=seconds, speaker=speaker, seed=seed,

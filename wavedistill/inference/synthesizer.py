@@ -161,6 +161,10 @@ class Synthesizer:
         receptive field, whatever the length."""
         if self.kind != "student":
             raise UserError("streaming is for students; a teacher samples step by step")
+        if getattr(self.loaded.model, "excitation", None) is not None:
+            raise UserError("streaming does not support a student with an excitation "
+                            "(student.source=harmonic): synthesise whole clips, or use "
+                            "--chunk-seconds")
         model, device, hop = self.loaded.student, self.loaded.device, self.cfg.audio.hop_length
         spk = self.loaded.speaker_ids(speaker, 1)
         generator = torch.Generator(device=device).manual_seed(seed)

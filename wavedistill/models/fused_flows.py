@@ -53,7 +53,7 @@ def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
     pad = max(b.dilated.left_padding for b in flow.stack.blocks)
     h = x.new_empty(pad + T, B, C)
     h[:pad] = 0.0  # the causal left padding; the input layer writes the rest
-    _input_layer(flow, x, h[pad:])
+    _input_layer(flow, x, h[pad:], cond)
     inputs = _TileInputs(cond, layers, B, min(tile, T), x)
     gate = x.new_empty(min(tile, T) * B, G // 2)
     for j, layer in enumerate(layers):
@@ -68,11 +68,18 @@ def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
     return mu, log_s.clamp_min_(flow.log_scale_min)
 
 
-def _input_layer(flow: IAFFlow, x: Tensor, out: Tensor) -> None:
-    """``out (T, B, C) = input_conv(shift_right(x))``, time-major, for the clips ``x (B, T)``."""
+def _input_layer(flow: IAFFlow, x: Tensor, out: Tensor, cond: Conditioning | None) -> None:
+    """``out (T, B, C) = input_conv(shift_right(x) | excitation)``, time-major, for the clips
+    ``x (B, T)``; the excitation ``cond.source (B, C_e, T)`` (unshifted) when there is one."""
     w, b = flow.input_conv.weight[:, 0, 0], flow.input_conv.bias  # (C,), (C,)
     assert b is not None  # a Conv1d has a bias by default
     torch.addcmul(b, shift_right(x).t().unsqueeze(-1), w, out=out)
+    source = cond.source if cond is not None else None
+    if source is not None:
+        T, B, C = out.shape
+        w_e = flow.input_conv.weight[:, 1:, 0]  # (C, C_e)
+        src = source.to(x.dtype).permute(2, 0, 1).reshape(T * B, -1)  # (T B, C_e)
+        out.view(T * B, C).addmm_(src, w_e.t())
 
 
 class _TileInputs:

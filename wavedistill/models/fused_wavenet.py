@@ -107,6 +107,7 @@ class FusedTeacher:
     matmul_dtype: torch.dtype
     input_weight: Tensor  # (R,)
     input_bias: Tensor  # (R,)
+    source_weight: Tensor | None  # (R, C_e): the excitation's columns of the input conv
     layers: list[_LayerWeights]
     layer_bias: Tensor  # (L G,): every layer's dilated-conv bias
     skip: Tensor  # (L G/2, S): all skip projections stacked
@@ -188,6 +189,8 @@ def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> Fused
         dtype=dtype, matmul_dtype=mm,
         input_weight=teacher.input_conv.weight.detach()[:, 0, 0].to(dtype),
         input_bias=teacher.input_conv.bias.detach().to(dtype),
+        source_weight=(teacher.input_conv.weight.detach()[:, 1:, 0].to(dtype)
+                       if teacher.input_conv.in_channels > 1 else None),
         layers=layers,
         layer_bias=torch.cat([b.dilated.bias.detach() for b in stack.blocks]).to(mm),
         skip=_as_operand(torch.cat([w for w, _ in skips], dim=1), mm, batch),
@@ -257,7 +260,10 @@ class TeacherState:
     ``t`` is the index of the next sample. The conditioning lives here at frame rate:
     ``frames`` ``(F, B, L G)`` (time-major so that one frame is contiguous), ``filter`` the
     upsampling filter ``W`` as Python floats, ``constant`` ``(B, L G)`` the conv biases plus the
-    speaker term. The remaining fields are scratch buffers reused by every step.
+    speaker term. With an excitation, ``input_terms`` ``(T, B, R)`` is the input layer's
+    excitation contribution plus its bias for every sample of the clip, precomputed: a step adds
+    its row where it would add the bias. The remaining fields are scratch buffers reused by
+    every step.
     """
 
     t: int
@@ -279,6 +285,7 @@ class TeacherState:
     hidden: Tensor  # (B, S)
     params: Tensor  # (B, P)
     params_out: Tensor  # (B, P, 1) view of ``params``: what a step returns
+    input_terms: Tensor | None = None  # (T, B, R): excitation term + input bias per sample
 
 
 def _empty(batch: int, channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -319,7 +326,21 @@ def init_state(fused: FusedTeacher, batch: int, cond: Conditioning | None,
         skip=_empty(batch, S, mm, device),
         skip_full=_empty(batch, S, dt, device) if fused.mixed else None,
         hidden=_empty(batch, S, dt, device),
-        params=params, params_out=params.unsqueeze(-1))
+        params=params, params_out=params.unsqueeze(-1),
+        input_terms=_input_terms(fused, cond))
+
+
+def _input_terms(fused: FusedTeacher, cond: Conditioning | None) -> Tensor | None:
+    """``(T, B, R)``: ``W_e source_t + b`` of the input layer for every sample, or None
+    without an excitation (the input layer's bias alone then)."""
+    source = cond.source if cond is not None else None
+    if (source is None) != (fused.source_weight is None):
+        raise ValueError("the teacher's input layer and the conditioning disagree on the "
+                         "excitation")
+    if source is None or fused.source_weight is None:
+        return None
+    src = source.detach().to(fused.dtype).permute(2, 0, 1)  # (T, B, C_e)
+    return torch.matmul(src, fused.source_weight.t()) + fused.input_bias
 
 
 # -- one step --------------------------------------------------------------------------------
@@ -348,10 +369,11 @@ def _layers(fused: FusedTeacher, state: TeacherState, x: Tensor) -> None:
     tanh_in, sigm_in = state.gate_views
     first = state.layers[0]
     stream = state.stream
+    bias = fused.input_bias if state.input_terms is None else state.input_terms[t]
     if stream is None:  # exact: the residual stream is the next layer's history slot
-        torch.addcmul(fused.input_bias, x, fused.input_weight, out=first.slots[t % first.period])
+        torch.addcmul(bias, x, fused.input_weight, out=first.slots[t % first.period])
     else:
-        torch.addcmul(fused.input_bias, x, fused.input_weight, out=stream)
+        torch.addcmul(bias, x, fused.input_weight, out=stream)
         first.slots[t % first.period].copy_(stream)
     last = len(fused.layers) - 1
     for i, (lw, ls) in enumerate(zip(fused.layers, state.layers, strict=True)):

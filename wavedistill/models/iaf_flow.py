@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wavedistill.models.excitation import with_source
 from wavedistill.models.networks import Conditioning, WaveNetStack, dilation_cycle, shift_right
 
 # Entropy of the unit noise distribution in nats: a logistic with scale s has entropy
@@ -53,10 +54,12 @@ class IAFFlow(nn.Module):
     depends on ``x^(k-1)_<t`` only. Log-scales are floored at ``log_scale_min``."""
 
     def __init__(self, layers: int, channels: int, kernel_size: int, cycle: int,
-                 log_scale_min: float, initial_log_scale: float = 0.0):
+                 log_scale_min: float, initial_log_scale: float = 0.0,
+                 source_channels: int = 0):
         super().__init__()
         self.log_scale_min = log_scale_min
-        self.input_conv = nn.Conv1d(1, channels, 1)
+        # the shifted input, then ``source_channels`` of excitation (conditioning, unshifted)
+        self.input_conv = nn.Conv1d(1 + source_channels, channels, 1)
         self.stack = WaveNetStack(channels, 2 * channels, 0, kernel_size,
                                   dilation_cycle(layers, cycle))
         self.output = nn.Conv1d(channels, 2, 1)
@@ -71,7 +74,7 @@ class IAFFlow(nn.Module):
         return self.stack.receptive_field
 
     def forward(self, x: Tensor, cond: Conditioning | None) -> tuple[Tensor, Tensor]:
-        h = self.input_conv(shift_right(x).unsqueeze(1))  # (B, C, T)
+        h = self.input_conv(with_source(shift_right(x).unsqueeze(1), cond))  # (B, C, T)
         h, _ = self.stack(h, cond)
         mu, log_s = self.output(F.relu(h)).unbind(1)
         return mu, log_s.clamp_min(self.log_scale_min)

@@ -340,19 +340,24 @@ class Conditioning:
     rate; the value a :class:`Conditioner` returns. Either part may be ``None``.
 
     ``frames``: ``(B, N, F)`` frame-rate projection of the mel; ``filter``: ``(hop,)`` effective
-    upsampling filter ``W``; ``bias``: ``(B, N, 1)`` global (speaker) term.
+    upsampling filter ``W``; ``bias``: ``(B, N, 1)`` global (speaker) term; ``source``:
+    ``(B, C_e, T)`` sample-rate excitation (:mod:`wavedistill.models.excitation`) that the first
+    layer of every network takes beside its audio input, or None. It is not part of the ``N``
+    gate channels and is passed unchanged to every slice.
     """
 
     frames: Tensor | None
     filter: Tensor | None
     bias: Tensor | None
+    source: Tensor | None = None
 
     def channels(self, start: int, stop: int) -> Conditioning:
         """The conditioning of channels ``[start, stop)`` (one layer's ``G``)."""
         return Conditioning(
             self.frames[:, start:stop] if self.frames is not None else None,
             self.filter,
-            self.bias[:, start:stop] if self.bias is not None else None)
+            self.bias[:, start:stop] if self.bias is not None else None,
+            self.source)
 
     def add_to(self, pre: Tensor) -> Tensor:
         """``pre + cond``: ``(B, N, T) -> (B, N, T)`` with ``T = F * hop`` when mel is present.

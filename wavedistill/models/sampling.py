@@ -155,9 +155,13 @@ def sample_naive_steps(teacher, mel, speaker, audio: Tensor, steps: range,
     dist = teacher.distribution
     conditioned = mel is not None and teacher.n_mels > 0
     hop, _, frames = naive_geometry(teacher, mel, audio.shape[-1])
+    # the whole clip's excitation, cut per window: its phase runs from the clip's start
+    excitation = getattr(teacher, "excitation", None)
+    source = excitation(mel) if conditioned and excitation is not None else None
     for t, (f0, f1) in zip(steps, naive_windows(teacher, steps, frames), strict=True):
         window_mel = mel[:, :, f0:f1] if conditioned else None
-        params = teacher(audio[:, f0 * hop:f1 * hop], window_mel, speaker)
+        window_source = source[..., f0 * hop:f1 * hop] if source is not None else None
+        params = teacher(audio[:, f0 * hop:f1 * hop], window_mel, speaker, window_source)
         pos = t - f0 * hop
         audio[:, t] = dist.sample(params[:, :, pos:pos + 1], generator)[:, 0]
         if report is not None:

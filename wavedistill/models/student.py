@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from wavedistill.config import Config, StudentConfig
 from wavedistill.errors import UserError
+from wavedistill.models.excitation import HarmonicSource, build_source
 from wavedistill.models.fused_flows import fused_flow
 from wavedistill.models.iaf_flow import NOISE_ENTROPY, IAFFlow, noise_log_density, sample_noise
 from wavedistill.models.networks import (
@@ -65,7 +66,8 @@ class IAFStudent(nn.Module):
                  upsample_factors: Sequence[int] = (200,), conditioning_context: int = 1,
                  num_speakers: int = 0, speaker_dim: int = 16, log_scale_min: float = -9.0,
                  synthesis_tile: int = 2048,
-                 initial_scale: float = StudentConfig.initial_scale):
+                 initial_scale: float = StudentConfig.initial_scale,
+                 excitation: HarmonicSource | None = None):
         super().__init__()
         if noise not in NOISE_ENTROPY:
             raise UserError(f"student.noise is {noise!r}; expected one of logistic, gaussian")
@@ -75,12 +77,19 @@ class IAFStudent(nn.Module):
         self.conditioning_context = conditioning_context
         self.synthesis_tile = synthesis_tile
         share = math.log(initial_scale) / len(flow_layers)
+        source_channels = excitation.channels if excitation is not None else 0
         # an nn.ModuleList, typed as the flows it holds
         self.flows = cast("Sequence[IAFFlow]", nn.ModuleList(
-            IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share) for n in flow_layers))
+            IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share, source_channels)
+            for n in flow_layers))
         self.conditioner = Conditioner(sum(f.stack.conditioning_channels for f in self.flows),
                                        n_mels, upsample_factors, conditioning_context,
                                        num_speakers, speaker_dim)
+        # the teacher's pitch predictor, copied at distillation start and frozen
+        # (excitation.inherit_predictor); absent by default
+        self.excitation = excitation
+        if excitation is not None:
+            excitation.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg: Config) -> IAFStudent:
@@ -88,7 +97,8 @@ class IAFStudent(nn.Module):
         assert s.upsample_factors is not None  # Config fills it in from the hop
         return cls(cfg.audio.n_mels, s.flow_layers, s.channels, s.kernel_size, s.dilation_cycle,
                    s.noise, s.upsample_factors, s.conditioning_context, s.num_speakers,
-                   s.speaker_dim, s.log_scale_min, s.synthesis_tile, s.initial_scale)
+                   s.speaker_dim, s.log_scale_min, s.synthesis_tile, s.initial_scale,
+                   build_source(cfg, s.source))
 
     @property
     def hop(self) -> int:
@@ -109,7 +119,15 @@ class IAFStudent(nn.Module):
     # -- conditioning ------------------------------------------------------------------------
 
     def conditioning(self, mel: Tensor, speaker: Tensor | None = None) -> Conditioning:
-        """Frame-rate conditioning of every layer of every flow, checked against the model."""
+        """Frame-rate conditioning of every layer of every flow, checked against the model;
+        with the excitation of the clip whose whole mel ``mel`` is, when the student has one."""
+        cond = self._frame_conditioning(mel, speaker)
+        if self.excitation is not None:
+            cond.source = self.excitation(mel)
+        return cond
+
+    def _frame_conditioning(self, mel: Tensor, speaker: Tensor | None) -> Conditioning:
+        """:meth:`conditioning` without the excitation."""
         if mel is None or mel.dim() != 3 or mel.shape[1] != self.n_mels:
             shape = None if mel is None else tuple(mel.shape)
             raise UserError(f"mel must be (batch, {self.n_mels}, frames) to match "
@@ -223,7 +241,10 @@ class IAFStudent(nn.Module):
             raise UserError(f"chunk_frames must be at least 1, got {chunk_frames}")
         hop, total = self.hop, mel.shape[-1]
         z = self.sample_noise((mel.shape[0], total * hop), generator, mel.device)
-        pieces = [self.synthesize_span(z, mel, f0, min(total, f0 + chunk_frames), speaker)
+        # the whole clip's excitation once: its phase runs from the clip's first sample
+        source = self.excitation(mel) if self.excitation is not None else None
+        pieces = [self.synthesize_span(z, mel, f0, min(total, f0 + chunk_frames), speaker,
+                                       source)
                   for f0 in range(0, total, chunk_frames)]
         return torch.cat(pieces, dim=1)
 
@@ -234,15 +255,23 @@ class IAFStudent(nn.Module):
 
     @torch.inference_mode()
     def synthesize_span(self, z: Tensor, mel: Tensor, f0: int, f1: int,
-                        speaker: Tensor | None = None) -> Tensor:
+                        speaker: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """The audio of frames ``[f0, f1)``, ``(B, (f1 - f0) * hop)`` clamped to [-1, 1],
         equal to those samples of the whole clip's synthesis from the same noise ``z (B, T)``
         and mel ``(B, n_mels, F)`` (``T = F * hop``), where ``mel`` ends at the clip's end or
         holds at least ``conditioning_context`` frames past ``f1``. Computed from
-        :attr:`context_frames` frames of left context only."""
+        :attr:`context_frames` frames of left context only.
+
+        With an excitation, ``source (B, C_e, T)`` is the whole clip's (its phase depends on
+        every earlier sample); None computes it from ``mel``, which must then start at the
+        clip's start and end at its end."""
         hop = self.hop
         start = max(0, f0 - self.context_frames)
         cond = self._chunk_conditioning(mel, speaker, start, f1)
+        if self.excitation is not None:
+            if source is None:
+                source = self.excitation(mel)
+            cond.source = source[..., start * hop:f1 * hop]
         x = self._fused_run(z[:, start * hop:f1 * hop], cond)
         return x[:, (f0 - start) * hop:].clamp_(-1.0, 1.0)
 
@@ -252,7 +281,7 @@ class IAFStudent(nn.Module):
         read with ``conditioning_context`` extra frames on each side, then cropped."""
         c = self.conditioning_context
         lo, hi = max(0, start - c), min(mel.shape[-1], stop + c)
-        cond = self.conditioning(mel[..., lo:hi], speaker)
+        cond = self._frame_conditioning(mel[..., lo:hi], speaker)
         assert cond.frames is not None  # a student is always mel-conditioned
         frames = cond.frames[..., start - lo:stop - lo]
         return Conditioning(frames, cond.filter, cond.bias)

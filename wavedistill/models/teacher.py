@@ -28,6 +28,7 @@ from wavedistill.data.audio import mu_law_quantize
 from wavedistill.errors import UserError
 from wavedistill.models.distributions import build_distribution
 from wavedistill.models.distributions.base import OutputDistribution
+from wavedistill.models.excitation import HarmonicSource, build_source, with_source
 from wavedistill.models.networks import (
     Conditioner,
     Conditioning,
@@ -51,14 +52,16 @@ class WaveNetTeacher(nn.Module):
                  kernel_size: int, residual_channels: int, gate_channels: int,
                  skip_channels: int, n_mels: int = 0, upsample_factors: Sequence[int] = (),
                  conditioning_context: int = 1, num_speakers: int = 0, speaker_dim: int = 16,
-                 mu_law_levels: int | None = None):
+                 mu_law_levels: int | None = None, excitation: HarmonicSource | None = None):
         super().__init__()
         self.distribution = distribution
         self.mu_law_levels = mu_law_levels
         self.n_mels = n_mels
         self.num_speakers = num_speakers
         self.receptive_field = receptive_field(layers, stacks, kernel_size)
-        self.input_conv = nn.Conv1d(1, residual_channels, 1)
+        # the audio channel, then the excitation's channels when there is one
+        source_channels = excitation.channels if excitation is not None else 0
+        self.input_conv = nn.Conv1d(1 + source_channels, residual_channels, 1)
         self.stack = WaveNetStack(residual_channels, gate_channels, skip_channels, kernel_size,
                                   dilation_cycle(layers, layers // stacks))
         self.conditioner = Conditioner(self.stack.conditioning_channels, n_mels,
@@ -67,6 +70,8 @@ class WaveNetTeacher(nn.Module):
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1),
             nn.ReLU(), nn.Conv1d(skip_channels, distribution.num_params, 1))
+        # registered last (and absent by default): a model without it is the model of before
+        self.excitation = excitation
 
     @classmethod
     def from_config(cls, cfg: Config) -> WaveNetTeacher:
@@ -81,7 +86,8 @@ class WaveNetTeacher(nn.Module):
                    upsample_factors=t.upsample_factors,
                    conditioning_context=t.conditioning_context,
                    num_speakers=t.num_speakers, speaker_dim=t.speaker_dim,
-                   mu_law_levels=t.mu_law_levels if t.output == "categorical" else None)
+                   mu_law_levels=t.mu_law_levels if t.output == "categorical" else None,
+                   excitation=build_source(cfg, t.source))
 
     @property
     def num_parameters(self) -> int:
@@ -97,10 +103,12 @@ class WaveNetTeacher(nn.Module):
             x = q.to(audio.dtype) * (2.0 / (self.mu_law_levels - 1)) - 1.0
         return x
 
-    def conditioning(self, mel: Tensor | None, speaker: Tensor | None = None
-                     ) -> Conditioning | None:
+    def conditioning(self, mel: Tensor | None, speaker: Tensor | None = None,
+                     source: Tensor | None = None) -> Conditioning | None:
         """Frame-rate conditioning of every layer (``L * G`` channels), checked against the
-        model: mel ``(B, n_mels, F)``, speaker ``(B,)``."""
+        model: mel ``(B, n_mels, F)``, speaker ``(B,)``. With an excitation, it carries the
+        excitation ``(B, C_e, F * hop)``: ``source`` when given (a window of a longer clip's,
+        whose phase the window's mel alone cannot give), else computed from ``mel``."""
         if self.n_mels > 0:
             if mel is None:
                 raise UserError("this teacher is conditioned on mel (teacher.use_mel=true); "
@@ -113,8 +121,11 @@ class WaveNetTeacher(nn.Module):
                 raise UserError("this teacher has teacher.num_speakers="
                                 f"{self.num_speakers}; no speaker id was given")
             check_speaker_ids(speaker, self.num_speakers, "teacher.num_speakers")
-        return self.conditioner(mel if self.n_mels > 0 else None,
+        cond = self.conditioner(mel if self.n_mels > 0 else None,
                                 speaker if self.num_speakers > 0 else None)
+        if self.excitation is not None:
+            cond.source = self.excitation(mel) if source is None else source
+        return cond
 
     def output(self, skips: Tensor) -> Tensor:
         """Head: sum of skips ``(B, S, T)`` -> distribution parameters ``(B, P, T)`` in the
@@ -131,9 +142,10 @@ class WaveNetTeacher(nn.Module):
     # -- density ---------------------------------------------------------------------------
 
     def forward(self, audio: Tensor, mel: Tensor | None = None,
-                speaker: Tensor | None = None) -> Tensor:
-        """Parameters of ``p(x_t | x_<t, c)`` for every t: audio ``(B, T)`` -> ``(B, P, T)``."""
-        cond = self.conditioning(mel, speaker)
+                speaker: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        """Parameters of ``p(x_t | x_<t, c)`` for every t: audio ``(B, T)`` -> ``(B, P, T)``.
+        ``source``: see :meth:`conditioning` (None: from the mel)."""
+        cond = self.conditioning(mel, speaker, source)
         if cond is not None and cond.frames is not None:
             hop = self.conditioner.hop
             assert mel is not None and hop is not None  # there are frames, hence a mel
@@ -141,6 +153,8 @@ class WaveNetTeacher(nn.Module):
                 raise UserError(f"audio has {audio.shape[-1]} samples but {mel.shape[-1]} mel "
                                 f"frames of hop {hop} need {mel.shape[-1] * hop}")
         x = F.pad(self.encode_input(audio)[..., :-1], (1, 0))  # x_{t-1} at t: (B, 1, T)
+        # the excitation at t is conditioning, known for every t: only the audio is shifted
+        x = with_source(x, cond)
         with torch.autocast(x.device.type, enabled=False):
             # float32 residual stream from the start: under autocast only the convolutions'
             # inputs are rounded to bfloat16, the sums between layers stay float32

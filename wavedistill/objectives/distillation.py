@@ -71,7 +71,8 @@ def check_teacher_compatible(teacher_cfg: Config, student_cfg: Config) -> None:
     """Raise one :class:`UserError` naming every reason the teacher described by
     ``teacher_cfg`` cannot teach the student of ``student_cfg``: differing ``audio.*`` keys,
     differing hop of the upsamplers, a teacher head without a continuous density, a Gaussian
-    teacher with non-Gaussian student noise, an unconditional teacher."""
+    teacher with non-Gaussian student noise, an unconditional teacher, differing excitation
+    sources."""
     problems = []
     audio = audio_differences(teacher_cfg.audio, student_cfg.audio)
     if audio:
@@ -94,6 +95,10 @@ def check_teacher_compatible(teacher_cfg: Config, student_cfg: Config) -> None:
     if not teacher_cfg.teacher.use_mel:
         problems.append("teacher.use_mel is false; the student is conditioned on mel and needs "
                         "a mel-conditioned teacher")
+    if teacher_cfg.teacher.source != student_cfg.student.source:
+        problems.append(f"teacher.source is {teacher_cfg.teacher.source!r} but student.source "
+                        f"is {student_cfg.student.source!r}; the student takes the teacher's "
+                        "excitation, set student.source to match")
     if problems:
         raise UserError("teacher and student do not fit: " + "; ".join(problems))
 

@@ -129,6 +129,9 @@ def check_deployable(loaded: LoadedModel) -> None:
     if loaded.kind != "student":
         raise UserError(f"{loaded.source}: --onnx and --torchscript export the parallel student; "
                         "a teacher samples step by step")
+    if getattr(loaded.model, "excitation", None) is not None:
+        raise UserError(f"{loaded.source}: --onnx and --torchscript do not support a student "
+                        "with an excitation (student.source=harmonic); use the bundle")
 
 
 def _plain(loaded: LoadedModel) -> PlainStudent:

@@ -534,8 +534,10 @@ def _check_same_model(ckpt: dict[str, Any], cfg: Config, kind: ModelKind) -> Non
     """A resumed run may change training settings, not the model or its features."""
     stored, wanted = ckpt["config"], config_to_dict(cfg)
     differ = audio_differences(stored.get("audio", {}), cfg.audio)
-    differ += [f"{kind}.{key} {stored.get(kind, {}).get(key)!r} vs {value!r}"
-               for key, value in wanted[kind].items() if stored.get(kind, {}).get(key) != value]
+    # a key the stored config predates (e.g. teacher.source) holds its default
+    section = {**config_to_dict(Config())[kind], **stored.get(kind, {})}
+    differ += [f"{kind}.{key} {section.get(key)!r} vs {value!r}"
+               for key, value in wanted[kind].items() if section.get(key) != value]
     if differ:
         raise UserError(f"{ckpt['path']}: was trained with another model config "
                         f"({', '.join(differ)}); --resume needs the same")

@@ -37,12 +37,16 @@ def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume
 
     data = open_data_folder(data_dir, cfg)
     _check_speakers(data, cfg.teacher.num_speakers, "teacher.num_speakers")
+    if cfg.teacher.source != "none":
+        from wavedistill.data.pitch import check_pitch_labels
+
+        check_pitch_labels(data.path, cfg.teacher.source)
     with distributed_processes(device) as (procs, dev):
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = WaveNetTeacher.from_config(cfg)
         media_samples = round(cfg.train.audio_seconds * cfg.audio.sample_rate)
-        trainer = Trainer("teacher", model, MaximumLikelihood(media_samples), cfg, data,
-                          out_dir, procs, dev)
+        objective = MaximumLikelihood(media_samples, cfg.teacher.pitch_weight)
+        trainer = Trainer("teacher", model, objective, cfg, data, out_dir, procs, dev)
         return trainer.run(resume=resume, init_from=init_from)
 
 
@@ -53,6 +57,7 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
     :class:`~wavedistill.models.student.IAFStudent`. The teacher's feature statistics are
     authoritative: they normalise the data and travel in the student's checkpoints, and the
     teacher's config section is recorded in the student's config."""
+    from wavedistill.models.excitation import inherit_predictor
     from wavedistill.models.student import IAFStudent
     from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
     from wavedistill.store.loading import load_model
@@ -67,6 +72,7 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
         teacher = teacher.to(dev).eval().requires_grad_(False)
         seed_everything(cfg.train.seed)
         student = IAFStudent.from_config(cfg)
+        inherit_predictor(student, teacher)  # the same excitation as the teacher's, frozen
         objective = Distillation(teacher, cfg)
         trainer = Trainer("student", student, objective, cfg, data, out_dir, procs, dev)
         return trainer.run(resume=resume, init_from=init_from)

@@ -79,7 +79,7 @@ def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:
     return [
         _architecture_line(loaded.kind, loaded.cfg),
         f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {sum(p.numel() for p in loaded.model.parameters()):,}{parameters_note}",
+        f"  parameters: {loaded.model.num_parameters:,}{parameters_note}",
         f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
         f"  speakers: {max(1, len(loaded.speakers or {}))}",
     ]

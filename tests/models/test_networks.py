@@ -82,6 +82,14 @@ def test_stack_parameter_count_matches_hand_count():
     assert count_parameters(stack) == L * dilated + (L - 1) * out_full + out_last
 
 
+def test_a_frozen_module_still_counts_all_its_parameters():
+    stack = WaveNetStack(4, 6, 3, 2, dilation_cycle(3, 3))
+    total = count_parameters(stack)
+    stack.requires_grad_(False)
+    assert count_parameters(stack) == total > 0
+    assert count_parameters(stack, trainable=True) == 0
+
+
 @pytest.mark.parametrize("skip_channels", [0, 3])
 @pytest.mark.parametrize("kernel_size,layers,cycle", [(2, 6, 3), (3, 4, 2), (3, 5, 5)])
 def test_stack_is_causal_and_its_receptive_field_is_the_gradient_support(

@@ -12,11 +12,13 @@ mel features:
   would flatter it.
 
 Models come from checkpoints or, with random weights, from config files alone, so paper-sized
-models can be measured without training them (both as a :class:`~wavedistill.store.loading.LoadedModel`).
+models can be measured without training them (both as a
+:class:`~wavedistill.store.loading.LoadedModel`).
 
-Method. The input is real speech: the bundled clip's log-mel (:func:`wavedistill.data.features.log_mel`),
-tiled or cropped to the requested length and normalised (by the checkpoint's statistics, or by
-the clip's own when the model comes from a config). Every measurement runs once untimed first
+Method. The input is real speech: the bundled clip's log-mel
+(:func:`wavedistill.data.features.log_mel`), tiled or cropped to the requested length and
+normalised (by the checkpoint's statistics, or by the clip's own when the model comes from a
+config). Every measurement runs once untimed first
 (warm-up: allocator, kernels, caches; the samplers warm up on one frame, which reaches every
 code path), then ``repeats`` timed runs, each between two device synchronisations; the median
 is reported with the spread (max - min) / median. ``threads`` sets torch's intra-op threads
@@ -218,7 +220,7 @@ def measure(fn: Callable[[], Any], samples_per_call: int, flops: FlopCount,
         "spread": timing.spread,
         "samples_per_call": samples_per_call,
         "source": loaded.source,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "parameters": loaded.model.num_parameters,
         "receptive_field": loaded.model.receptive_field,
         "config": dataclasses.asdict(loaded.section),
     }

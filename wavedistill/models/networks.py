@@ -1,9 +1,9 @@
 """WaveNet building blocks shared by the teacher (MAF direction) and the student (IAF direction).
 
 Everything works on ``(B, C, T)`` tensors. Fast inference does not run these modules: the
-teacher's cached sampler (:mod:`wavedistill.models.sampling`) and the student's fused synthesis
-(:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own way, and the tests
-check them against the batch path here.
+teacher's cached sampler (:mod:`wavedistill.models.sampling`) and the student's fused
+synthesis (:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own
+way, and the tests check them against the batch path here.
 
 Pieces, from the bottom up:
 
@@ -68,9 +68,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars in ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def count_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """Number of scalars in ``module``: all of them (a loaded, frozen model counts in full), or
+    with ``trainable=True`` only those that require a gradient."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
 
 
 # -- convolution -----------------------------------------------------------------------------

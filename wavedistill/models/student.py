@@ -7,8 +7,8 @@ dilations ``2 ** (i % student.dilation_cycle)``), ReLU, 1x1 conv ``C -> 2`` givi
 ``(mu^k, log s^k)``. Flow ``k`` reads the previous flow's output shifted right by one sample, so
 its parameters at ``t`` depend on ``x^(k-1)_<t`` only, and maps ``x^k = x^(k-1) * s^k + mu^k``
 (``x^0 = z``, noise). Every flow sees the same mel (and speaker) through one frame-rate
-:class:`~wavedistill.models.networks.Conditioner` that projects the mel to all layers of all flows at
-once.
+:class:`~wavedistill.models.networks.Conditioner` that projects the mel to all layers of all
+flows at once.
 
 Collapse. Composing the flows gives one affine map per step,
 ``x_t = z_t * s_tot,t + mu_tot,t`` with ``log s_tot = sum_k log s^k`` and
@@ -99,6 +99,7 @@ class IAFStudent(nn.Module):
 
     @property
     def num_parameters(self) -> int:
+        """Number of scalars in the model, frozen ones included (``count_parameters``)."""
         return count_parameters(self)
 
     # -- conditioning ------------------------------------------------------------------------

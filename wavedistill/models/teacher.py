@@ -84,6 +84,7 @@ class WaveNetTeacher(nn.Module):
 
     @property
     def num_parameters(self) -> int:
+        """Number of scalars in the model, frozen ones included (``count_parameters``)."""
         return count_parameters(self)
 
     # -- pieces a sampler reuses -----------------------------------------------------------

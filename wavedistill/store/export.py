@@ -75,7 +75,7 @@ def model_card(loaded: LoadedModel, trained_on: str | None = None) -> str:
         s = cfg.student
         sizes = (f"IAF student, {len(s.flow_layers)} flows of {s.flow_layers} layers, "
                  f"{s.channels} channels, {s.noise} noise")
-    params = sum(p.numel() for p in loaded.model.parameters())
+    params = loaded.model.num_parameters
     fmax = a.fmax if a.fmax is not None else a.sample_rate / 2
     speakers = len(loaded.speakers or {}) or 1
     lines = [

@@ -85,15 +85,5 @@ def resolve_dtype(name: str, device: torch.device | str, option: str = "--dtype"
     return dtype
 
 
-def best_autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision training's ``auto`` chooses: bf16 where native, else float16 on a
-    CUDA device that has it (with a gradient scaler), else None (float32)."""
-    if is_native(torch.bfloat16, device):
-        return torch.bfloat16
-    if device.type == "cuda" and is_native(torch.float16, device):
-        return torch.float16
-    return None
-
-
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")

@@ -181,11 +181,6 @@ def dequantize_16bit(pcm):
     return _back(from_index_16bit(t.long() + LEVELS_16BIT // 2), was_numpy)
 
 
-def round_to_16bit(x):
-    """Float audio -> float32 audio rounded onto the 16-bit grid (clipped to [-1, 1])."""
-    return from_index_16bit(to_index_16bit(x))
-
-
 # -- μ-law -----------------------------------------------------------------------------------
 
 

@@ -53,11 +53,6 @@ def stft_power(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
     return spec.square().sum(-1)
 
 
-def stft_magnitude(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
-    """``|STFT|`` ``(B, T) -> (B, n_fft // 2 + 1, frames)``."""
-    return stft(x, n_fft, hop, win_length).abs()
-
-
 def power_distance(x_power: Tensor, y_power: Tensor) -> Tensor:
     """``sum (P_x - P_y)^2 / sum P_y^2`` over all entries: a scalar (see the module docstring).
     ``x_power``, ``y_power``: ``(B, bins, frames)``."""

@@ -101,14 +101,6 @@ class CausalConv1d(nn.Conv1d):
         """``(B, C_in, T) -> (B, C_out, T)``."""
         return super().forward(F.pad(x, (self.left_padding, 0)))
 
-    def step(self, window: Tensor) -> Tensor:
-        """One output sample from the last ``self.window`` inputs: the reference step used by
-        the tests to check the causal padding of :meth:`forward`.
-
-        ``window``: ``(B, C_in, (k-1)*d + 1)``, oldest first -> ``(B, C_out, 1)``.
-        """
-        return F.conv1d(window, self.weight, self.bias, dilation=self.dilation)
-
 
 # -- gated residual block --------------------------------------------------------------------
 
@@ -367,27 +359,6 @@ class Conditioning:
         if self.bias is not None:
             out = out + self.bias
         return out
-
-    def at(self, t: int) -> Tensor:
-        """The conditioning of sample ``t`` alone: ``(B, N, 1)``; the reference used by the
-        tests to check :meth:`add_to` / :meth:`dense` sample by sample.
-
-        ``W[t % hop] * frames[:, :, t // hop] + bias`` -- the formula of the module docstring.
-        """
-        out = None
-        if self.frames is not None:
-            f, o = divmod(t, self.filter.shape[0])
-            out = self.frames[:, :, f:f + 1] * self.filter[o]
-        if self.bias is not None:
-            out = self.bias if out is None else out + self.bias
-        if out is None:
-            raise ValueError("empty conditioning")
-        return out
-
-    def dense(self, num_samples: int) -> Tensor:
-        """The conditioning of every sample, materialised: ``(B, N, num_samples)``."""
-        ref = self.frames if self.frames is not None else self.bias
-        return self.add_to(ref.new_zeros(ref.shape[0], ref.shape[1], num_samples))
 
 
 class ConditioningUpsampler(nn.Module):

@@ -70,8 +70,12 @@ from wavedistill.bench.profiling import (
     time_call,
 )
 from wavedistill.config import Config, load_config
-from wavedistill.data.features import FeatureStats, frames_for
+from wavedistill.data.audio import load_audio
+from wavedistill.data.features import FeatureStats, frames_for, log_mel
 from wavedistill.errors import UserError
+from wavedistill.models.sampling import generate, sample_naive_steps, steady_naive_steps
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
+from wavedistill.objectives.likelihood import MaximumLikelihood
 from wavedistill.precision import resolve_dtype
 from wavedistill.store.loading import LoadedModel, load_model, random_model
 
@@ -134,9 +138,6 @@ class Settings:
 def clip_features(cfg: Config, clip: Path = BUNDLED_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
     """The clip's audio ``(T,)`` at ``audio.sample_rate``, cut to whole frames, and its
     un-normalised log-mel ``(n_mels, T / hop)``."""
-    from wavedistill.data.audio import load_audio
-    from wavedistill.data.features import log_mel
-
     if not clip.is_file():
         raise UserError(f"{clip}: no such clip to condition the benchmark on; give --clip "
                         "(any speech recording)")
@@ -248,8 +249,6 @@ def measure_student(student: LoadedModel, settings: Settings, peak: float) -> di
 
 def measure_teacher(teacher: LoadedModel, settings: Settings, peak: float) -> dict[str, Any]:
     """Cached sequential sampling of ``settings.seconds`` of audio per batch row."""
-    from wavedistill.models.sampling import generate
-
     frames = frames_for(settings.seconds, teacher.cfg.audio)
     batch = loaded_batch(teacher, frames, settings)
     mel, speaker = teacher.batch_mel(batch), teacher.batch_speaker(batch)
@@ -273,8 +272,6 @@ def measure_teacher_naive(teacher: LoadedModel, settings: Settings, peak: float
                           ) -> dict[str, Any]:
     """``settings.naive_steps`` steps of the naive sampler in the steady state, the past being
     the bundled clip's audio; under autocast for bfloat16."""
-    from wavedistill.models.sampling import sample_naive_steps, steady_naive_steps
-
     steps, frames = steady_naive_steps(teacher.model, settings.naive_steps)
     batch = loaded_batch(teacher, frames, settings)
     mel, speaker, audio = teacher.batch_mel(batch), teacher.batch_speaker(batch), batch["audio"]
@@ -336,13 +333,9 @@ def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
     (the student's KL + power loss against the frozen teacher)."""
     out: dict[str, Any] = {}
     if teacher is not None:
-        from wavedistill.objectives.likelihood import MaximumLikelihood
-
         out["teacher_step"] = measure_step(teacher.model, MaximumLikelihood(),
                                            training_batch(teacher, settings), settings)
     if teacher is not None and student is not None:
-        from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
-
         check_teacher_compatible(teacher.cfg, student.cfg)
         objective = Distillation(teacher.model, student.cfg)
         batch = training_batch(student, settings)

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
 import torch
@@ -112,8 +113,6 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling (soxr high quality): (T,) -> (round(T * target / orig),)."""
-    import librosa  # imported here: only files at another rate pay for it
-
     out = librosa.resample(audio, orig_sr=orig_rate, target_sr=target_rate, res_type="soxr_hq")
     return out.astype(np.float32, copy=False)
 

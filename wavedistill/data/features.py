@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 
@@ -40,8 +41,6 @@ from wavedistill.fileio import atomic_write
 def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
                  fmax: float | None) -> torch.Tensor:
     """Slaney-normalised mel filterbank (n_mels, n_fft // 2 + 1), float64 on the CPU."""
-    import librosa  # only the filterbank comes from librosa; the STFT is torch's
-
     basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                 dtype=np.float64)
     return torch.from_numpy(basis)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from wavedistill.config import Config, audio_differences, load_config, save_config
 from wavedistill.data.audio import dequantize_16bit, peak_db, quantize_16bit, read_audio
 from wavedistill.data.corpora import Utterance, read_jsonl, read_manifest, split_utterances
+from wavedistill.data.external_mel import check_floor, finite_mel, load_npy
 from wavedistill.data.features import FeatureStats, log_mel
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_write, atomic_write_text
@@ -137,8 +138,6 @@ def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
     """The external mel of ``utt_id`` as (n_mels, F) float32, the samples of audio it pairs
     with (``F * hop``), and what was trimmed (or None). A difference of up to
     ``MAX_FRAME_MISMATCH`` frames is trimmed from the longer side's end; more is refused."""
-    from wavedistill.data.external_mel import check_floor, finite_mel, load_npy
-
     path = external.path(utt_id)
     if not path.is_file():
         raise UserError(f"{path}: no external mel for utterance {utt_id}")

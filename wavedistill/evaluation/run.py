@@ -7,7 +7,8 @@
   and teacher samples conditioned on the first ``--max-clips`` clips, cut to
   ``--teacher-seconds`` because sequential sampling is slow;
 - a **student** checkpoint: copy-synthesis of each of the first ``--max-clips`` held-out clips
-  from its own mel, compared with the original by every metric of :mod:`wavedistill.evaluation.metrics`;
+  from its own mel, compared with the original by every metric of
+  :mod:`wavedistill.evaluation.metrics`;
   with ``--teacher``, also the KL(student || teacher) estimate of the distillation objective on
   the first ``data.segment_length`` samples of those clips, and teacher samples of the same
   clips as above, scored alike.
@@ -43,11 +44,15 @@ import numpy as np
 import torch
 
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
+from wavedistill.data.corpora import SegmentDataset, collate
 from wavedistill.data.features import FeatureStats, frames_for
 from wavedistill.errors import UserError
+from wavedistill.evaluation.griffin_lim import griffin_lim
 from wavedistill.evaluation.plots import draw_figures, plot_nll_curve
 from wavedistill.evaluation.report import write_report
 from wavedistill.evaluation.results import Clip, Results, score
+from wavedistill.models.sampling import generate
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
 from wavedistill.store.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -77,8 +82,6 @@ def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int 
     """The utterances of ``split``, whole, in manifest order (the first ``limit``):
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
     split first), for a corpus the model never saw, such as another speaker's."""
-    from wavedistill.data.corpora import SegmentDataset
-
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     parts = ("valid",) if split == "valid" else ("train", "valid")
@@ -119,9 +122,6 @@ def teacher_samples(teacher: LoadedModel, clips: list[Clip], seconds: float,
                     device: torch.device) -> dict[str, np.ndarray]:
     """Teacher samples conditioned on the first ``seconds`` of every clip, generated as one
     batch (shorter clips are padded with mean features and their samples cut back)."""
-    from wavedistill.data.corpora import collate
-    from wavedistill.models.sampling import generate
-
     hop = teacher.cfg.audio.hop_length
     frames = frames_for(seconds, teacher.cfg.audio)
     items = [{"id": c.id, "audio": c.audio[: frames * hop], "mel": c.mel[:, :frames],
@@ -160,8 +160,6 @@ def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], d
     first ``data.segment_length`` samples of every clip, and its mean over clips. Segments
     bound the memory of the ``distill.num_draws`` draws per step, and the estimate is a
     per-sample average, so a training-length segment measures what training optimises."""
-    from wavedistill.objectives.distillation import Distillation
-
     objective = Distillation(teacher.model, student.cfg)
     length, hop = student.cfg.data.segment_length, student.cfg.audio.hop_length
     torch.manual_seed(SEED)  # the objective draws its noise from the global generator
@@ -183,8 +181,6 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
                         ) -> dict[str, np.ndarray]:
     """Griffin-Lim of every clip from the log-mel that conditions the models, un-normalised
     with the same ``stats`` that normalised it."""
-    from wavedistill.evaluation.griffin_lim import griffin_lim
-
     return {clip.id: griffin_lim(stats.denormalize(clip.mel).numpy(), cfg.audio, n_iter=n_iter,
                                  seed=SEED)
             for clip in clips}
@@ -214,8 +210,6 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     check_dataset(data_dir, main.cfg, checkpoint)
     ref = load_model(teacher, "teacher", dev) if teacher is not None else None
     if ref is not None:
-        from wavedistill.objectives.distillation import check_teacher_compatible
-
         check_teacher_compatible(ref.cfg, main.cfg)
     the_teacher = main if main.kind == "teacher" else ref
 

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from wavedistill.data.audio import write_wav, write_wav_stream
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
 from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds
+from wavedistill.store.registry import DEFAULT_STUDENT, default_student_path
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,6 @@ def open_synthesizer(checkpoint: Path | None, device: str = "cpu", use_ema: bool
     """The model of ``checkpoint`` (a checkpoint file, an exported bundle folder, a shipped
     model's name or a Hub id), or the shipped student when None, in ``dtype``."""
     if checkpoint is None:
-        from wavedistill.store.registry import DEFAULT_STUDENT, default_student_path
-
         log.info("no checkpoint given: using the shipped student %s", DEFAULT_STUDENT)
         checkpoint = default_student_path()
     return Synthesizer.from_pretrained(checkpoint, device=device, use_ema=use_ema, dtype=dtype)
@@ -99,8 +100,6 @@ def _stream_to_files(synth: Synthesizer, paths: list[Path], mels: list[torch.Ten
                      report: DecodeReport) -> None:
     """Each clip streamed chunk by chunk into its file: memory bounded by the chunk and the
     receptive field, whatever the clip's length; the audio equals one-shot synthesis."""
-    from wavedistill.data.audio import write_wav_stream
-
     a = synth.cfg.audio
     frames = frames_for(chunk_seconds, a)
     for path, mel in zip(paths, mels, strict=True):
@@ -127,8 +126,6 @@ def output_paths(names: list[str], output: Path) -> list[Path]:
 
 def _write(synth: Synthesizer, paths: list[Path], clips: list[np.ndarray],
            report: DecodeReport) -> None:
-    from wavedistill.data.audio import write_wav
-
     rate = synth.cfg.audio.sample_rate
     for path, clip in zip(paths, clips, strict=True):
         write_wav(path, clip, rate)
@@ -249,8 +246,6 @@ def decode_corpus(synth: Synthesizer, output: Path, input_dir: Path | None = Non
 def _read_all(synth: Synthesizer, inputs, convention: MelConvention, report: DecodeReport,
               progress: bool) -> dict[str, torch.Tensor]:
     """Every readable input's model input by name; the others go to ``report.skipped``."""
-    from tqdm import tqdm
-
     mels = {}
     for name, read in tqdm(inputs, desc="features", unit="file", disable=not progress):
         try:
@@ -272,7 +267,5 @@ def _length_sorted_batches(mels: dict[str, torch.Tensor], size: int) -> Iterator
 
 
 def _bar(progress: bool, total: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="sample", unit_scale=True, desc="synthesis",
                 disable=not progress)

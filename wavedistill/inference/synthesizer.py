@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from wavedistill.config import Config
+from wavedistill.data.audio import load_audio
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy, model_input
-from wavedistill.data.features import frames_for
+from wavedistill.data.features import frames_for, log_mel
 from wavedistill.errors import UserError
+from wavedistill.models.sampling import generate
 from wavedistill.precision import DTYPES, resolve_dtype
 from wavedistill.store.loading import LoadedModel, load_model, load_pretrained
 
@@ -95,9 +97,6 @@ class Synthesizer:
 
     def _audio_features(self, path: Path) -> torch.Tensor:
         """Un-normalised log-mel ``(n_mels, F)`` of an audio file."""
-        from wavedistill.data.audio import load_audio
-        from wavedistill.data.features import log_mel
-
         a = self.cfg.audio
         audio = load_audio(path, a.sample_rate)
         usable = len(audio) - len(audio) % a.hop_length
@@ -211,8 +210,6 @@ class Synthesizer:
         model, device = self.loaded.model, self.loaded.device
         generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
-            from wavedistill.models.sampling import generate
-
             precision = "bfloat16" if self.dtype == torch.bfloat16 else None
             return generate(model, mel=mel, speaker=speaker, num_samples=max(lengths),
                             generator=generator, method="cached", progress=progress,

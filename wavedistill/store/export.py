@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from wavedistill import __version__
@@ -42,8 +43,6 @@ ONNX_OPSET = 18
 def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | None = None
                   ) -> Path:
     """Write ``loaded`` as a bundle folder ``out_dir`` (see the module docstring)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

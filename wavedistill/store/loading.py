@@ -9,28 +9,30 @@ the rules for its speaker ids and conditioning. This module sits above the check
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from wavedistill.config import Config, StudentConfig, TeacherConfig
+from wavedistill.config import Config, StudentConfig, TeacherConfig, load_config
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
 from wavedistill.store.checkpoint import checkpoint_config, checkpoint_stats, load_checkpoint
+from wavedistill.store.registry import SHIPPED, shipped
 
 
 def new_model(kind: str, cfg: Config) -> nn.Module:
     """A freshly initialised teacher or student for ``cfg``."""
     if kind == "teacher":
-        from wavedistill.models.teacher import WaveNetTeacher
-
         return WaveNetTeacher.from_config(cfg)
     if kind == "student":
-        from wavedistill.models.student import IAFStudent
-
         return IAFStudent.from_config(cfg)
     raise ValueError(f"unknown model kind {kind!r}")
 
@@ -157,9 +159,6 @@ def load_bundle(folder: str | Path, expected_kind: str | None = None,
     """A model from an exported bundle folder (see ``export.py``): no pickle anywhere, the
     weights from ``model.safetensors``. Frozen, in eval mode, on ``device``. A missing or
     damaged file is a one-line UserError that names it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     missing = [n for n in BUNDLE_FILES if not (folder / n).is_file()]
     if missing:
@@ -197,8 +196,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -207,8 +204,6 @@ def _read_json(path: Path) -> Any:
 
 def _bundle_config(path: Path) -> Config:
     """A bundle's ``config.yaml``, validated; its errors name the file."""
-    from wavedistill.config import load_config
-
     try:
         return load_config(path)
     except UserError as exc:
@@ -239,8 +234,6 @@ def load_pretrained(name_or_path: str | Path, expected_kind: str | None = None,
                     device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """A model from a bundle folder, a checkpoint file, a shipped model's name, or a Hugging
     Face Hub repository id (``owner/name``; needs the ``hub`` extra)."""
-    from wavedistill.store.registry import SHIPPED, shipped
-
     path = Path(name_or_path)
     if is_bundle(path) or path.is_file() or path.suffix in (".pt", ".pth"):
         return load_model(path, expected_kind, device, use_ema)  # says which file is missing

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.pyplot as plt
 from torch import Tensor
 
 from wavedistill.config import Config
+from wavedistill.data.features import log_mel
 
 
 def mel_figure(clip: Tensor, cfg: Config):
     """A matplotlib figure of the log-mel spectrogram of ``clip`` (T,)."""
-    import matplotlib
-
     matplotlib.use("Agg")  # no display: figures are only rendered into TensorBoard events
-    import matplotlib.pyplot as plt
-
-    from wavedistill.data.features import log_mel
 
     mel = log_mel(clip, cfg.audio).float().cpu().numpy()  # (n_mels, F)
     fig, ax = plt.subplots(figsize=(8, 3))

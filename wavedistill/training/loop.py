@@ -41,8 +41,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from wavedistill.config import Config, audio_differences, config_to_dict, save_config
+from wavedistill.data.corpora import SegmentDataset, collate
 from wavedistill.errors import UserError
 from wavedistill.store.checkpoint import (
     BEST_NAME,
@@ -55,7 +59,7 @@ from wavedistill.store.checkpoint import (
     save_checkpoint,
     step_name,
 )
-from wavedistill.store.loading import load_weights
+from wavedistill.store.loading import load_model, load_weights
 from wavedistill.training.batches import BatchStream, DataFolder, valid_dataset
 from wavedistill.training.distributed import Processes, autocast_dtype, gather
 from wavedistill.training.figures import mel_figure
@@ -91,8 +95,6 @@ class Trainer:
 
     def __init__(self, kind: str, model: nn.Module, objective, cfg: Config, data: DataFolder,
                  out_dir: str | Path, procs: Processes, device: torch.device):
-        from wavedistill.data.corpora import SegmentDataset
-
         self.kind, self.cfg, self.data, self.procs, self.device = kind, cfg, data, procs, device
         self.out_dir = Path(out_dir)
         self.objective = objective
@@ -117,7 +119,6 @@ class Trainer:
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:
             return module
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
@@ -160,8 +161,6 @@ class Trainer:
     def init_from(self, path: str | Path) -> None:
         """Start from the weights (only) of another checkpoint of the same kind (its raw
         weights), or of an exported bundle folder (the weights it holds)."""
-        from wavedistill.store.loading import load_model
-
         source = load_model(path, self.kind, use_ema=False)
         load_weights(self.model, source.model.state_dict(), str(path))
         if self.ema is not None:
@@ -347,8 +346,6 @@ class Trainer:
         return self._valid_cache
 
     def _read_valid_batches(self) -> list[dict[str, Tensor]]:
-        from wavedistill.data.corpora import collate
-
         if self.valid_data is None or len(self.valid_data) == 0:
             return []
         size, n = self.cfg.data.batch_size, len(self.valid_data)
@@ -423,8 +420,6 @@ class Trainer:
     @contextlib.contextmanager
     def _tensorboard(self):
         if self.procs.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(str(self.out_dir / "tb"))
         try:
             yield
@@ -434,8 +429,6 @@ class Trainer:
                 self.writer = None
 
     def _progress_bar(self):
-        from tqdm import tqdm
-
         return tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"train {self.kind}",
                     unit="step", dynamic_ncols=True, disable=not self.procs.is_main)
 

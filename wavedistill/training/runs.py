@@ -4,9 +4,10 @@ and one :class:`~wavedistill.training.loop.Trainer` run (see trainer.py for the 
 folder it writes).
 
 The pieces live in their own modules: :mod:`wavedistill.training.optim` (schedule, Adam, EMA),
-:mod:`wavedistill.training.distributed` (torchrun processes, device, precision), :mod:`wavedistill.training.batches`
-(dataset folder, data order, batches), :mod:`wavedistill.training.loop` (the loop, validation,
-checkpoints), :mod:`wavedistill.training.figures` (TensorBoard figures).
+:mod:`wavedistill.training.distributed` (torchrun processes, device, precision),
+:mod:`wavedistill.training.batches` (dataset folder, data order, batches),
+:mod:`wavedistill.training.loop` (the loop, validation, checkpoints),
+:mod:`wavedistill.training.figures` (TensorBoard figures).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import torch
 from wavedistill.config import Config
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
+from wavedistill.objectives.likelihood import MaximumLikelihood
+from wavedistill.store.loading import load_model
 from wavedistill.training.batches import DataFolder, open_data_folder
 from wavedistill.training.distributed import distributed_processes
 from wavedistill.training.loop import Trainer, seed_everything
@@ -31,9 +37,6 @@ def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume
                   init_from: str | Path | None = None, device: str | None = None) -> Trainer:
     """Train a :class:`~wavedistill.models.teacher.WaveNetTeacher` by maximum likelihood on a
     preprocessed dataset folder; returns the finished :class:`Trainer`."""
-    from wavedistill.models.teacher import WaveNetTeacher
-    from wavedistill.objectives.likelihood import MaximumLikelihood
-
     data = open_data_folder(data_dir, cfg)
     _check_speakers(data, cfg.teacher.num_speakers, "teacher.num_speakers")
     with distributed_processes(device) as (procs, dev):
@@ -52,10 +55,6 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
     :class:`~wavedistill.models.student.IAFStudent`. The teacher's feature statistics are
     authoritative: they normalise the data and travel in the student's checkpoints, and the
     teacher's config section is recorded in the student's config."""
-    from wavedistill.models.student import IAFStudent
-    from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
-    from wavedistill.store.loading import load_model
-
     loaded = load_model(teacher_ckpt, "teacher")
     teacher, teacher_cfg, teacher_stats = loaded.model, loaded.cfg, loaded.stats
     check_teacher_compatible(teacher_cfg, cfg)

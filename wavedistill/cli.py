@@ -28,14 +28,20 @@ def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="config overrides, e.g. train.steps=1000 teacher.layers=12")
 
 
+# Every option naming a model takes any reference store.loading.resolve_model reads; kept as
+# typed (no Path) so that a Hub id such as "./owner/name" is not normalised.
+MODEL_REFERENCE = ("a checkpoint file, a bundle folder, a shipped model's name (alice-student, "
+                   "alice-teacher) or a Hub id (owner/name)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True,
                    help="folder written by `wavedistill preprocess`")
     p.add_argument("--out", type=Path, required=True, help="experiment folder (checkpoints, logs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-from", type=Path,
-                   help="take model weights (only) from this checkpoint or bundle folder")
+    p.add_argument("--init-from",
+                   help=f"take model weights (only) from this model: {MODEL_REFERENCE}")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N (default: cuda if available)")
     _config_args(p)
@@ -126,9 +132,9 @@ def cmd_export(args) -> int:
         export_onnx,
         export_torchscript,
     )
-    from wavedistill.store.loading import load_pretrained
+    from wavedistill.store.loading import load_model
 
-    loaded = load_pretrained(args.checkpoint)
+    loaded = load_model(args.checkpoint)
     if args.onnx or args.torchscript:
         check_deployable(loaded)  # before the bundle is written
     out = export_bundle(loaded, args.out, trained_on=args.trained_on)
@@ -228,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("info", help="summarise a preprocessed dataset, a checkpoint, or (with "
+    p = sub.add_parser("info", help="summarise a preprocessed dataset, a model, or (with "
                        "no path) the shipped models")
-    p.add_argument("path", type=Path, nargs="?",
-                   help="dataset folder or checkpoint file (omit to list the shipped models)")
+    p.add_argument("path", nargs="?",
+                   help=f"a dataset folder, or {MODEL_REFERENCE} (omit to list the shipped "
+                        "models)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-teacher", help="train the WaveNet teacher by maximum likelihood")
@@ -239,14 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="distil a teacher into a parallel IAF student")
-    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    p.add_argument("--teacher", required=True, help=f"the teacher: {MODEL_REFERENCE}")
     _train_args(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("synthesize", help="generate audio with a teacher or student checkpoint")
-    p.add_argument("--checkpoint", type=Path,
-                   help="teacher or student checkpoint, exported bundle folder, or shipped "
-                        "model name (default: the shipped student, alice-student)")
+    p.add_argument("--checkpoint",
+                   help=f"the teacher or student: {MODEL_REFERENCE} (default: the shipped "
+                        "student, alice-student)")
     p.add_argument("--input", type=Path, nargs="+", help="clip(s) to copy-synthesise (audio) or "
                    "saved log-mel features (.npy), all as one batch")
     p.add_argument("--input-dir", type=Path,
@@ -278,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write an inference bundle (safetensors, no pickle), "
                        "optionally ONNX and TorchScript files of the student")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file, bundle folder or shipped model name")
+    p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--onnx", action="store_true", help="also write student.onnx (onnx extra)")
     p.add_argument("--torchscript", action="store_true",
@@ -288,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="samples/s of student and teacher, side by side")
-    p.add_argument("--teacher", type=Path, help="teacher checkpoint")
-    p.add_argument("--student", type=Path, help="student checkpoint")
+    p.add_argument("--teacher", help=f"the teacher: {MODEL_REFERENCE}")
+    p.add_argument("--student", help=f"the student: {MODEL_REFERENCE}")
     p.add_argument("--teacher-config", type=Path, help="teacher config (random weights)")
     p.add_argument("--student-config", type=Path, help="student config (random weights)")
     p.add_argument("--seconds", type=float, default=1.0)
@@ -310,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("evaluate", help="held-out NLL and copy-synthesis quality, with figures")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
-    p.add_argument("--teacher", type=Path, help="teacher checkpoint (for KL and teacher samples)")
+    p.add_argument("--teacher",
+                   help=f"the teacher, for KL and teacher samples: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--max-clips", type=int, default=8)
     p.add_argument("--teacher-seconds", type=float, default=0.5,

@@ -8,20 +8,24 @@ from wavedistill.config import load_config
 from wavedistill.data.corpora import read_jsonl
 from wavedistill.errors import UserError
 from wavedistill.store.checkpoint import load_checkpoint
-from wavedistill.store.loading import LoadedModel, from_checkpoint, is_bundle, load_bundle
+from wavedistill.store.loading import (
+    LoadedModel,
+    from_checkpoint,
+    is_bundle,
+    load_bundle,
+    resolve_model,
+)
 from wavedistill.store.registry import MODELS_DIR, SHIPPED
 
 
-def describe(path: str | Path) -> str:
-    """Summary of a dataset folder (written by ``preprocess``) or of a checkpoint file."""
-    path = Path(path)
-    if is_bundle(path):
-        return describe_bundle(path)
-    if path.is_dir():
+def describe(reference: str | Path) -> str:
+    """Summary of a dataset folder (written by ``preprocess``), or of the model a reference
+    names: a checkpoint file, a bundle folder, a shipped model's name or a Hub id."""
+    path = Path(reference)
+    if path.is_dir() and not is_bundle(path):
         return describe_dataset(path)
-    if path.is_file():
-        return describe_checkpoint(path)
-    raise UserError(f"{path}: no such file or folder")
+    model = resolve_model(reference)
+    return describe_bundle(model) if is_bundle(model) else describe_checkpoint(model)
 
 
 def describe_dataset(folder: Path) -> str:

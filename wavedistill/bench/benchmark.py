@@ -180,8 +180,8 @@ def loaded_batch(loaded: LoadedModel, frames: int, settings: Settings
 # -- models ----------------------------------------------------------------------------------
 
 
-def load_kind(kind: str, checkpoint: Path | None, config: Path | None, device: torch.device
-              ) -> LoadedModel | None:
+def load_kind(kind: str, checkpoint: str | Path | None, config: Path | None,
+              device: torch.device) -> LoadedModel | None:
     """The model of one kind from a checkpoint, or from a config with random weights (seeded,
     no statistics), or None when neither is given."""
     if checkpoint is not None and config is not None:
@@ -346,7 +346,8 @@ def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
 # -- the run ---------------------------------------------------------------------------------
 
 
-def benchmark(settings: Settings, *, teacher: Path | None = None, student: Path | None = None,
+def benchmark(settings: Settings, *, teacher: str | Path | None = None,
+              student: str | Path | None = None,
               teacher_config: Path | None = None, student_config: Path | None = None,
               threads: int | None = None, training: bool = False) -> dict[str, Any]:
     """Measure the models given as checkpoints (``teacher``, ``student``) or as configs with

@@ -63,7 +63,7 @@ SEED = 0  # noise of every synthesis, so that two evaluations of a checkpoint ag
 # -- loading ---------------------------------------------------------------------------------
 
 
-def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
+def check_dataset(data_dir: Path, cfg: Config, source: str | Path) -> None:
     """The dataset's features must be the ones the model was trained on."""
     config = data_dir / "config.yaml"
     if not config.is_file():
@@ -192,7 +192,8 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
 # -- the command -----------------------------------------------------------------------------
 
 
-def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
+def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
+             teacher: str | Path | None = None,
              max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
              griffin_lim_iters: int = 32, split: str = "valid") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
@@ -207,10 +208,10 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     main = load_model(checkpoint, device=dev)
     if main.kind == "teacher" and teacher is not None:
         raise UserError(f"{checkpoint}: is a teacher checkpoint; --teacher is for students")
-    check_dataset(data_dir, main.cfg, checkpoint)
     ref = load_model(teacher, "teacher", dev) if teacher is not None else None
     if ref is not None:
         check_teacher_compatible(ref.cfg, main.cfg)
+    check_dataset(data_dir, main.cfg, checkpoint)
     the_teacher = main if main.kind == "teacher" else ref
 
     clips = held_out_clips(data_dir, main.cfg, main.stats, max_clips, split)

@@ -28,7 +28,7 @@ from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
 from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds
-from wavedistill.store.registry import DEFAULT_STUDENT, default_student_path
+from wavedistill.store.registry import DEFAULT_STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,13 @@ class DecodeReport:
         return line
 
 
-def open_synthesizer(checkpoint: Path | None, device: str = "cpu", use_ema: bool = True,
+def open_synthesizer(checkpoint: str | Path | None, device: str = "cpu", use_ema: bool = True,
                      dtype: str = "float32") -> Synthesizer:
     """The model of ``checkpoint`` (a checkpoint file, an exported bundle folder, a shipped
     model's name or a Hub id), or the shipped student when None, in ``dtype``."""
     if checkpoint is None:
         log.info("no checkpoint given: using the shipped student %s", DEFAULT_STUDENT)
-        checkpoint = default_student_path()
+        checkpoint = DEFAULT_STUDENT
     return Synthesizer.from_pretrained(checkpoint, device=device, use_ema=use_ema, dtype=dtype)
 
 

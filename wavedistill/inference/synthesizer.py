@@ -27,7 +27,7 @@ from wavedistill.data.features import frames_for, log_mel
 from wavedistill.errors import UserError
 from wavedistill.models.sampling import generate
 from wavedistill.precision import DTYPES, resolve_dtype
-from wavedistill.store.loading import LoadedModel, load_model, load_pretrained
+from wavedistill.store.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Synthesizer:
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
         ``dtype``: float32, bfloat16 or float16, refused where not native."""
         dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), dtype)
+        return cls(load_model(name_or_path, device=device, use_ema=use_ema), dtype)
 
     @property
     def cfg(self) -> Config:

@@ -122,11 +122,14 @@ def from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> LoadedModel:
                        step=int(ckpt.get("step", 0)), speakers=dict(ckpt.get("speakers") or {}))
 
 
-def load_model(path: str | Path, expected_kind: str | None = None,
+def load_model(reference: str | Path, expected_kind: str | None = None,
                device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """A checkpoint's (or an exported bundle folder's) model ready for inference: rebuilt,
-    weights loaded, on ``device``, in eval mode and without gradients. ``expected_kind``
-    refuses the other kind."""
+    """The model a reference names (:func:`resolve_model`: a checkpoint file, a bundle folder,
+    a shipped model's name or a Hub id) ready for inference: rebuilt, weights loaded (a
+    checkpoint's EMA weights unless ``use_ema`` is False), on ``device``, in eval mode and
+    without gradients. ``expected_kind`` refuses the other kind. Every command and
+    ``Synthesizer`` load through here."""
+    path = resolve_model(reference)
     if is_bundle(path):
         return load_bundle(path, expected_kind, device)
     loaded = from_checkpoint(load_checkpoint(path, expected_kind), use_ema)
@@ -230,21 +233,22 @@ def _bundle_stats(path: Path, n_mels: int) -> FeatureStats:
     return stats
 
 
-def load_pretrained(name_or_path: str | Path, expected_kind: str | None = None,
-                    device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """A model from a bundle folder, a checkpoint file, a shipped model's name, or a Hugging
-    Face Hub repository id (``owner/name``; needs the ``hub`` extra)."""
-    path = Path(name_or_path)
+def resolve_model(reference: str | Path) -> Path:
+    """The local checkpoint file or bundle folder a model reference names, in this order: a
+    path to either, a shipped model's name (``alice-student``), a Hugging Face Hub repository
+    id (``owner/name``, fetched into the cache once; needs the ``hub`` extra). The one place a
+    reference is interpreted: :func:`load_model` and ``wavedistill info`` go through it."""
+    path = Path(reference)
     if is_bundle(path) or path.is_file() or path.suffix in (".pt", ".pth"):
-        return load_model(path, expected_kind, device, use_ema)  # says which file is missing
-    name = str(name_or_path)
+        return path  # a missing .pt is reported by load_checkpoint, which names the file
+    name = str(reference)
     if name in {m.name for m in SHIPPED}:
-        return load_model(shipped(name).path, expected_kind, device, use_ema)
+        return shipped(name).path
     if path.is_dir():
         raise UserError(f"{path}: a folder, but not a model bundle (no bundle.json); give a "
                         "checkpoint file or a folder written by `wavedistill export`")
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return load_bundle(_hub_snapshot(name), expected_kind, device)
+        return _hub_snapshot(name)
     raise UserError(f"{name}: no such checkpoint, bundle folder or shipped model")
 
 

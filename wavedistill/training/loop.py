@@ -159,8 +159,9 @@ class Trainer:
         seed_everything(self.cfg.train.seed + 7919 * self.step + self.procs.rank)
 
     def init_from(self, path: str | Path) -> None:
-        """Start from the weights (only) of another checkpoint of the same kind (its raw
-        weights), or of an exported bundle folder (the weights it holds)."""
+        """Start from the weights (only) of another model of the same kind: a checkpoint's raw
+        weights, or those of a bundle folder or of any other model reference ``load_model``
+        reads (a shipped model's name, a Hub id)."""
         source = load_model(path, self.kind, use_ema=False)
         load_weights(self.model, source.model.state_dict(), str(path))
         if self.ema is not None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from wavedistill import __version__
+from wavedistill.config import DTYPE_NAMES, SAMPLER_DTYPE_NAMES
 from wavedistill.errors import UserError
 
 log = logging.getLogger("wavedistill")
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="student only: synthesise long inputs in chunks of this length")
     p.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                    help="precision of synthesis; reduced ones only where the device computes "
                         "them natively")
     p.set_defaults(func=cmd_synthesize)
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=SAMPLER_DTYPE_NAMES, default="float32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--training", action="store_true",
                    help="also measure training throughput (teacher step, distillation step)")

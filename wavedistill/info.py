@@ -81,25 +81,12 @@ def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:
     a = loaded.cfg.audio
     field = loaded.model.receptive_field
     return [
-        _architecture_line(loaded.kind, loaded.cfg),
+        f"  {loaded.architecture}",
         f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
         f"  parameters: {loaded.model.num_parameters:,}{parameters_note}",
         f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
         f"  speakers: {max(1, len(loaded.speakers or {}))}",
     ]
-
-
-def _architecture_line(kind: str, cfg) -> str:
-    if kind == "teacher":
-        t = cfg.teacher
-        return (f"  WaveNet teacher: {t.layers} layers in {t.stacks} stacks, "
-                f"kernel {t.kernel_size}, {t.residual_channels} residual channels, "
-                f"output {t.output}, "
-                f"upsampling {'x'.join(map(str, t.upsample_factors))}")
-    s = cfg.student
-    return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
-            f"{s.channels} channels, {s.noise} noise, "
-            f"upsampling {'x'.join(map(str, s.upsample_factors))}")
 
 
 def describe_shipped() -> str:

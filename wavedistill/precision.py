@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from wavedistill.config import DTYPE_NAMES
 from wavedistill.errors import UserError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 CPU_FLAGS = {  # any one of these makes the dtype native on a CPU
     torch.bfloat16: ("avx512_bf16", "amx_bf16", "bf16"),

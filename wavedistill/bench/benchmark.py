@@ -69,9 +69,15 @@ from wavedistill.bench.profiling import (
     teacher_flops,
     time_call,
 )
-from wavedistill.config import Config, load_config
+from wavedistill.config import SAMPLER_DTYPE_NAMES, Config, load_config
 from wavedistill.data.audio import load_audio
-from wavedistill.data.features import FeatureStats, frames_for, log_mel
+from wavedistill.data.features import (
+    FeatureStats,
+    frames_for,
+    log_mel,
+    shortest_clip,
+    whole_frames,
+)
 from wavedistill.errors import UserError
 from wavedistill.models.sampling import generate, sample_naive_steps, steady_naive_steps
 from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
@@ -82,7 +88,7 @@ from wavedistill.store.loading import LoadedModel, load_model, random_model
 log = logging.getLogger(__name__)
 
 BUNDLED_CLIP = Path(__file__).resolve().parents[2] / "data" / "arctic" / "arctic_a0007.wav"
-DTYPES = ("float32", "bfloat16")
+DTYPES = SAMPLER_DTYPE_NAMES  # the benchmark times the teacher's sampler in each
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -141,10 +147,12 @@ def clip_features(cfg: Config, clip: Path = BUNDLED_CLIP) -> tuple[torch.Tensor,
     if not clip.is_file():
         raise UserError(f"{clip}: no such clip to condition the benchmark on; give --clip "
                         "(any speech recording)")
-    hop = cfg.audio.hop_length
     audio = torch.from_numpy(load_audio(clip, cfg.audio.sample_rate))
-    audio = audio[: len(audio) - len(audio) % hop]
-    return audio, log_mel(audio, cfg.audio)
+    usable = whole_frames(len(audio), cfg.audio)
+    if usable is None:
+        raise UserError(f"{clip}: too short to condition the benchmark on ({len(audio)} "
+                        f"samples; needs at least {shortest_clip(cfg.audio)})")
+    return audio[:usable], log_mel(audio[:usable], cfg.audio)
 
 
 def tile(x: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:

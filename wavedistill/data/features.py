@@ -94,6 +94,21 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     return log_of(torch.clamp(mel, min=cfg.log_floor), cfg)
 
 
+def shortest_clip(cfg: AudioConfig) -> int:
+    """Fewest samples a clip needs in whole frames for :func:`log_mel`: the first multiple of
+    the hop above ``n_fft // 2`` (the reflection padding of the first frame needs more samples
+    than half a window)."""
+    return (cfg.n_fft // 2 // cfg.hop_length + 1) * cfg.hop_length
+
+
+def whole_frames(num_samples: int, cfg: AudioConfig) -> int | None:
+    """Samples of a clip of ``num_samples`` that fill whole frames (the largest multiple of the
+    hop, ``F * hop``), or None when they are fewer than :func:`shortest_clip`. Every place that
+    crops audio to frames asks here."""
+    usable = num_samples - num_samples % cfg.hop_length
+    return usable if usable >= shortest_clip(cfg) else None
+
+
 def frames_for(seconds: float, cfg: AudioConfig) -> int:
     """Whole mel frames nearest to ``seconds`` of audio (at least one)."""
     return max(1, round(seconds * cfg.sample_rate / cfg.hop_length))

@@ -29,7 +29,7 @@ from wavedistill.config import Config, audio_differences, load_config, save_conf
 from wavedistill.data.audio import dequantize_16bit, peak_db, quantize_16bit, read_audio
 from wavedistill.data.corpora import Utterance, read_jsonl, read_manifest, split_utterances
 from wavedistill.data.external_mel import check_floor, finite_mel, load_npy
-from wavedistill.data.features import FeatureStats, log_mel
+from wavedistill.data.features import FeatureStats, log_mel, shortest_clip, whole_frames
 from wavedistill.errors import UserError
 from wavedistill.fileio import atomic_write, atomic_write_text
 
@@ -76,14 +76,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
     """Samples kept (a whole number of frames), or a UserError when the clip is too short."""
-    hop, segment = cfg.audio.hop_length, cfg.data.segment_length
-    usable = num_samples - num_samples % hop
-    if segment is not None and usable < segment:
+    segment = cfg.data.segment_length
+    usable = whole_frames(num_samples, cfg.audio)
+    if segment is not None and (usable or 0) < segment:
         raise UserError(f"{path}: shorter than one segment ({num_samples} samples < "
                         f"data.segment_length = {segment})")
-    if usable <= cfg.audio.n_fft // 2:
-        raise UserError(f"{path}: too short for features ({num_samples} samples; needs more than "
-                        f"audio.n_fft // 2 = {cfg.audio.n_fft // 2} in whole frames of {hop})")
+    if usable is None:
+        raise UserError(f"{path}: too short for features ({num_samples} samples; needs at "
+                        f"least {shortest_clip(cfg.audio)} in whole frames of "
+                        f"{cfg.audio.hop_length})")
     return usable
 
 

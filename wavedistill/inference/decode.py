@@ -27,7 +27,7 @@ from wavedistill.data.audio import write_wav, write_wav_stream
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
-from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds
+from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds, mel_chunks
 from wavedistill.store.registry import DEFAULT_STUDENT
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def _stream_to_files(synth: Synthesizer, paths: list[Path], mels: list[torch.Ten
     a = synth.cfg.audio
     frames = frames_for(chunk_seconds, a)
     for path, mel in zip(paths, mels, strict=True):
-        chunks = (mel[:, i:i + frames] for i in range(0, mel.shape[-1], frames))
-        samples = write_wav_stream(path, synth.stream(chunks, speaker, seed), a.sample_rate)
+        pieces = synth.stream(mel_chunks(mel, frames), speaker, seed)
+        samples = write_wav_stream(path, pieces, a.sample_rate)
         report.written.append((path, samples / a.sample_rate))
 
 

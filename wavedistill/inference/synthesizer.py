@@ -23,7 +23,7 @@ import torch
 from wavedistill.config import Config
 from wavedistill.data.audio import load_audio
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy, model_input
-from wavedistill.data.features import frames_for, log_mel
+from wavedistill.data.features import frames_for, log_mel, shortest_clip, whole_frames
 from wavedistill.errors import UserError
 from wavedistill.models.sampling import generate
 from wavedistill.precision import DTYPES, resolve_dtype
@@ -99,12 +99,10 @@ class Synthesizer:
         """Un-normalised log-mel ``(n_mels, F)`` of an audio file."""
         a = self.cfg.audio
         audio = load_audio(path, a.sample_rate)
-        usable = len(audio) - len(audio) % a.hop_length
-        # whole frames, and more samples than half an analysis window (see log_mel)
-        shortest = (a.n_fft // 2 // a.hop_length + 1) * a.hop_length
-        if usable < shortest:
+        usable = whole_frames(len(audio), a)
+        if usable is None:
             raise UserError(f"{path}: too short to synthesise ({len(audio)} samples at "
-                            f"{a.sample_rate} Hz; needs at least {shortest})")
+                            f"{a.sample_rate} Hz; needs at least {shortest_clip(a)})")
         return log_mel(torch.from_numpy(audio[:usable]), a).float()
 
     @torch.inference_mode()
@@ -115,7 +113,10 @@ class Synthesizer:
         outputs trimmed), or ``batch`` clips of ``seconds`` for an unconditional teacher.
         A student draws each clip's noise from its own generator seeded ``seed``, so a clip
         sounds the same whatever it is batched with; a teacher's batch shares one generator.
+        ``chunk_seconds`` (students): each clip through :meth:`stream` in chunks of that length,
+        from the same noise, so the same audio with memory bounded by the chunk.
         Returns float32 arrays (T_i,)."""
+        check_chunk_seconds(self.kind, chunk_seconds)
         hop = self.cfg.audio.hop_length
         loaded = self.loaded
         if not loaded.conditional:
@@ -133,12 +134,27 @@ class Synthesizer:
             mel = _pad_batch(mels).to(loaded.device)
             spk = loaded.speaker_ids(speaker, len(mels))
         start = time.perf_counter()
-        audio = self._run(mel, spk, lengths, seed, chunk_seconds, progress)
+        if chunk_seconds is not None and mels:
+            clips = self._chunked(mels, speaker, seed, frames_for(chunk_seconds, self.cfg.audio))
+        else:
+            audio = self._run(mel, spk, lengths, seed, progress)
+            clips = [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
         elapsed = time.perf_counter() - start
         total = sum(lengths)
         log.info("synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed,
                  total / elapsed)
-        return [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
+        return clips
+
+    def _chunked(self, mels: list[torch.Tensor], speaker: int | None, seed: int,
+                 chunk_frames: int) -> list[np.ndarray]:
+        """Each mel ``(n_mels, F_i)`` streamed in chunks of ``chunk_frames`` from the noise
+        one-shot synthesis draws for it: float32 ``(F_i * hop,)`` each."""
+        clips = []
+        for mel in mels:
+            noise = self._noise([mel.shape[-1] * self.cfg.audio.hop_length], seed)[0]
+            pieces = self.stream(mel_chunks(mel, chunk_frames), speaker, noise=noise)
+            clips.append(np.concatenate(list(pieces)))
+        return clips
 
     @property
     def stream_latency_frames(self) -> int:
@@ -204,9 +220,8 @@ class Synthesizer:
         return audio[0].float().cpu().numpy()
 
     def _run(self, mel: torch.Tensor | None, speaker: torch.Tensor | None, lengths: list[int],
-             seed: int, chunk_seconds: float | None, progress: bool) -> torch.Tensor:
-        """Audio ``(B, max T)`` of one batch."""
-        check_chunk_seconds(self.kind, chunk_seconds)
+             seed: int, progress: bool) -> torch.Tensor:
+        """Audio ``(B, max T)`` of one batch in one pass (a student) or sampled (a teacher)."""
         model, device = self.loaded.model, self.loaded.device
         generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
@@ -215,9 +230,6 @@ class Synthesizer:
                             generator=generator, method="cached", progress=progress,
                             batch=len(lengths), precision=precision)
         mel = mel.to(self.dtype)
-        if chunk_seconds is not None:
-            chunk_frames = frames_for(chunk_seconds, self.cfg.audio)
-            return model.synthesize_chunked(mel, chunk_frames, speaker, generator=generator)
         return model.synthesize_from_noise(self._noise(lengths, seed), mel, speaker)
 
     def _noise(self, lengths: list[int], seed: int) -> torch.Tensor:
@@ -229,6 +241,12 @@ class Synthesizer:
             generator = torch.Generator(device=device).manual_seed(seed)
             z[i, :n] = model.sample_noise((1, n), generator, device)[0]
         return z
+
+
+def mel_chunks(mel: torch.Tensor, frames: int) -> Iterator[torch.Tensor]:
+    """``mel`` ``(n_mels, F)`` in consecutive pieces of ``frames`` (the last may be shorter),
+    as :meth:`Synthesizer.stream` takes them."""
+    return (mel[:, f:f + frames] for f in range(0, mel.shape[-1], frames))
 
 
 def _named_dtype(name: str) -> torch.dtype:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavedistill.config import Config, receptive_field
+from wavedistill.config import Config
 from wavedistill.data.audio import mu_law_quantize
 from wavedistill.errors import UserError
 from wavedistill.models.distributions import build_distribution
@@ -57,7 +57,6 @@ class WaveNetTeacher(nn.Module):
         self.mu_law_levels = mu_law_levels
         self.n_mels = n_mels
         self.num_speakers = num_speakers
-        self.receptive_field = receptive_field(layers, stacks, kernel_size)
         self.input_conv = nn.Conv1d(1, residual_channels, 1)
         self.stack = WaveNetStack(residual_channels, gate_channels, skip_channels, kernel_size,
                                   dilation_cycle(layers, layers // stacks))
@@ -81,6 +80,11 @@ class WaveNetTeacher(nn.Module):
                    conditioning_context=t.conditioning_context,
                    num_speakers=t.num_speakers, speaker_dim=t.speaker_dim,
                    mu_law_levels=t.mu_law_levels if t.output == "categorical" else None)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples of the past one prediction sees (the stack's; the input is shifted inside)."""
+        return self.stack.receptive_field
 
     @property
     def num_parameters(self) -> int:

@@ -65,6 +65,20 @@ class LoadedModel:
     speakers: dict[str, int] | None = None
 
     @property
+    def architecture(self) -> str:
+        """One line naming the model and its sizes (``info`` and the bundle's model card)."""
+        if self.kind == "teacher":
+            t = self.cfg.teacher
+            return (f"WaveNet teacher: {t.layers} layers in {t.stacks} stacks, kernel "
+                    f"{t.kernel_size}, residual/gate/skip channels {t.residual_channels}/"
+                    f"{t.gate_channels}/{t.skip_channels}, output {t.output}, upsampling "
+                    f"{'x'.join(map(str, t.upsample_factors))}")
+        s = self.cfg.student
+        return (f"IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
+                f"{s.channels} channels, {s.noise} noise, upsampling "
+                f"{'x'.join(map(str, s.upsample_factors))}")
+
+    @property
     def section(self) -> TeacherConfig | StudentConfig:
         """The model's own config section."""
         return self.cfg.teacher if self.kind == "teacher" else self.cfg.student

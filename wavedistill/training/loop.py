@@ -372,8 +372,9 @@ class Trainer:
         for name, clip in clips.items():
             clip = clip.detach().float().cpu().reshape(-1).clamp(-1, 1)
             self.writer.add_audio(f"audio/{name}", clip, self.step, sample_rate=sr)
-            if clip.numel() > self.cfg.audio.n_fft // 2:  # else too short for one mel frame
-                self.writer.add_figure(f"mel/{name}", mel_figure(clip, self.cfg), self.step)
+            figure = mel_figure(clip, self.cfg)
+            if figure is not None:  # None: too short for one mel frame
+                self.writer.add_figure(f"mel/{name}", figure, self.step)
 
     # -- checkpoints -----------------------------------------------------------------------
 

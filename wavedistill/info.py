@@ -1,4 +1,7 @@
-"""One-screen summaries for ``wavedistill info``: a preprocessed dataset folder or a checkpoint."""
+"""One-screen summaries for ``wavedistill info``: a preprocessed dataset folder, a model (a
+checkpoint file, a bundle folder, a shipped model's name or a Hub id, as
+:func:`~wavedistill.store.loading.resolve_model` reads them), or, without an argument, every
+shipped model."""
 
 from __future__ import annotations
 

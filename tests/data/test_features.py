@@ -1,6 +1,7 @@
 """Features: log-mel has exactly T // hop frames, frame f is the windowed spectrum centred on
 sample f*hop, it matches librosa, and the statistics are exact, streamable and portable."""
 
+import librosa
 import numpy as np
 import pytest
 import torch
@@ -38,7 +39,6 @@ def test_batch_equals_one_clip_at_a_time():
 
 
 def test_matches_librosa_melspectrogram():
-    librosa = pytest.importorskip("librosa")
     audio = _noise(6400, dtype=torch.float64)
     reference = librosa.feature.melspectrogram(
         y=audio.numpy(), sr=CFG.sample_rate, n_fft=CFG.n_fft, hop_length=CFG.hop_length,

@@ -21,10 +21,10 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import TINY_CONFIG, write_clip
+from conftest import tiny_config, write_clip
 
 from wavedistill.cli import main
-from wavedistill.config import config_from_dict, config_to_dict
+from wavedistill.config import config_to_dict
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.inference.synthesizer import Synthesizer
@@ -63,9 +63,7 @@ def teacher_bundle(root) -> Path:
 
 def tiny_student(num_speakers: int = 0, seed: int = 0) -> LoadedModel:
     """A random tiny student (TINY_CONFIG) with identity statistics."""
-    data = json.loads(json.dumps(TINY_CONFIG))
-    data["student"]["num_speakers"] = num_speakers
-    cfg = config_from_dict(data)
+    cfg = tiny_config(student={"num_speakers": num_speakers})
     torch.manual_seed(seed)
     model = new_model("student", cfg).eval().requires_grad_(False)
     stats = FeatureStats(torch.zeros(TINY_MELS), torch.ones(TINY_MELS))

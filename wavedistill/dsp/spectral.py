@@ -1,4 +1,4 @@
-"""STFT magnitudes and multi-resolution spectral distances, shared by the power loss of
+"""STFT powers and multi-resolution spectral distances, shared by the power loss of
 distillation and by evaluation.
 
 The STFT is ``torch.stft`` with a periodic Hann window of ``win_length`` centred in ``n_fft``

@@ -1,6 +1,6 @@
 """The training entry points: ``train_teacher`` (maximum likelihood) and ``train_student``
 (distillation from a teacher checkpoint), each a checked dataset folder, a model, an objective
-and one :class:`~wavedistill.training.loop.Trainer` run (see trainer.py for the loop and the run
+and one :class:`~wavedistill.training.loop.Trainer` run (see loop.py for the loop and the run
 folder it writes).
 
 The pieces live in their own modules: :mod:`wavedistill.training.optim` (schedule, Adam, EMA),

@@ -7,17 +7,16 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_VERSION=2.13.0
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/wavedistill
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY wavedistill ./wavedistill
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
-    && pip install --no-cache-dir ".[hub,onnx,kaldi]"
+RUN pip install --no-cache-dir -c constraints.txt torch --index-url "${TORCH_INDEX}" \
+    && pip install --no-cache-dir -c constraints.txt ".[hub,onnx,kaldi]"
 
 ENV HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib NUMBA_CACHE_DIR=/tmp/numba \
     HF_HOME=/tmp/huggingface

@@ -3,19 +3,20 @@
 # `make lint` (ruff, ruff format, shellcheck and mypy).
 PYTHON ?= python3
 VENV ?= .venv
-# CPU wheel by default; set TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
-# (or any torch 2.1-2.14) for a GPU build.
-TORCH ?= torch==2.13.0
+# The torch release is pinned in constraints.txt, read by every install (here, .ci/run, the
+# Dockerfiles). The wheel comes from PyPI unless TORCH_INDEX names another index, e.g.
+# TORCH_INDEX=https://download.pytorch.org/whl/cu126 for a CUDA 12.6 build.
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: install demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -c constraints.txt torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,11 +1,12 @@
 """Does ``torch.compile`` pay for one cached teacher step at batch 1 on a CPU?
 
-A cached step is per-operation overhead, not arithmetic (see wavedistill/generation.py). This
-script times one residual layer of the small teacher size (64 residual / 128 gate channels,
-kernel 3) at batch 1 -- taps product, gate, residual+skip product -- written eagerly and
-compiled by ``torch.compile`` (Inductor), in one run, alternating the two. On CPUs the compiled
-call's guards and dispatch cost more than the three or four kernels they replace, which is
-why the shipped sampler stays eager (with ``out=`` buffers instead).
+A cached step is per-operation overhead, not arithmetic (see
+wavedistill/models/fused_wavenet.py). This script times one residual layer of the small teacher
+size (64 residual / 128 gate channels, kernel 3) at batch 1 -- taps product, gate, residual+skip
+product -- written eagerly and compiled by ``torch.compile`` (Inductor), in one run, alternating
+the two. On CPUs the compiled call's guards and dispatch cost more than the three or four
+kernels they replace, which is why the shipped sampler stays eager (with ``out=`` buffers
+instead).
 
 Usage::
 

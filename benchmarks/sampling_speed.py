@@ -41,20 +41,19 @@ from wavedistill.config import Config, load_config
 from wavedistill.models.sampling import generate
 from wavedistill.models.teacher import WaveNetTeacher
 
-# name -> (config overrides, steps timed per run)
-SIZES: dict[str, tuple[list[str], int]] = {
-    "small": (["teacher.layers=24", "teacher.stacks=4", "teacher.kernel_size=3",
-               "teacher.residual_channels=64", "teacher.gate_channels=128",
-               "teacher.skip_channels=64", "teacher.num_mixtures=10", "audio.n_mels=80",
-               "audio.sample_rate=16000", "audio.hop_length=200",
-               "teacher.upsample_factors=[4,5,10]"], 800),
+# The small teacher's one definition, shared with train_speed.py and `wavedistill benchmark`.
+SMALL_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_small.yaml"
+
+# name -> (config file or None, config overrides, steps timed per run)
+SIZES: dict[str, tuple[Path | None, list[str], int]] = {
+    "small": (SMALL_TEACHER, [], 800),
     # Parallel WaveNet's teacher: 30 layers in 3 cycles, 512 residual / 1024 gate / 256 skip;
     # 512 steps = one block of the widest dilation, so blocked past taps are paid in full
-    "paper": (["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
-               "teacher.residual_channels=512", "teacher.gate_channels=1024",
-               "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
-               "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
-               "data.segment_length=7680", "teacher.upsample_factors=[4,4,16]"], 512),
+    "paper": (None, ["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
+                     "teacher.residual_channels=512", "teacher.gate_channels=1024",
+                     "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
+                     "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
+                     "data.segment_length=7680", "teacher.upsample_factors=[4,4,16]"], 512),
 }
 
 
@@ -137,7 +136,8 @@ class StraightforwardSampler:
 
 
 def build(size: str) -> tuple[Config, WaveNetTeacher]:
-    cfg = load_config(None, SIZES[size][0])
+    path, overrides, _ = SIZES[size]
+    cfg = load_config(path, overrides)
     torch.manual_seed(0)
     return cfg, WaveNetTeacher.from_config(cfg).eval()
 
@@ -171,7 +171,7 @@ def variants(teacher: WaveNetTeacher) -> dict[str, Callable]:
 def measure(size: str, batches: list[int], repeats: int, steps_scale: float) -> list[dict]:
     cfg, teacher = build(size)
     error = check_yardstick(teacher, cfg)
-    steps = max(1, int(SIZES[size][1] * steps_scale))
+    steps = max(1, int(SIZES[size][2] * steps_scale))
     hop = cfg.audio.hop_length
     rows = []
     for batch in batches:

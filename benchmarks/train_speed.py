@@ -64,19 +64,19 @@ from wavedistill.models.student import IAFStudent
 from wavedistill.models.teacher import WaveNetTeacher
 from wavedistill.objectives.distillation import Distillation
 
-# name -> (config overrides, batch size); the segment is data.segment_length
-SIZES: dict[str, tuple[list[str], int]] = {
-    "small": (["teacher.layers=24", "teacher.stacks=4", "teacher.kernel_size=3",
-               "teacher.residual_channels=64", "teacher.gate_channels=128",
-               "teacher.skip_channels=64", "teacher.num_mixtures=10", "audio.n_mels=80",
-               "audio.sample_rate=16000", "audio.hop_length=200",
-               "teacher.upsample_factors=[4,5,10]", "data.segment_length=8000"], 4),
-    "ljspeech": (["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
-                  "teacher.residual_channels=512", "teacher.gate_channels=1024",
-                  "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
-                  "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
-                  "audio.fmax=8000", "teacher.upsample_factors=[4,4,16]",
-                  "student.upsample_factors=[4,4,16]", "data.segment_length=7680"], 1),
+# The small teacher's one definition, shared with sampling_speed.py and `wavedistill benchmark`.
+SMALL_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_small.yaml"
+
+# name -> (config file or None, config overrides, batch size); the segment is
+# data.segment_length
+SIZES: dict[str, tuple[Path | None, list[str], int]] = {
+    "small": (SMALL_TEACHER, [], 4),
+    "ljspeech": (None, ["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
+                        "teacher.residual_channels=512", "teacher.gate_channels=1024",
+                        "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
+                        "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
+                        "audio.fmax=8000", "teacher.upsample_factors=[4,4,16]",
+                        "student.upsample_factors=[4,4,16]", "data.segment_length=7680"], 1),
 }
 
 
@@ -153,8 +153,8 @@ def build_variant(variant: str, cfg: Config, num_params: int) -> nn.Module:
 
 
 def measure_size(name: str, variants: list[str], warmup: int, repeats: int) -> list[dict]:
-    overrides, batch = SIZES[name]
-    cfg = load_config(None, overrides)
+    path, overrides, batch = SIZES[name]
+    cfg = load_config(path, overrides)
     segment = cfg.data.segment_length
     g = torch.Generator().manual_seed(0)
     audio = (torch.rand(batch, segment, generator=g) * 2 - 1) * 0.5

@@ -2,13 +2,15 @@
 
 - ``make_wav(path, seconds, sr, channels, subtype)`` writes a clip (a tone plus noise, peak ~0.5)
   in any format and subtype soundfile writes, and returns its path.
-- ``tiny_config``: 16 kHz audio with small FFT/hop/mel sizes and tiny networks, for CPU tests.
+- ``tiny_config``: 16 kHz audio with small FFT/hop/mel sizes and tiny networks, for CPU tests;
+  the function ``tiny_config(**sections)`` makes variants of it.
 - ``tiny_corpus``: a folder of six short clips that ``tiny_config`` accepts.
 - ``tiny_dataset``: ``tiny_corpus`` preprocessed with ``tiny_config`` (a dataset folder).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +71,21 @@ def make_wav():
     return write_clip
 
 
-@pytest.fixture
-def tiny_config() -> Config:
-    return config_from_dict(TINY_CONFIG)
+def tiny_config(*bases: dict, **sections: dict) -> Config:
+    """``TINY_CONFIG`` with each partial config of ``bases`` laid over it in turn, then each
+    section's keys: ``tiny_config(train={"steps": 4}, teacher={"output": "gaussian"})``. The
+    one factory of test configs."""
+    data = copy.deepcopy(TINY_CONFIG)
+    for layer in (*bases, sections):
+        for section, values in layer.items():
+            data.setdefault(section, {}).update(copy.deepcopy(values))
+    return config_from_dict(data)
+
+
+@pytest.fixture(name="tiny_config")
+def tiny_config_fixture() -> Config:
+    """:func:`tiny_config` without overrides."""
+    return tiny_config()
 
 
 def write_tiny_corpus(root: Path) -> Path:
@@ -88,7 +102,7 @@ def write_tiny_dataset(root: Path) -> Path:
     from wavedistill.data.preprocess import preprocess
 
     corpus = write_tiny_corpus(root / "corpus")
-    assert preprocess(config_from_dict(TINY_CONFIG), corpus, root / "data").exit_code == 0
+    assert preprocess(tiny_config(), corpus, root / "data").exit_code == 0
     return root / "data"
 
 

@@ -11,7 +11,6 @@ from wavedistill.config import (
     default_upsample_factors,
     load_config,
     parse_overrides,
-    receptive_field,
     save_config,
 )
 from wavedistill.errors import UserError
@@ -105,13 +104,6 @@ def test_saved_config_round_trips(tmp_path):
     data = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert config_from_dict(data) == cfg
     assert config_to_dict(cfg)["train"]["steps"] == 11
-
-
-def test_receptive_field_counts_dilations():
-    # kernel 2, dilations 1,2,4 -> 1 + 1 + 2 + 4
-    assert receptive_field(3, 1, 2) == 8
-    # two cycles of 1,2 with kernel 3 -> 1 + 2 * (1 + 2 + 1 + 2)
-    assert receptive_field(4, 2, 3) == 13
 
 
 @pytest.mark.parametrize("hop", [1, 80, 120, 200, 256, 300, 97])

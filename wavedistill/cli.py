@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from wavedistill.config import DTYPE_NAMES, SAMPLER_DTYPE_NAMES
 from wavedistill.errors import UserError
 from wavedistill.faults import EXIT_OUT_OF_SPACE, EXIT_WRITE_FAILED, WriteFailed, advice
 from wavedistill.training.interrupt import Interrupted
@@ -43,14 +44,20 @@ def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="config overrides, e.g. train.steps=1000 teacher.layers=12")
 
 
+# Every option naming a model takes any reference store.loading.resolve_model reads; kept as
+# typed (no Path) so that a Hub id such as "./owner/name" is not normalised.
+MODEL_REFERENCE = ("a checkpoint file, a bundle folder, a shipped model's name (alice-student, "
+                   "alice-teacher) or a Hub id (owner/name)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True,
                    help="folder written by `wavedistill preprocess`")
     p.add_argument("--out", type=Path, required=True, help="experiment folder (checkpoints, logs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-from", type=Path,
-                   help="take model weights (only) from this checkpoint or bundle folder")
+    p.add_argument("--init-from",
+                   help=f"take model weights (only) from this model: {MODEL_REFERENCE}")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N (default: cuda if available)")
     _config_args(p)
@@ -150,9 +157,9 @@ def cmd_export(args) -> int:
         export_onnx,
         export_torchscript,
     )
-    from wavedistill.store.loading import load_pretrained
+    from wavedistill.store.loading import load_model
 
-    loaded = load_pretrained(args.checkpoint)
+    loaded = load_model(args.checkpoint)
     if args.onnx or args.torchscript:
         check_deployable(loaded)  # before the bundle is written
     with explain(lambda exc: f"{args.out} is not a complete bundle until bundle.json is "
@@ -275,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("info", help="summarise a preprocessed dataset, a checkpoint, or (with "
+    p = sub.add_parser("info", help="summarise a preprocessed dataset, a model, or (with "
                        "no path) the shipped models")
-    p.add_argument("path", type=Path, nargs="?",
-                   help="dataset folder or checkpoint file (omit to list the shipped models)")
+    p.add_argument("path", nargs="?",
+                   help=f"a dataset folder, or {MODEL_REFERENCE} (omit to list the shipped "
+                        "models)")
     p.add_argument("--check", action="store_true",
                    help="verify every stored array and manifest entry of a dataset folder and "
                         "list the bad ones (exit status 1 when there are any)")
@@ -289,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="distil a teacher into a parallel IAF student")
-    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    p.add_argument("--teacher", required=True, help=f"the teacher: {MODEL_REFERENCE}")
     _train_args(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("synthesize", help="generate audio with a teacher or student checkpoint")
-    p.add_argument("--checkpoint", type=Path,
-                   help="teacher or student checkpoint, exported bundle folder, or shipped "
-                        "model name (default: the shipped student, alice-student)")
+    p.add_argument("--checkpoint",
+                   help=f"the teacher or student: {MODEL_REFERENCE} (default: the shipped "
+                        "student, alice-student)")
     p.add_argument("--input", type=Path, nargs="+", help="clip(s) to copy-synthesise (audio) or "
                    "saved log-mel features (.npy), all as one batch")
     p.add_argument("--input-dir", type=Path,
@@ -321,15 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="student only: synthesise long inputs in chunks of this length")
     p.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                    help="precision of synthesis; reduced ones only where the device computes "
                         "them natively")
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("export", help="write an inference bundle (safetensors, no pickle), "
                        "optionally ONNX and TorchScript files of the student")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file, bundle folder or shipped model name")
+    p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--onnx", action="store_true", help="also write student.onnx (onnx extra)")
     p.add_argument("--torchscript", action="store_true",
@@ -338,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="samples/s of student and teacher, side by side")
-    p.add_argument("--teacher", type=Path, help="teacher checkpoint")
-    p.add_argument("--student", type=Path, help="student checkpoint")
+    p.add_argument("--teacher", help=f"the teacher: {MODEL_REFERENCE}")
+    p.add_argument("--student", help=f"the student: {MODEL_REFERENCE}")
     p.add_argument("--teacher-config", type=Path, help="teacher config (random weights)")
     p.add_argument("--student-config", type=Path, help="student config (random weights)")
     p.add_argument("--seconds", type=float, default=1.0)
@@ -349,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=SAMPLER_DTYPE_NAMES, default="float32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--training", action="store_true",
                    help="also measure training throughput (teacher step, distillation step)")
@@ -360,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("evaluate", help="held-out NLL and copy-synthesis quality, with figures")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
-    p.add_argument("--teacher", type=Path, help="teacher checkpoint (for KL and teacher samples)")
+    p.add_argument("--teacher",
+                   help=f"the teacher, for KL and teacher samples: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--max-clips", type=int, default=8)
     p.add_argument("--teacher-seconds", type=float, default=0.5,

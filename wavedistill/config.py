@@ -185,6 +185,11 @@ class Config:
             if section.upsample_factors is None:
                 section.upsample_factors = default_upsample_factors(self.audio.hop_length)
 
+# Floating-point formats by name, the one list (precision.DTYPES maps them to torch dtypes): a
+# student synthesises in any of them; the teacher's cached sampler (and so the benchmark)
+# computes in float32 or bfloat16 only.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+SAMPLER_DTYPE_NAMES = DTYPE_NAMES[:2]
 
 CHOICES = {
     "audio.log_base": ("e", "10"),
@@ -195,7 +200,7 @@ CHOICES = {
     "teacher.source": ("none", "harmonic"),
     "student.source": ("none", "harmonic"),
     "train.decay": ("exponential", "cosine", "none"),
-    "train.precision": ("auto", "float32", "bfloat16", "float16"),
+    "train.precision": ("auto", *DTYPE_NAMES),
 }
 
 # -- building from dicts ---------------------------------------------------------------------
@@ -512,10 +517,3 @@ def validate(cfg: Config) -> None:
     for key in ("warmup_steps", "audio_every", "valid_batches"):
         value = getattr(tr, key)
         _check(value >= 0, f"train.{key} must be >= 0, got {value}")
-
-
-def receptive_field(layers: int, stacks: int, kernel_size: int) -> int:
-    """Samples seen by a stack of dilated causal convolutions with dilation cycle
-    ``layers // stacks`` (1, 2, 4, ...): 1 + (k - 1) * sum(dilations)."""
-    cycle = layers // stacks
-    return 1 + (kernel_size - 1) * sum(2 ** (i % cycle) for i in range(layers))

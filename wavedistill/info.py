@@ -1,4 +1,7 @@
-"""One-screen summaries for ``wavedistill info``: a preprocessed dataset folder or a checkpoint."""
+"""One-screen summaries for ``wavedistill info``: a preprocessed dataset folder, a model (a
+checkpoint file, a bundle folder, a shipped model's name or a Hub id, as
+:func:`~wavedistill.store.loading.resolve_model` reads them), or, without an argument, every
+shipped model."""
 
 from __future__ import annotations
 
@@ -6,22 +9,27 @@ from pathlib import Path
 
 from wavedistill.config import load_config
 from wavedistill.data.corpora import read_jsonl
+from wavedistill.data.datacheck import check_folder
 from wavedistill.errors import UserError
-from wavedistill.store.checkpoint import ModelKind, load_checkpoint
-from wavedistill.store.loading import LoadedModel, from_checkpoint, is_bundle, load_bundle
+from wavedistill.store.checkpoint import load_checkpoint
+from wavedistill.store.loading import (
+    LoadedModel,
+    from_checkpoint,
+    is_bundle,
+    load_bundle,
+    resolve_model,
+)
 from wavedistill.store.registry import MODELS_DIR, SHIPPED
 
 
-def describe(path: str | Path) -> str:
-    """Summary of a dataset folder (written by ``preprocess``) or of a checkpoint file."""
-    path = Path(path)
-    if is_bundle(path):
-        return describe_bundle(path)
-    if path.is_dir():
+def describe(reference: str | Path) -> str:
+    """Summary of a dataset folder (written by ``preprocess``), or of the model a reference
+    names: a checkpoint file, a bundle folder, a shipped model's name or a Hub id."""
+    path = Path(reference)
+    if path.is_dir() and not is_bundle(path):
         return describe_dataset(path)
-    if path.is_file():
-        return describe_checkpoint(path)
-    raise UserError(f"{path}: no such file or folder")
+    model = resolve_model(reference)
+    return describe_bundle(model) if is_bundle(model) else describe_checkpoint(model)
 
 
 def describe_dataset(folder: Path) -> str:
@@ -52,8 +60,6 @@ def describe_dataset(folder: Path) -> str:
 def check_dataset(folder: str | Path) -> tuple[str, list[str]]:
     """``info DATA --check``: the report on every stored array and manifest entry of a
     dataset folder, and the list of bad ones (``"<file>: <reason>"``)."""
-    from wavedistill.data.datacheck import check_folder
-
     folder = Path(folder)
     if not folder.is_dir() or not (folder / "train.jsonl").exists():
         raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
@@ -103,25 +109,12 @@ def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:
     a = loaded.cfg.audio
     field = loaded.model.receptive_field
     return [
-        _architecture_line(loaded.kind, loaded.cfg),
+        f"  {loaded.architecture}",
         f"  receptive field: {field} samples ({field / a.sample_rate * 1000:.1f} ms)",
-        f"  parameters: {sum(p.numel() for p in loaded.model.parameters()):,}{parameters_note}",
+        f"  parameters: {loaded.model.num_parameters:,}{parameters_note}",
         f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, {a.n_mels} mels",
         f"  speakers: {max(1, len(loaded.speakers or {}))}",
     ]
-
-
-def _architecture_line(kind: ModelKind, cfg) -> str:
-    if kind == "teacher":
-        t = cfg.teacher
-        return (f"  WaveNet teacher: {t.layers} layers in {t.stacks} stacks, "
-                f"kernel {t.kernel_size}, {t.residual_channels} residual channels, "
-                f"output {t.output}, "
-                f"upsampling {'x'.join(map(str, t.upsample_factors))}")
-    s = cfg.student
-    return (f"  IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
-            f"{s.channels} channels, {s.noise} noise, "
-            f"upsampling {'x'.join(map(str, s.upsample_factors))}")
 
 
 def describe_shipped() -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from wavedistill.config import DTYPE_NAMES
 from wavedistill.errors import UserError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 CPU_FLAGS = {  # any one of these makes the dtype native on a CPU
     torch.bfloat16: ("avx512_bf16", "amx_bf16", "bf16"),
@@ -83,16 +84,6 @@ def resolve_dtype(name: str, device: torch.device | str, option: str = "--dtype"
     if reason is not None:
         raise UserError(f"{option} {name}: {reason}; use float32")
     return dtype
-
-
-def best_autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision training's ``auto`` chooses: bf16 where native, else float16 on a
-    CUDA device that has it (with a gradient scaler), else None (float32)."""
-    if is_native(torch.bfloat16, device):
-        return torch.bfloat16
-    if device.type == "cuda" and is_native(torch.float16, device):
-        return torch.float16
-    return None
 
 
 def _name(dtype: torch.dtype) -> str:

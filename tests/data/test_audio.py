@@ -19,11 +19,15 @@ from wavedistill.data.audio import (
     mu_law_quantize,
     peak_db,
     quantize_16bit,
-    round_to_16bit,
     to_index_16bit,
     write_wav,
 )
 from wavedistill.errors import UserError
+
+
+def round_to_16bit(x):
+    """Float audio -> float32 audio rounded onto the 16-bit grid (clipped to [-1, 1])."""
+    return from_index_16bit(to_index_16bit(x))
 
 # -- 16-bit grid -----------------------------------------------------------------------------
 

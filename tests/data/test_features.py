@@ -1,12 +1,19 @@
 """Features: log-mel has exactly T // hop frames, frame f is the windowed spectrum centred on
 sample f*hop, it matches librosa, and the statistics are exact, streamable and portable."""
 
+import librosa
 import numpy as np
 import pytest
 import torch
 
 from wavedistill.config import AudioConfig
-from wavedistill.data.features import FeatureStats, log_mel, mel_filters
+from wavedistill.data.features import (
+    FeatureStats,
+    log_mel,
+    mel_filters,
+    shortest_clip,
+    whole_frames,
+)
 from wavedistill.errors import UserError
 
 CFG = AudioConfig(sample_rate=16000, n_fft=256, hop_length=64, win_length=200, n_mels=20,
@@ -32,7 +39,6 @@ def test_batch_equals_one_clip_at_a_time():
 
 
 def test_matches_librosa_melspectrogram():
-    librosa = pytest.importorskip("librosa")
     audio = _noise(6400, dtype=torch.float64)
     reference = librosa.feature.melspectrogram(
         y=audio.numpy(), sr=CFG.sample_rate, n_fft=CFG.n_fft, hop_length=CFG.hop_length,
@@ -83,6 +89,17 @@ def test_mel_filterbank_is_cached_per_config_and_device():
     assert mel_filters(CFG) is mel_filters(AudioConfig(**vars(CFG)))
     assert mel_filters(CFG).shape == (20, 129)
     assert mel_filters(CFG, dtype=torch.float64) is not mel_filters(CFG)
+
+
+def test_whole_frames_crop_to_the_hop_and_refuse_what_log_mel_cannot_take():
+    shortest = shortest_clip(CFG)
+    assert shortest == 192  # the first multiple of hop 64 above n_fft // 2 = 128
+    assert whole_frames(3200 + 17, CFG) == 3200
+    assert whole_frames(shortest + 63, CFG) == shortest
+    assert whole_frames(shortest - 1, CFG) is None
+    log_mel(torch.zeros(shortest), CFG)  # the shortest clip is taken
+    with pytest.raises(UserError, match="too short"):
+        log_mel(torch.zeros(shortest - CFG.hop_length), CFG)
 
 
 def test_too_short_audio_is_a_user_error():

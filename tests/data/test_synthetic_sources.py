@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from wavedistill.cli import main
 from wavedistill.config import load_config
@@ -27,8 +28,6 @@ from wavedistill.data.synthetic_sources import (
     stationary_source,
 )
 from wavedistill.errors import UserError
-
-stats = pytest.importorskip("scipy.stats")
 
 
 def innovations(x, source):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import rebuilt
+from conftest import tiny_config as make_tiny_config  # the fixture tiny_config is used too
 
 from wavedistill.cli import main
 from wavedistill.config import config_to_dict
@@ -133,13 +134,11 @@ def test_a_silent_clip_is_scored_with_reasons_not_errors(tmp_path, tiny_config, 
 
 def test_features_that_differ_from_the_checkpoint_are_refused(tmp_path, tiny_config,
                                                               tiny_dataset):
-    other = config_to_dict(tiny_config)
-    other["audio"]["n_mels"] = tiny_config.audio.n_mels + 4
-    from wavedistill.config import config_from_dict
-
+    cfg = make_tiny_config(audio={"n_mels": tiny_config.audio.n_mels + 4})
+    other = config_to_dict(cfg)
     ckpt = tmp_path / "other.pt"
     torch.manual_seed(0)
-    model = new_model("teacher", config_from_dict(other))
+    model = new_model("teacher", cfg)
     n = other["audio"]["n_mels"]
     save_checkpoint(ckpt, {"kind": "teacher", "config": other, "model": model.state_dict(),
                            "stats": {"mean": torch.zeros(n), "std": torch.ones(n)}})

@@ -43,6 +43,18 @@ def test_streamed_audio_equals_one_shot_synthesis_with_the_same_seed(synth, mel,
     np.testing.assert_allclose(streamed, whole, atol=1e-6, rtol=0)
 
 
+def test_generate_in_chunks_streams_each_clip_to_the_one_shot_audio(synth, mel):
+    """``generate(chunk_seconds=...)`` goes through :meth:`stream`; a batch of clips of
+    different lengths gives each the audio one-shot synthesis gives it."""
+    mels = [mel, mel[:, :23]]
+    seconds = 7 * synth.cfg.audio.hop_length / synth.cfg.audio.sample_rate  # 7 frames
+    whole = synth.generate(mels, seed=3)
+    chunked = synth.generate(mels, seed=3, chunk_seconds=seconds)
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
 def test_given_noise_is_used_as_it_is(synth, mel):
     hop = synth.cfg.audio.hop_length
     z = synth.loaded.model.sample_noise((1, CLIP_FRAMES * hop), torch.Generator().manual_seed(1))

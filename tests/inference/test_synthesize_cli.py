@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_CONFIG, write_clip
+from conftest import tiny_config, write_clip
 
 from wavedistill.cli import main
-from wavedistill.config import config_from_dict, load_config
+from wavedistill.config import load_config
 from wavedistill.data.audio import load_audio
 from wavedistill.inference.synthesizer import Synthesizer
 
@@ -31,13 +31,9 @@ SHORTEST = 192  # whole frames with more samples than n_fft // 2 = 128
 # -- tiny trained models (one optimiser step each), shared by the module --------------------
 
 
-def _config(**overrides):
-    data = json.loads(json.dumps(TINY_CONFIG))
-    data["train"].update(steps=1)
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        data[section][name] = value
-    return config_from_dict(data)
+def _config(teacher: dict | None = None):
+    """:func:`conftest.tiny_config` trained for one step, with ``teacher`` keys over it."""
+    return tiny_config(train={"steps": 1}, teacher=teacher or {})
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +47,12 @@ def dataset(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def _train_teacher(dataset: Path, name: str, **overrides) -> Path:
+def _train_teacher(dataset: Path, name: str, teacher: dict | None = None) -> Path:
     from wavedistill.training.runs import train_teacher
 
     torch.manual_seed(0)
     out = dataset.parent / name
-    train_teacher(_config(**overrides), dataset, out)
+    train_teacher(_config(teacher), dataset, out)
     return out / "checkpoints" / "best.pt"
 
 
@@ -76,12 +72,12 @@ def student(dataset, teacher) -> Path:
 
 @pytest.fixture(scope="module")
 def two_speaker_teacher(dataset) -> Path:
-    return _train_teacher(dataset, "teacher-2spk", teacher__num_speakers=2)
+    return _train_teacher(dataset, "teacher-2spk", {"num_speakers": 2})
 
 
 @pytest.fixture(scope="module")
 def unconditional_teacher(dataset) -> Path:
-    return _train_teacher(dataset, "teacher-uncond", teacher__use_mel=False)
+    return _train_teacher(dataset, "teacher-uncond", {"use_mel": False})
 
 
 @pytest.fixture(params=["teacher", "student"])

@@ -4,14 +4,13 @@ the midpoint rule), finite everywhere, and the closed-form KL equals its Monte-C
 
 import math
 
+import mpmath
 import pytest
 import torch
 
 from wavedistill.models.distributions import DiscretizedGaussian, gaussian_kl
 from wavedistill.models.distributions.base import from_level
 from wavedistill.models.distributions.gaussian import log_ndtr
-
-mpmath = pytest.importorskip("mpmath")
 
 FLOOR = -9.0
 # float64 scores: the midpoint rule's dropped term is below 5e-12 where it is used

@@ -4,13 +4,12 @@ and continuous density agree with it."""
 
 import math
 
+import mpmath
 import pytest
 import torch
 
 from wavedistill.models.distributions import DiscretizedLogisticMixture, discretized_mol_log_prob
 from wavedistill.models.distributions.base import from_level
-
-mpmath = pytest.importorskip("mpmath")
 
 FLOOR = -14.0
 

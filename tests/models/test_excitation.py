@@ -1,6 +1,6 @@
 """The harmonic excitation: continuous phase, silence where unvoiced, nothing at or above
 Nyquist, deterministic, and its shape; and the model paths that take it (fused and cached
-paths equal the batch paths, chunked synthesis equals one pass, refusals)."""
+paths equal the batch paths, spans and chunked generation equal one pass, refusals)."""
 
 from __future__ import annotations
 
@@ -163,13 +163,15 @@ def test_fused_synthesis_with_an_excitation_equals_the_module_path(tile):
 
 
 @pytest.mark.parametrize("chunk_frames", [1, 3, 100])
-def test_chunked_synthesis_with_an_excitation_equals_one_pass(chunk_frames):
+def test_spans_with_the_whole_clips_excitation_equal_one_pass(chunk_frames):
     student = student_with_source(torch.float32)
     mel = torch.randn(2, N_MELS, 11)
-    one = student.synthesize(mel, generator=torch.Generator().manual_seed(5))
-    chunked = student.synthesize_chunked(mel, chunk_frames,
-                                         generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
+    z = student.sample_noise((2, 11 * 16), torch.Generator().manual_seed(5))
+    one = student.synthesize_from_noise(z, mel)
+    source = student.excitation(mel)  # its phase runs from the clip's first sample
+    spans = [student.synthesize_span(z, mel, f0, min(11, f0 + chunk_frames), source=source)
+             for f0 in range(0, 11, chunk_frames)]
+    torch.testing.assert_close(torch.cat(spans, dim=1), one, rtol=1e-5, atol=1e-5)
 
 
 def make_teacher(source: str = "harmonic", output: str = "mol"):
@@ -251,8 +253,23 @@ def test_streaming_and_deployment_refuse_an_excitation_in_one_line():
     assert "\n" not in str(info.value)
     synth = Synthesizer.__new__(Synthesizer)
     synth.loaded = SimpleNamespace(kind="student", model=student)
-    with pytest.raises(UserError, match="chunk-seconds"):
+    with pytest.raises(UserError, match="whole clips"):
         next(synth.stream([torch.zeros(N_MELS, 3)]))
+
+
+def test_chunked_generation_of_an_excitation_student_is_the_one_pass_audio():
+    from wavedistill.inference.synthesizer import Synthesizer
+    from wavedistill.store.loading import LoadedModel
+
+    cfg = config_from_dict({"audio": {"hop_length": 16, "n_mels": N_MELS}})
+    student = student_with_source(torch.float32).eval()
+    synth = Synthesizer(LoadedModel("student", student, cfg, None, "model"))
+    mels = [torch.randn(N_MELS, 9), torch.randn(N_MELS, 5)]
+    whole = synth.generate(mels, seed=3)
+    chunked = synth.generate(mels, seed=3, chunk_seconds=2 * 16 / cfg.audio.sample_rate)
+    assert synth.has_excitation
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_check_teacher_compatible_names_differing_sources():

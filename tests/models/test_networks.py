@@ -18,6 +18,31 @@ from wavedistill.models.networks import (
 )
 
 
+def conv_step(conv: CausalConv1d, window: torch.Tensor) -> torch.Tensor:
+    """One output sample of ``conv`` from its last ``conv.window`` inputs, the reference for the
+    causal padding of ``forward``: ``(B, C_in, (k-1)*d + 1)``, oldest first -> ``(B, C_out, 1)``."""
+    return F.conv1d(window, conv.weight, conv.bias, dilation=conv.dilation)
+
+
+def conditioning_at(cond: Conditioning, t: int) -> torch.Tensor:
+    """The conditioning of sample ``t`` alone, ``W[t % hop] * frames[:, :, t // hop] + bias``
+    (the formula of the module docstring): ``(B, N, 1)``."""
+    out = None
+    if cond.frames is not None:
+        f, o = divmod(t, cond.filter.shape[0])
+        out = cond.frames[:, :, f:f + 1] * cond.filter[o]
+    if cond.bias is not None:
+        out = cond.bias if out is None else out + cond.bias
+    assert out is not None, "empty conditioning"
+    return out
+
+
+def dense(cond: Conditioning, num_samples: int) -> torch.Tensor:
+    """The conditioning of every sample, materialised by ``add_to``: ``(B, N, num_samples)``."""
+    ref = cond.frames if cond.frames is not None else cond.bias
+    return cond.add_to(ref.new_zeros(ref.shape[0], ref.shape[1], num_samples))
+
+
 def input_gradient_support(fn, x: torch.Tensor, t: int) -> set[int]:
     """Time indices s where d out[..., t] / d x[..., s] is non-zero."""
     x = x.clone().requires_grad_(True)
@@ -43,7 +68,7 @@ def test_causal_conv_step_equals_batch_output():
     full = conv(x)
     for t in (conv.window - 1, 17, 29):
         window = x[..., t - conv.window + 1:t + 1]
-        torch.testing.assert_close(conv.step(window), full[..., t:t + 1])
+        torch.testing.assert_close(conv_step(conv, window), full[..., t:t + 1])
 
 
 def test_dilation_cycle_doubles_and_repeats():
@@ -80,6 +105,14 @@ def test_stack_parameter_count_matches_hand_count():
     out_full = (G // 2) * (R + S) + R + S
     out_last = (G // 2) * S + S  # the last block emits its skip only
     assert count_parameters(stack) == L * dilated + (L - 1) * out_full + out_last
+
+
+def test_a_frozen_module_still_counts_all_its_parameters():
+    stack = WaveNetStack(4, 6, 3, 2, dilation_cycle(3, 3))
+    total = count_parameters(stack)
+    stack.requires_grad_(False)
+    assert count_parameters(stack) == total > 0
+    assert count_parameters(stack, trainable=True) == 0
 
 
 @pytest.mark.parametrize("skip_channels", [0, 3])
@@ -144,7 +177,7 @@ def tiny_conditioner(context=1, num_speakers=0):
 def test_projection_at_frame_rate_equals_projection_of_upsampled_mel(context):
     cond = tiny_conditioner(context)
     mel = torch.randn(2, 5, 4)
-    fast = cond(mel).dense(4 * 6)
+    fast = dense(cond(mel), 4 * 6)
     context_mel = cond.context(mel) if cond.context is not None else mel
     slow = F.conv1d(cond.upsampler(context_mel), cond.projection.weight)  # upsample, project
     torch.testing.assert_close(fast, slow)
@@ -152,20 +185,20 @@ def test_projection_at_frame_rate_equals_projection_of_upsampled_mel(context):
 
 def test_conditioning_of_one_sample_equals_the_dense_conditioning():
     cond = tiny_conditioner(num_speakers=3)(torch.randn(2, 5, 4), torch.tensor([0, 2]))
-    dense = cond.dense(24)
+    dense_all = dense(cond, 24)
     for t in (0, 5, 6, 13, 23):
-        torch.testing.assert_close(cond.at(t), dense[..., t:t + 1])
+        torch.testing.assert_close(conditioning_at(cond, t), dense_all[..., t:t + 1])
     layer = cond.channels(6, 12)
-    torch.testing.assert_close(layer.dense(24), dense[:, 6:12])
+    torch.testing.assert_close(dense(layer, 24), dense_all[:, 6:12])
 
 
 def test_speaker_term_is_constant_in_time_and_depends_on_the_speaker():
     torch.manual_seed(0)
     conditioner = Conditioner(out_channels=12, num_speakers=3, speaker_dim=4)  # speaker only
     cond = conditioner(None, torch.tensor([0, 1]))
-    dense = cond.dense(10)
-    assert torch.equal(dense, dense[..., :1].expand_as(dense))
-    assert not torch.allclose(dense[0], dense[1])
+    full = dense(cond, 10)
+    assert torch.equal(full, full[..., :1].expand_as(full))
+    assert not torch.allclose(full[0], full[1])
 
 
 def test_unconditional_conditioner_returns_none():

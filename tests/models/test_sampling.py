@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import Tensor
 
-from wavedistill.config import config_from_dict
 from wavedistill.errors import UserError
 from wavedistill.models import fused_wavenet as generation
 from wavedistill.models.fused_wavenet import fuse_teacher, init_state, step
@@ -43,7 +43,7 @@ def teacher_forced_params(teacher, audio: Tensor, mel: Tensor | None = None,
 def make_teacher(output: str = "mol", kernel_size: int = 3, mel: bool = True,
                  speakers: int = 0, layers: int = 6, stacks: int = 2) -> WaveNetTeacher:
     """A tiny teacher with random weights large enough that every layer matters."""
-    cfg = config_from_dict({
+    cfg = tiny_config({
         "audio": {"hop_length": HOP, "n_mels": N_MELS},
         "data": {"segment_length": 16 * HOP},
         "teacher": {"output": output, "layers": layers, "stacks": stacks,

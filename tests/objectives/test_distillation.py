@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from wavedistill.config import config_from_dict
 from wavedistill.dsp.levels import loudness_gap_db
 from wavedistill.errors import UserError
 from wavedistill.models.distributions import DiscretizedGaussian, DiscretizedLogisticMixture
@@ -28,7 +28,8 @@ from wavedistill.objectives.distillation import (
     mc_cross_entropy,
 )
 
-TINY = {
+# smaller than the shared tiny config: the Monte Carlo checks draw many times
+SMALLER = {
     "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
               "n_mels": 8},
     "data": {"segment_length": 512, "batch_size": 2},
@@ -40,11 +41,9 @@ TINY = {
 }
 
 
-def tiny_config(**sections):
-    data = copy.deepcopy(TINY)
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    return config_from_dict(data)
+def small_config(**sections):
+    """:func:`conftest.tiny_config` at this module's smaller sizes, with ``sections`` over them."""
+    return tiny_config(SMALLER, **sections)
 
 
 def models(cfg, seed=0):
@@ -82,7 +81,7 @@ def assert_within(estimate: torch.Tensor, expected: float, sigmas: float = 4.0) 
 @pytest.mark.parametrize("noise", ["logistic", "gaussian"])
 def test_closed_form_entropy_equals_monte_carlo_negative_log_density(noise):
     # H = E[sum_t log s_tot,t] + T h against -E log q(x), q scored through the exact inverse
-    cfg = tiny_config(audio={"hop_length": 16, "n_mels": 4},
+    cfg = small_config(audio={"hop_length": 16, "n_mels": 4},
                       student={"noise": noise, "upsample_factors": [4, 4]})
     torch.manual_seed(0)
     student = IAFStudent.from_config(cfg).double()
@@ -153,7 +152,7 @@ def test_gaussian_closed_form_kl_equals_its_monte_carlo_estimate():
 
 
 def test_teacher_weights_never_change_during_distillation():
-    cfg = tiny_config()
+    cfg = small_config()
     teacher, student = models(cfg)
     before_teacher = copy.deepcopy(teacher.state_dict())
     before_student = copy.deepcopy(student.state_dict())
@@ -173,7 +172,7 @@ def test_teacher_weights_never_change_during_distillation():
 
 
 def test_cross_entropy_gradient_reaches_the_sample_through_the_teacher():
-    cfg = tiny_config()
+    cfg = small_config()
     teacher, student = models(cfg)
     objective = Distillation(teacher, cfg)
     batch = batch_for(cfg)
@@ -187,7 +186,7 @@ def test_cross_entropy_gradient_reaches_the_sample_through_the_teacher():
 
 
 def test_loss_logs_every_term_and_weights_them():
-    cfg = tiny_config(distill={"power_weight": 0.5, "kl_weight": 2.0})
+    cfg = small_config(distill={"power_weight": 0.5, "kl_weight": 2.0})
     teacher, student = models(cfg)
     torch.manual_seed(1)
     loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
@@ -201,7 +200,7 @@ def test_loss_logs_every_term_and_weights_them():
 def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
     from wavedistill.dsp.spectral import MultiResolutionSTFT
 
-    cfg = tiny_config(distill={"power_weight": 0.5, "stft_weight": 3.0})
+    cfg = small_config(distill={"power_weight": 0.5, "stft_weight": 3.0})
     teacher, student = models(cfg)
     batch = batch_for(cfg)
     torch.manual_seed(1)
@@ -242,7 +241,7 @@ def test_mel_weight_adds_the_l1_distance_of_the_feature_functions_log_mel():
 
 
 def test_kl_weight_zero_trains_on_spectra_without_a_teacher_pass():
-    cfg = tiny_config(distill={"kl_weight": 0.0, "stft_weight": 1.0})
+    cfg = small_config(distill={"kl_weight": 0.0, "stft_weight": 1.0})
     teacher, student = models(cfg)
     calls = []
     teacher.register_forward_hook(lambda *args: calls.append(1))
@@ -257,7 +256,7 @@ def test_kl_weight_zero_trains_on_spectra_without_a_teacher_pass():
 
 def test_contrastive_term_against_an_identical_clip_is_the_kl_itself():
     # with both clips equal, the rolled conditioning is the true one: KL' = KL, same draws
-    cfg = tiny_config(distill={"contrastive_weight": 0.3})
+    cfg = small_config(distill={"contrastive_weight": 0.3})
     teacher, student = models(cfg)
     batch = batch_for(cfg, batch=1)
     batch = {k: torch.cat([v, v]) for k, v in batch.items()}
@@ -268,7 +267,7 @@ def test_contrastive_term_against_an_identical_clip_is_the_kl_itself():
 
 
 def test_gaussian_teacher_uses_the_closed_form_with_its_regulariser():
-    cfg = tiny_config(teacher={"output": "gaussian"}, student={"noise": "gaussian"})
+    cfg = small_config(teacher={"output": "gaussian"}, student={"noise": "gaussian"})
     teacher, student = models(cfg)
     torch.manual_seed(3)
     loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
@@ -278,18 +277,18 @@ def test_gaussian_teacher_uses_the_closed_form_with_its_regulariser():
 
 
 def test_floor_rates_report_how_often_each_floor_binds():
-    cfg = tiny_config(distill={"teacher_log_scale_min": 50.0, "student_log_scale_min": 0.0})
+    cfg = small_config(distill={"teacher_log_scale_min": 50.0, "student_log_scale_min": 0.0})
     teacher, student = models(cfg)
     _, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["teacher_floor_rate"] == pytest.approx(1.0)
     assert logs["student_floor_rate"] == 1.0  # a fresh student's log s_tot is log 0.01 < 0
-    cfg = tiny_config(distill={"teacher_log_scale_min": -50.0, "student_log_scale_min": -50.0})
+    cfg = small_config(distill={"teacher_log_scale_min": -50.0, "student_log_scale_min": -50.0})
     _, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["teacher_floor_rate"] == 0.0 and logs["student_floor_rate"] == 0.0
 
 
 def test_validation_reports_copy_synthesis_distance_loudness_and_kl():
-    cfg = tiny_config()
+    cfg = small_config()
     teacher, student = models(cfg)
     objective = Distillation(teacher, cfg)
     batch = batch_for(cfg)
@@ -301,7 +300,7 @@ def test_validation_reports_copy_synthesis_distance_loudness_and_kl():
 
 
 def test_the_student_noise_check_runs_once_per_student_and_still_refuses(monkeypatch):
-    cfg = tiny_config()
+    cfg = small_config()
     teacher, student = models(cfg)
     objective = Distillation(teacher, cfg)
     checked = []
@@ -313,7 +312,7 @@ def test_the_student_noise_check_runs_once_per_student_and_still_refuses(monkeyp
         objective.loss(student, batch)
     objective.validate(student, batch)
     assert checked == [student]
-    other = IAFStudent.from_config(tiny_config(student={"noise": "gaussian"}))
+    other = IAFStudent.from_config(small_config(student={"noise": "gaussian"}))
     for _ in range(2):  # a refused student is never taken as checked
         with pytest.raises(UserError, match="student.noise='logistic'"):
             objective.loss(other, batch)
@@ -321,7 +320,7 @@ def test_the_student_noise_check_runs_once_per_student_and_still_refuses(monkeyp
 
 
 def test_loudness_gap_of_a_gain_is_its_decibels():
-    ref = batch_for(tiny_config())["audio"]
+    ref = batch_for(small_config())["audio"]
     for gain in (0.1, 0.5, 2.0):
         gap = loudness_gap_db(gain * ref, ref)
         torch.testing.assert_close(gap, torch.full((2,), 20 * math.log10(gain)), atol=1e-4,
@@ -332,8 +331,8 @@ def test_loudness_gap_of_a_gain_is_its_decibels():
 
 
 def test_incompatible_teacher_names_every_differing_audio_key():
-    teacher_cfg = tiny_config()
-    student_cfg = tiny_config(audio={"sample_rate": 22050, "n_mels": 10, "hop_length": 32},
+    teacher_cfg = small_config()
+    student_cfg = small_config(audio={"sample_rate": 22050, "n_mels": 10, "hop_length": 32},
                               data={"segment_length": 512})
     with pytest.raises(UserError) as info:
         check_teacher_compatible(teacher_cfg, student_cfg)
@@ -346,7 +345,7 @@ def test_incompatible_teacher_names_every_differing_audio_key():
 
 
 def test_gaussian_teacher_with_logistic_student_noise_is_refused():
-    cfg = tiny_config(teacher={"output": "gaussian"})
+    cfg = small_config(teacher={"output": "gaussian"})
     with pytest.raises(UserError, match="teacher.output.*student.noise"):
         check_teacher_compatible(cfg, cfg)
     teacher, _ = models(cfg)
@@ -355,7 +354,7 @@ def test_gaussian_teacher_with_logistic_student_noise_is_refused():
 
 
 def test_categorical_teacher_is_refused():
-    cfg = tiny_config(teacher={"output": "categorical", "mu_law_levels": 16})
+    cfg = small_config(teacher={"output": "categorical", "mu_law_levels": 16})
     with pytest.raises(UserError, match="categorical"):
         check_teacher_compatible(cfg, cfg)
     teacher, _ = models(cfg)
@@ -364,16 +363,16 @@ def test_categorical_teacher_is_refused():
 
 
 def test_contrastive_term_needs_two_clips_per_batch():
-    cfg = tiny_config(distill={"contrastive_weight": 0.3}, data={"batch_size": 1})
+    cfg = small_config(distill={"contrastive_weight": 0.3}, data={"batch_size": 1})
     teacher, _ = models(cfg)
     with pytest.raises(UserError, match="data.batch_size"):
         Distillation(teacher, dataclasses.replace(cfg))
 
 
 def test_segments_shorter_than_the_largest_power_fft_are_refused():
-    cfg = tiny_config(data={"segment_length": 64})
+    cfg = small_config(data={"segment_length": 64})
     teacher, _ = models(cfg)
     with pytest.raises(UserError, match=r"data.segment_length \(64\).*128"):
         Distillation(teacher, cfg)
-    Distillation(teacher, tiny_config(data={"segment_length": 64},
+    Distillation(teacher, small_config(data={"segment_length": 64},
                                       distill={"power_weight": 0.0}))

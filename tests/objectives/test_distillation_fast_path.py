@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
-from wavedistill.config import config_from_dict
 from wavedistill.models import networks
 from wavedistill.models.distributions import logistic_mixture
 from wavedistill.models.distributions.logistic_mixture import mol_log_density, split_params
@@ -99,11 +99,10 @@ def test_speaker_ids_are_checked_on_the_cpu_only():
 
 
 def step_config(output: str):
+    """:func:`conftest.tiny_config` at 8 mels with 3 speakers and the given teacher head."""
     gaussian = output == "gaussian"
-    return config_from_dict({
-        "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
-                  "n_mels": 8},
-        "data": {"segment_length": 1024, "batch_size": 2},
+    return tiny_config({
+        "audio": {"n_mels": 8},
         "teacher": {"output": output, "layers": 4, "stacks": 2, "residual_channels": 16,
                     "gate_channels": 32, "skip_channels": 16, "num_mixtures": 3,
                     "upsample_factors": [4, 16], "num_speakers": 3},

@@ -3,7 +3,6 @@ refused with one line naming it; a model rebuilds itself from one."""
 
 from __future__ import annotations
 
-import copy
 import os
 import pathlib
 import random
@@ -11,10 +10,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, rebuilt
+from conftest import rebuilt, tiny_config
 
 from wavedistill import __version__
-from wavedistill.config import config_from_dict, config_to_dict
+from wavedistill.config import config_to_dict
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.info import describe_checkpoint
@@ -30,11 +29,11 @@ from wavedistill.store.checkpoint import (
 )
 
 
-def teacher_payload(config: dict | None = None, seed: int = 0) -> dict:
+def teacher_payload(seed: int = 0) -> dict:
     """A complete teacher checkpoint payload of a freshly initialised tiny teacher."""
     from wavedistill.models.teacher import WaveNetTeacher
 
-    cfg = config_from_dict(config or TINY_CONFIG)
+    cfg = tiny_config()
     torch.manual_seed(seed)
     model = WaveNetTeacher.from_config(cfg)
     ema = {k: v + 1.0 for k, v in model.state_dict().items()}  # distinguishable from raw
@@ -157,9 +156,7 @@ def test_build_model_rebuilds_the_teacher_with_ema_or_raw_weights(saved):
 
 def test_weights_that_do_not_fit_the_stored_config_are_refused_naming_the_file(tmp_path):
     payload = teacher_payload()
-    other = copy.deepcopy(TINY_CONFIG)
-    other["teacher"]["residual_channels"] = 4
-    payload["config"] = config_to_dict(config_from_dict(other))
+    payload["config"] = config_to_dict(tiny_config(teacher={"residual_channels": 4}))
     path = save_checkpoint(tmp_path / "mismatch.pt", payload)
     with pytest.raises(UserError, match=r"mismatch.pt: weights do not fit .*size mismatch"):
         rebuilt(load_checkpoint(path))

@@ -21,16 +21,16 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import TINY_CONFIG, write_clip
+from conftest import tiny_config, write_clip
 
 from wavedistill.cli import main
-from wavedistill.config import config_from_dict, config_to_dict
+from wavedistill.config import config_to_dict
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.inference.synthesizer import Synthesizer
 from wavedistill.store.checkpoint import save_checkpoint
 from wavedistill.store.export import PlainStudent, export_bundle, export_onnx, export_torchscript
-from wavedistill.store.loading import LoadedModel, load_model, load_pretrained, new_model
+from wavedistill.store.loading import LoadedModel, load_model, new_model
 from wavedistill.store.registry import shipped
 
 BUNDLE = {"bundle.json", "config.yaml", "stats.json", "model.safetensors", "README.md"}
@@ -53,19 +53,17 @@ def clip(root) -> Path:
 
 @pytest.fixture(scope="module")
 def student_bundle(root) -> Path:
-    return export_bundle(load_pretrained("alice-student"), root / "student-bundle")
+    return export_bundle(load_model("alice-student"), root / "student-bundle")
 
 
 @pytest.fixture(scope="module")
 def teacher_bundle(root) -> Path:
-    return export_bundle(load_pretrained("alice-teacher"), root / "teacher-bundle")
+    return export_bundle(load_model("alice-teacher"), root / "teacher-bundle")
 
 
 def tiny_student(num_speakers: int = 0, seed: int = 0) -> LoadedModel:
     """A random tiny student (TINY_CONFIG) with identity statistics."""
-    data = json.loads(json.dumps(TINY_CONFIG))
-    data["student"]["num_speakers"] = num_speakers
-    cfg = config_from_dict(data)
+    cfg = tiny_config(student={"num_speakers": num_speakers})
     torch.manual_seed(seed)
     model = new_model("student", cfg).eval().requires_grad_(False)
     stats = FeatureStats(torch.zeros(TINY_MELS), torch.ones(TINY_MELS))
@@ -147,7 +145,7 @@ def test_a_bundle_holds_no_pickle(student_bundle):
     card = (student_bundle / "README.md").read_text()
     assert card.startswith("# wavedistill student") and "16000 Hz" in card
     weights = load_file(student_bundle / "model.safetensors")
-    reference = load_pretrained("alice-student").model.state_dict()
+    reference = load_model("alice-student").model.state_dict()
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
@@ -170,7 +168,7 @@ def test_loading_a_bundle_never_unpickles(student_bundle, clip, monkeypatch):
     assert calls == [] and np.isfinite(audio).all()
     # the guard is live: a checkpoint does go through torch.load
     with pytest.raises(UserError):
-        load_pretrained("alice-student")
+        load_model("alice-student")
     assert calls == ["torch.load"]
 
 
@@ -182,7 +180,7 @@ def test_export_writes_the_ema_weights_and_the_step(tiny_export, tiny_checkpoint
     _, ema = tiny_checkpoint
     weights = load_file(tiny_export / "model.safetensors")
     assert all(torch.equal(weights[k], ema[k]) for k in ema)
-    loaded = load_pretrained(tiny_export)
+    loaded = load_model(tiny_export)
     assert loaded.step == 7 and loaded.source == str(tiny_export)
     assert all(torch.equal(loaded.model.state_dict()[k], ema[k]) for k in ema)
 
@@ -315,7 +313,7 @@ def test_a_damaged_bundle_is_a_one_line_error_naming_the_file(damage, student_bu
     change, culprit = DAMAGE[damage]
     change(bundle)
     with pytest.raises(UserError) as info:
-        load_pretrained(bundle)
+        load_model(bundle)
     message = str(info.value)
     assert culprit in message and "\n" not in message, message
     out = tmp_path / "out.wav"
@@ -366,8 +364,7 @@ def test_info_describes_a_bundle_folder(student_bundle, capsys):
     assert code == 0, err
     assert "student" in out and "16000 Hz" in out
     model = Synthesizer.from_pretrained(student_bundle).loaded.model
-    count = sum(p.numel() for p in model.parameters())
-    assert f"parameters: {count:,}" in out and count > 0
+    assert f"parameters: {model.num_parameters:,}" in out and model.num_parameters > 0
 
 
 def test_export_takes_a_bundle_folder(student_bundle, tmp_path, capsys):
@@ -421,7 +418,7 @@ def _check_runtimes(loaded: LoadedModel, onnx_path: Path, script_path: Path) -> 
 
 def test_onnx_and_torchscript_match_the_eager_student(tiny_export):
     pytest.importorskip("onnx")
-    loaded = load_pretrained(tiny_export)
+    loaded = load_model(tiny_export)
     _check_runtimes(loaded, tiny_export / "student.onnx",
                     tiny_export / "student.torchscript.pt")
     z, mel = _inputs(4, False)
@@ -452,7 +449,7 @@ def test_a_teacher_is_refused_for_deployment_before_anything_is_written(flag, tm
     code, stdout, err = run(capsys, "export", "--checkpoint", "alice-teacher", "--out", out, flag)
     assert code == 2 and "teacher" in one_line(err) and stdout == ""
     assert not out.exists()
-    teacher = load_pretrained("alice-teacher")
+    teacher = load_model("alice-teacher")
     with pytest.raises(UserError, match="teacher"):
         export_torchscript(teacher, tmp_path / "t.pt")
     assert not (tmp_path / "t.pt").exists()

@@ -22,7 +22,6 @@ from wavedistill.store.checkpoint import load_checkpoint, save_checkpoint
 from wavedistill.store.registry import (
     DEFAULT_STUDENT,
     SHIPPED,
-    default_student_path,
     inference_copy,
     shipped,
 )
@@ -52,7 +51,7 @@ def test_the_shipped_models_fit_in_20_megabytes():
 
 
 def test_the_shipped_student_synthesises_a_held_out_utterance():
-    synth = Synthesizer.from_checkpoint(default_student_path())
+    synth = Synthesizer.from_pretrained(DEFAULT_STUDENT)
     clip = held_out_clip()
     audio = synth.generate([synth.features(clip)], seed=0)[0]
     frames = sf.info(clip).frames // synth.cfg.audio.hop_length
@@ -79,7 +78,7 @@ def test_synthesize_without_checkpoint_uses_the_shipped_student(tmp_path, capsys
 
 def test_another_sample_rate_is_resampled_for_the_shipped_student(tmp_path, make_wav):
     clip = make_wav(tmp_path / "c.wav", seconds=0.5, sr=22050)
-    synth = Synthesizer.from_checkpoint(default_student_path())
+    synth = Synthesizer.from_pretrained(DEFAULT_STUDENT)
     mel = synth.features(clip)
     assert mel.shape == (synth.cfg.audio.n_mels, int(0.5 * 16000) // synth.cfg.audio.hop_length)
 
@@ -90,6 +89,45 @@ def test_info_without_a_path_lists_the_shipped_models(capsys):
     for model in SHIPPED:
         assert model.name in out
     assert "IAF student" in out and "WaveNet teacher" in out
+
+
+# -- one resolver: every command takes a shipped model's name ------------------------------
+
+
+def test_info_describes_a_shipped_model_by_name_with_its_real_parameter_count(capsys):
+    assert main(["info", "alice-student"]) == 0
+    out = capsys.readouterr().out
+    count = Synthesizer.from_pretrained("alice-student").loaded.model.num_parameters
+    assert out.startswith("student checkpoint") and f"parameters: {count:,}" in out
+    assert count > 0
+
+
+def test_synthesize_takes_a_shipped_model_by_name(tmp_path):
+    out = tmp_path / "a.wav"
+    assert main(["--quiet", "synthesize", "--checkpoint", "alice-student", "--input",
+                 str(held_out_clip()), "--output", str(out)]) == 0
+    assert sf.info(out).samplerate == 16000
+
+
+@pytest.mark.parametrize("teacher, says", [
+    (None, "none: not a dataset folder"),
+    ("alice-teacher", "none: not a dataset folder"),
+    ("nobody-teacher", "nobody-teacher: no such checkpoint, bundle folder or shipped model"),
+])
+def test_evaluate_loads_shipped_models_by_name(tmp_path, capsys, teacher, says):
+    """Both models load by name before the dataset is looked at: the run gets as far as the
+    dataset check (the missing folder) unless a name is unknown."""
+    args = ["--teacher", teacher] if teacher else []
+    assert main(["evaluate", "--checkpoint", "alice-student", *args, "--data",
+                 str(tmp_path / "none"), "--out", str(tmp_path / "report")]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_an_unknown_reference_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["info", "nobody-student"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nobody-student: no such checkpoint, bundle folder or " \
+        "shipped model" in err
 
 
 def test_an_unknown_shipped_name_is_refused_with_the_list():

@@ -3,26 +3,23 @@ process that sees both shards as one batch; only rank 0 writes."""
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_CONFIG, write_tiny_dataset
+from conftest import tiny_config, write_tiny_dataset
 
-from wavedistill.config import config_from_dict
+from wavedistill.config import Config
 from wavedistill.store.checkpoint import latest_checkpoint, load_checkpoint
 
 WORLD_SIZE = 2
 
 
-def _config(batch_size: int) -> dict:
-    data = copy.deepcopy(TINY_CONFIG)
-    data["data"]["batch_size"] = batch_size
-    data["train"].update(steps=2, checkpoint_every=2, valid_every=2)
-    return data
+def _config(batch_size: int) -> Config:
+    return tiny_config(data={"batch_size": batch_size},
+                       train={"steps": 2, "checkpoint_every": 2, "valid_every": 2})
 
 
 def _free_port() -> int:
@@ -31,14 +28,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, config: dict, data_dir, out_dir, results_dir) -> None:
+def _rank_main(rank: int, port: int, config: Config, data_dir, out_dir, results_dir) -> None:
     """One process of the run, set up as ``torchrun`` would set it up."""
     from wavedistill.training.runs import train_teacher
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))
     torch.set_num_threads(1)
-    trainer = train_teacher(config_from_dict(config), data_dir, out_dir, device="cpu")
+    trainer = train_teacher(config, data_dir, out_dir, device="cpu")
     torch.save(trainer.model.state_dict(), results_dir / f"rank{rank}.pt")
 
 
@@ -51,7 +48,7 @@ def runs(tmp_path_factory):
     write_tiny_dataset(root)
     mp.spawn(_rank_main, nprocs=WORLD_SIZE, join=True,
              args=(_free_port(), _config(2), root / "data", root / "ddp", root))
-    single = train_teacher(config_from_dict(_config(2 * WORLD_SIZE)), root / "data",
+    single = train_teacher(_config(2 * WORLD_SIZE), root / "data",
                            root / "single", device="cpu")
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     return root, ranks, single.model.state_dict()

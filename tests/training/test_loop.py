@@ -5,7 +5,6 @@ or a checkpoint; bad inputs are refused with one line."""
 from __future__ import annotations
 
 import collections
-import copy
 import math
 import shutil
 import sys
@@ -14,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, write_tiny_dataset
+from conftest import TINY_CONFIG, tiny_config, write_tiny_dataset
 
 import wavedistill
-from wavedistill.config import TrainConfig, config_from_dict, config_to_dict
+from wavedistill.config import TrainConfig, config_to_dict
 from wavedistill.errors import UserError
 from wavedistill.store.checkpoint import latest_checkpoint, load_checkpoint
 from wavedistill.training.batches import ShardedBatchSampler, open_data_folder
@@ -36,10 +35,9 @@ def dataset(tmp_path_factory):
 
 
 def tiny_cfg(**train):
-    """The tiny config with ``train`` keys overridden."""
-    data = copy.deepcopy(TINY_CONFIG)
-    data["train"].update(train)
-    return config_from_dict(data)
+    """:func:`conftest.tiny_config` with ``train`` keys overridden (most tests vary only
+    those)."""
+    return tiny_config(train=train)
 
 
 def teacher_trainer(cfg, data_dir, out_dir, objective=None) -> Trainer:
@@ -309,18 +307,14 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_and_resume_needs_one(data
 def test_resume_refuses_a_changed_model(dataset, tmp_path):
     out = tmp_path / "run"
     train_teacher(tiny_cfg(steps=1), dataset, out)
-    data = copy.deepcopy(TINY_CONFIG)
-    data["teacher"]["residual_channels"] = 4
-    data["train"]["steps"] = 2
+    cfg = tiny_config(teacher={"residual_channels": 4}, train={"steps": 2})
     with pytest.raises(UserError, match=r"step-000001.pt: .*teacher.residual_channels 8 vs 4"):
-        train_teacher(config_from_dict(data), dataset, out, resume=True)
+        train_teacher(cfg, dataset, out, resume=True)
 
 
 def test_data_folder_with_other_audio_settings_is_refused_naming_the_keys(dataset, tmp_path):
-    data = copy.deepcopy(TINY_CONFIG)
-    data["audio"]["n_mels"] = 10
     with pytest.raises(UserError, match=r"config.yaml: .*audio.n_mels 20 vs 10"):
-        train_teacher(config_from_dict(data), dataset, tmp_path / "run")
+        train_teacher(tiny_config(audio={"n_mels": 10}), dataset, tmp_path / "run")
 
 
 def test_a_folder_that_is_not_a_dataset_is_refused(tmp_path):
@@ -333,10 +327,8 @@ def test_more_speakers_than_the_model_has_is_refused(dataset, tmp_path):
     copied = tmp_path / "data"
     shutil.copytree(dataset, copied)
     (copied / "speakers.json").write_text('{"a": 0, "b": 1, "c": 2}')
-    data = copy.deepcopy(TINY_CONFIG)
-    data["teacher"]["num_speakers"] = 2
     with pytest.raises(UserError, match="speakers.json: 3 speakers, but teacher.num_speakers is 2"):
-        train_teacher(config_from_dict(data), copied, tmp_path / "run")
+        train_teacher(tiny_config(teacher={"num_speakers": 2}), copied, tmp_path / "run")
 
 
 def test_saved_config_is_the_resolved_run_config(dataset, tmp_path):
@@ -413,10 +405,9 @@ def teacher_ckpt(dataset, tmp_path_factory):
 
 
 def student_cfg(**train):
-    data = copy.deepcopy(TINY_CONFIG)
-    data["train"].update(valid_every=100, checkpoint_every=100, **train)
-    data["teacher"]["layers"] = 8  # ignored: the teacher checkpoint's own section is recorded
-    return config_from_dict(data)
+    # teacher.layers is ignored: the teacher checkpoint's own section is recorded
+    return tiny_config(train={"valid_every": 100, "checkpoint_every": 100, **train},
+                       teacher={"layers": 8})
 
 
 def test_stopped_and_resumed_distillation_ends_with_the_same_student(dataset, teacher_ckpt,

@@ -18,13 +18,13 @@ models can be measured without training them (both as a
 Method. The input is real speech: the bundled clip's log-mel
 (:func:`wavedistill.data.features.log_mel`), tiled or cropped to the requested length and
 normalised (by the checkpoint's statistics, or by the clip's own when the model comes from a
-config). Every measurement runs once untimed first (warm-up: allocator, kernels, caches; the
-samplers warm up on one frame, which reaches every code path), then ``repeats`` timed runs, each
-between two device synchronisations; the median is reported with the spread (max - min) /
-median. ``threads`` sets torch's intra-op threads for the run. On a machine shared with other
-jobs, more threads than idle cores makes OpenMP wait at barriers and can slow small operations
-by orders of magnitude: measure on idle cores. Timing, peak memory, the matmul peak and FLOP
-counting live in :mod:`wavedistill.bench.profiling`.
+config). Every measurement runs once untimed first
+(warm-up: allocator, kernels, caches; the samplers warm up on one frame, which reaches every
+code path), then ``repeats`` timed runs, each between two device synchronisations; the median
+is reported with the spread (max - min) / median. ``threads`` sets torch's intra-op threads
+for the run. On a machine shared with other jobs, more threads than idle cores makes OpenMP
+wait at barriers and can slow small operations by orders of magnitude: measure on idle cores.
+Timing, peak memory, the matmul peak and FLOP counting live in :mod:`wavedistill.bench.profiling`.
 
 Reported per model:
 
@@ -69,9 +69,19 @@ from wavedistill.bench.profiling import (
     teacher_flops,
     time_call,
 )
-from wavedistill.config import Config, load_config
-from wavedistill.data.features import FeatureStats, frames_for
+from wavedistill.config import SAMPLER_DTYPE_NAMES, Config, load_config
+from wavedistill.data.audio import load_audio
+from wavedistill.data.features import (
+    FeatureStats,
+    frames_for,
+    log_mel,
+    shortest_clip,
+    whole_frames,
+)
 from wavedistill.errors import UserError
+from wavedistill.models.sampling import generate, sample_naive_steps, steady_naive_steps
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
+from wavedistill.objectives.likelihood import MaximumLikelihood
 from wavedistill.precision import resolve_dtype
 from wavedistill.store.checkpoint import ModelKind
 from wavedistill.store.loading import LoadedModel, load_model, random_model
@@ -79,7 +89,7 @@ from wavedistill.store.loading import LoadedModel, load_model, random_model
 log = logging.getLogger(__name__)
 
 BUNDLED_CLIP = Path(__file__).resolve().parents[2] / "data" / "arctic" / "arctic_a0007.wav"
-DTYPES = ("float32", "bfloat16")
+DTYPES = SAMPLER_DTYPE_NAMES  # the benchmark times the teacher's sampler in each
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -135,16 +145,15 @@ class Settings:
 def clip_features(cfg: Config, clip: Path = BUNDLED_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
     """The clip's audio ``(T,)`` at ``audio.sample_rate``, cut to whole frames, and its
     un-normalised log-mel ``(n_mels, T / hop)``."""
-    from wavedistill.data.audio import load_audio
-    from wavedistill.data.features import log_mel
-
     if not clip.is_file():
         raise UserError(f"{clip}: no such clip to condition the benchmark on; give --clip "
                         "(any speech recording)")
-    hop = cfg.audio.hop_length
     audio = torch.from_numpy(load_audio(clip, cfg.audio.sample_rate))
-    audio = audio[: len(audio) - len(audio) % hop]
-    return audio, log_mel(audio, cfg.audio)
+    usable = whole_frames(len(audio), cfg.audio)
+    if usable is None:
+        raise UserError(f"{clip}: too short to condition the benchmark on ({len(audio)} "
+                        f"samples; needs at least {shortest_clip(cfg.audio)})")
+    return audio[:usable], log_mel(audio[:usable], cfg.audio)
 
 
 def tile(x: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
@@ -180,8 +189,8 @@ def loaded_batch(loaded: LoadedModel, frames: int, settings: Settings
 # -- models ----------------------------------------------------------------------------------
 
 
-def load_kind(kind: ModelKind, checkpoint: Path | None, config: Path | None, device: torch.device
-              ) -> LoadedModel | None:
+def load_kind(kind: ModelKind, checkpoint: str | Path | None, config: Path | None,
+              device: torch.device) -> LoadedModel | None:
     """The model of one kind from a checkpoint, or from a config with random weights (seeded,
     no statistics), or None when neither is given."""
     if checkpoint is not None and config is not None:
@@ -221,7 +230,7 @@ def measure(fn: Callable[[], Any], samples_per_call: int, flops: FlopCount,
         "spread": timing.spread,
         "samples_per_call": samples_per_call,
         "source": loaded.source,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "parameters": loaded.model.num_parameters,
         "receptive_field": loaded.model.receptive_field,
         "config": dataclasses.asdict(loaded.section),
     }
@@ -249,8 +258,6 @@ def measure_student(student: LoadedModel, settings: Settings, peak: float) -> di
 
 def measure_teacher(teacher: LoadedModel, settings: Settings, peak: float) -> dict[str, Any]:
     """Cached sequential sampling of ``settings.seconds`` of audio per batch row."""
-    from wavedistill.models.sampling import generate
-
     frames = frames_for(settings.seconds, teacher.cfg.audio)
     batch = loaded_batch(teacher, frames, settings)
     mel, speaker = teacher.batch_mel(batch), teacher.batch_speaker(batch)
@@ -274,8 +281,6 @@ def measure_teacher_naive(teacher: LoadedModel, settings: Settings, peak: float
                           ) -> dict[str, Any]:
     """``settings.naive_steps`` steps of the naive sampler in the steady state, the past being
     the bundled clip's audio; under autocast for bfloat16."""
-    from wavedistill.models.sampling import sample_naive_steps, steady_naive_steps
-
     steps, frames = steady_naive_steps(teacher.model, settings.naive_steps)
     batch = loaded_batch(teacher, frames, settings)
     mel, speaker, audio = teacher.batch_mel(batch), teacher.batch_speaker(batch), batch["audio"]
@@ -339,13 +344,9 @@ def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
     (the student's KL + power loss against the frozen teacher)."""
     out: dict[str, Any] = {}
     if teacher is not None:
-        from wavedistill.objectives.likelihood import MaximumLikelihood
-
         out["teacher_step"] = measure_step(teacher.model, MaximumLikelihood(),
                                            training_batch(teacher, settings), settings)
     if teacher is not None and student is not None:
-        from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
-
         check_teacher_compatible(teacher.cfg, student.cfg)
         objective = Distillation(teacher.model, student.cfg)
         batch = training_batch(student, settings)
@@ -356,7 +357,8 @@ def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
 # -- the run ---------------------------------------------------------------------------------
 
 
-def benchmark(settings: Settings, *, teacher: Path | None = None, student: Path | None = None,
+def benchmark(settings: Settings, *, teacher: str | Path | None = None,
+              student: str | Path | None = None,
               teacher_config: Path | None = None, student_config: Path | None = None,
               threads: int | None = None, training: bool = False) -> dict[str, Any]:
     """Measure the models given as checkpoints (``teacher``, ``student``) or as configs with

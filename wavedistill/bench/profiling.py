@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wavedistill.config import Config
+from wavedistill.models.distributions import build_distribution
 from wavedistill.models.sampling import naive_hop_and_context, naive_windows
 
 if TYPE_CHECKING:
@@ -227,8 +228,6 @@ class FlopCount:
 def teacher_flops(cfg: Config) -> FlopCount:
     """FLOPs per sample of one parallel pass of the teacher described by ``cfg`` (what is
     counted: see the module docstring)."""
-    from wavedistill.models.distributions import build_distribution
-
     t, a = cfg.teacher, cfg.audio
     L, k, R, G, S = t.layers, t.kernel_size, t.residual_channels, t.gate_channels, t.skip_channels
     P = build_distribution(t).num_params

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
 import torch
@@ -112,8 +113,6 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling (soxr high quality): (T,) -> (round(T * target / orig),)."""
-    import librosa  # imported here: only files at another rate pay for it
-
     out = librosa.resample(audio, orig_sr=orig_rate, target_sr=target_rate, res_type="soxr_hq")
     return out.astype(np.float32, copy=False)
 
@@ -181,11 +180,6 @@ def dequantize_16bit(pcm):
     """int16 PCM value v -> float32 audio of its level: (2v + 1) / 65535, in [-1, 1]."""
     t, was_numpy = _as_tensor(pcm)
     return _back(from_index_16bit(t.long() + LEVELS_16BIT // 2), was_numpy)
-
-
-def round_to_16bit(x):
-    """Float audio -> float32 audio rounded onto the 16-bit grid (clipped to [-1, 1])."""
-    return from_index_16bit(to_index_16bit(x))
 
 
 # -- μ-law -----------------------------------------------------------------------------------

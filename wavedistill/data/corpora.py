@@ -21,6 +21,7 @@ import torch
 
 from wavedistill.config import Config
 from wavedistill.data.audio import AUDIO_EXTENSIONS, dequantize_16bit, is_audio_file
+from wavedistill.data.datacheck import ClipCheck
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 
@@ -252,8 +253,6 @@ class SegmentDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | Path, split: str, cfg: Config,
                  stats: FeatureStats | None = None, *, full_utterances: bool = False,
                  seed: int | None = None, check: bool = True):
-        from wavedistill.data.datacheck import ClipCheck
-
         self.data_dir = Path(data_dir)
         self.hop = cfg.audio.hop_length
         self.stats = stats

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wavedistill.config import AudioConfig
+from wavedistill.config import AudioConfig, load_config
 from wavedistill.data.features import FeatureStats, lowest_log_mel
 from wavedistill.errors import UserError
+from wavedistill.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,6 @@ class SkipLog:
         self.lines[path] = reason
         log.warning("%s: skipped as corrupted: %s", path, reason)
         if self.list_path is not None:
-            from wavedistill.fileio import atomic_write_text
-
             atomic_write_text(self.list_path, "".join(f"{p}: {r}\n" for p, r in self.lines.items()))
         if self.limit is not None and len(self.lines) > self.limit:
             listed = f"; listed in {self.list_path}" if self.list_path is not None else ""
@@ -205,8 +204,6 @@ def corrupt_limit(fraction: float, total: int) -> int:
 def check_folder(folder: str | Path) -> list[str]:
     """``"<file>: <reason>"`` for every bad manifest line, manifest entry and stored array of
     the dataset folder ``folder`` (and its statistics); [] when all are sound."""
-    from wavedistill.config import load_config
-
     folder = Path(folder)
     cfg = load_config(folder / "config.yaml")
     check = ClipCheck.for_folder(folder, cfg.audio)

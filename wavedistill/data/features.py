@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 
@@ -40,8 +41,6 @@ from wavedistill.fileio import atomic_write
 def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
                  fmax: float | None) -> torch.Tensor:
     """Slaney-normalised mel filterbank (n_mels, n_fft // 2 + 1), float64 on the CPU."""
-    import librosa  # only the filterbank comes from librosa; the STFT is torch's
-
     basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                 dtype=np.float64)
     return torch.from_numpy(basis)
@@ -93,6 +92,21 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
         magnitude = spec.abs()
     mel = mel_filters(cfg, x.device, dtype) @ magnitude  # (..., n_mels, F)
     return log_of(torch.clamp(mel, min=cfg.log_floor), cfg)
+
+
+def shortest_clip(cfg: AudioConfig) -> int:
+    """Fewest samples a clip needs in whole frames for :func:`log_mel`: the first multiple of
+    the hop above ``n_fft // 2`` (the reflection padding of the first frame needs more samples
+    than half a window)."""
+    return (cfg.n_fft // 2 // cfg.hop_length + 1) * cfg.hop_length
+
+
+def whole_frames(num_samples: int, cfg: AudioConfig) -> int | None:
+    """Samples of a clip of ``num_samples`` that fill whole frames (the largest multiple of the
+    hop, ``F * hop``), or None when they are fewer than :func:`shortest_clip`. Every place that
+    crops audio to frames asks here."""
+    usable = num_samples - num_samples % cfg.hop_length
+    return usable if usable >= shortest_clip(cfg) else None
 
 
 def frames_for(seconds: float, cfg: AudioConfig) -> int:

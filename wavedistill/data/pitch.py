@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wavedistill.config import AudioConfig, DataConfig
+from wavedistill.data.corpora import read_jsonl
 from wavedistill.errors import UserError
 
 
@@ -61,8 +62,6 @@ def f0_labels(audio: np.ndarray, audio_cfg: AudioConfig, data_cfg: DataConfig) -
 
 def check_pitch_labels(data_dir: str | Path, source: str) -> None:
     """Refuse, in one line, a dataset folder whose utterances lack F0 labels."""
-    from wavedistill.data.corpora import read_jsonl
-
     path = Path(data_dir)
     for split in ("train", "valid"):
         for entry in read_jsonl(path / f"{split}.jsonl"):

@@ -31,7 +31,9 @@ from tqdm import tqdm
 from wavedistill.config import Config, audio_differences, load_config, save_config
 from wavedistill.data.audio import dequantize_16bit, peak_db, quantize_16bit, read_audio
 from wavedistill.data.corpora import Utterance, read_jsonl, read_manifest, split_utterances
-from wavedistill.data.features import FeatureStats, log_mel
+from wavedistill.data.external_mel import check_floor, finite_mel, load_npy
+from wavedistill.data.features import FeatureStats, log_mel, shortest_clip, whole_frames
+from wavedistill.data.pitch import f0_labels
 from wavedistill.errors import UserError
 from wavedistill.faults import WriteFailed, advice, explain
 from wavedistill.fileio import atomic_write, atomic_write_text
@@ -80,14 +82,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
     """Samples kept (a whole number of frames), or a UserError when the clip is too short."""
-    hop, segment = cfg.audio.hop_length, cfg.data.segment_length
-    usable = num_samples - num_samples % hop
-    if segment is not None and usable < segment:
+    segment = cfg.data.segment_length
+    usable = whole_frames(num_samples, cfg.audio)
+    if segment is not None and (usable or 0) < segment:
         raise UserError(f"{path}: shorter than one segment ({num_samples} samples < "
                         f"data.segment_length = {segment})")
-    if usable <= cfg.audio.n_fft // 2:
-        raise UserError(f"{path}: too short for features ({num_samples} samples; needs more than "
-                        f"audio.n_fft // 2 = {cfg.audio.n_fft // 2} in whole frames of {hop})")
+    if usable is None:
+        raise UserError(f"{path}: too short for features ({num_samples} samples; needs at "
+                        f"least {shortest_clip(cfg.audio)} in whole frames of "
+                        f"{cfg.audio.hop_length})")
     return usable
 
 
@@ -136,8 +139,6 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
     _save_npy(out_dir / entry["audio"], pcm)
     _save_npy(out_dir / entry["mel"], mel)
     if cfg.data.pitch:
-        from wavedistill.data.pitch import f0_labels
-
         entry["f0"] = f"f0/{utt.id}.npy"
         _save_npy(out_dir / entry["f0"], f0_labels(dequantize_16bit(pcm), cfg.audio, cfg.data))
     return entry, changes
@@ -148,8 +149,6 @@ def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
     """The external mel of ``utt_id`` as (n_mels, F) float32, the samples of audio it pairs
     with (``F * hop``), and what was trimmed (or None). A difference of up to
     ``MAX_FRAME_MISMATCH`` frames is trimmed from the longer side's end; more is refused."""
-    from wavedistill.data.external_mel import check_floor, finite_mel, load_npy
-
     path = external.path(utt_id)
     if not path.is_file():
         raise UserError(f"{path}: no external mel for utterance {utt_id}")

@@ -1,4 +1,4 @@
-"""STFT magnitudes and multi-resolution spectral distances, shared by the power loss of
+"""STFT powers and multi-resolution spectral distances, shared by the power loss of
 distillation and by evaluation.
 
 The STFT is ``torch.stft`` with a periodic Hann window of ``win_length`` centred in ``n_fft``
@@ -51,11 +51,6 @@ def stft_power(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
     (no square root, so silent bins have finite gradients)."""
     spec = torch.view_as_real(stft(x, n_fft, hop, win_length))
     return spec.square().sum(-1)
-
-
-def stft_magnitude(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
-    """``|STFT|`` ``(B, T) -> (B, n_fft // 2 + 1, frames)``."""
-    return stft(x, n_fft, hop, win_length).abs()
 
 
 def power_distance(x_power: Tensor, y_power: Tensor) -> Tensor:

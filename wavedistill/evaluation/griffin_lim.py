@@ -10,9 +10,11 @@ vocoder is conditioned on and nothing more.
 
 from __future__ import annotations
 
+import librosa
 import numpy as np
 
 from wavedistill.config import AudioConfig
+from wavedistill.data.features import exp_of
 
 DEFAULT_ITERATIONS = 32
 
@@ -24,11 +26,8 @@ def griffin_lim(log_mel: np.ndarray, audio: AudioConfig, n_iter: int = DEFAULT_I
     :func:`~wavedistill.data.features.log_mel` returns).
 
     ``seed`` fixes the random initial phase, so the same mel always gives the same audio."""
-    import librosa
-
     if n_iter < 1:
         raise ValueError(f"griffin_lim needs at least one iteration, got {n_iter}")
-    from wavedistill.data.features import exp_of
 
     mel = exp_of(np.asarray(log_mel, dtype=np.float64), audio)
     magnitude = librosa.feature.inverse.mel_to_stft(

@@ -36,11 +36,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 import torch
 
 from wavedistill.config import AudioConfig, Config
 from wavedistill.dsp.levels import SILENCE_DB, levels_db, loudness_gap_db
+from wavedistill.dsp.spectral import MultiResolutionSTFT, stft_power
 
 # Power floor of the log-spectral distance: the same -120 dB, as a power ratio.
 POWER_FLOOR = 10.0 ** (SILENCE_DB / 10.0)
@@ -109,8 +111,6 @@ def loudness_difference_db(ref: np.ndarray, est: np.ndarray) -> float:
 
 def _power_spectrogram(x: np.ndarray, audio: AudioConfig) -> torch.Tensor:
     """(T,) -> (frames, n_fft // 2 + 1) float64 power spectrum on the feature STFT."""
-    from wavedistill.dsp.spectral import stft_power
-
     _long_enough(x, audio.n_fft)
     power = stft_power(torch.from_numpy(x)[None], audio.n_fft, audio.hop_length, audio.win_length)
     return power[0].transpose(0, 1)
@@ -128,8 +128,6 @@ def log_spectral_distance(ref: np.ndarray, est: np.ndarray, audio: AudioConfig) 
 
 def stft_distance(ref: np.ndarray, est: np.ndarray, cfg: Config) -> float:
     """Multi-resolution STFT distance at the power loss's resolutions (0 for identical clips)."""
-    from wavedistill.dsp.spectral import MultiResolutionSTFT
-
     ref, est = _pair(ref, est)
     d = cfg.distill
     _long_enough(ref, max(d.power_fft_sizes))
@@ -174,7 +172,6 @@ def mel_cepstral_distortion(ref: np.ndarray, est: np.ndarray, audio: AudioConfig
 def _at_rate(x: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
     if sample_rate == target:
         return x
-    import librosa
 
     return librosa.resample(x, orig_sr=sample_rate, target_sr=target, res_type="soxr_hq")
 

@@ -1,5 +1,6 @@
 """Figures of an evaluation: log-mel spectrograms of each clip on one colour scale, and the
-teacher's held-out NLL against steps (matplotlib's Agg canvas: no display, no pyplot state)."""
+teacher's held-out NLL against steps (on the Agg canvas of :mod:`wavedistill.training.figures`,
+which also draws the log-mel images)."""
 
 from __future__ import annotations
 
@@ -7,51 +8,37 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wavedistill.config import Config
-from wavedistill.data.features import log_mel, lowest_log_mel
+from wavedistill.data.features import lowest_log_mel
 from wavedistill.evaluation.results import Clip
 from wavedistill.fileio import atomic_path
+from wavedistill.training.figures import clip_log_mel, log_mel_image, log_mel_label, new_figure
 from wavedistill.training.loop import VALIDATION_HISTORY
 
 FIGURE_CLIPS = 3  # clips drawn in figures: enough to judge by eye, few enough to look at
-
-
-def _log_mel(audio: np.ndarray, cfg: Config) -> np.ndarray | None:
-    """(n_mels, F) log-mel of whole frames of ``audio``, or None when too short to analyse."""
-    usable = len(audio) - len(audio) % cfg.audio.hop_length
-    if usable <= cfg.audio.n_fft // 2:
-        return None
-    return log_mel(torch.from_numpy(np.asarray(audio[:usable], np.float32)), cfg.audio).numpy()
 
 
 def plot_clip(path: Path, clip: Clip, synthesis: dict[str, np.ndarray], cfg: Config) -> None:
     """One figure per clip: log-mel of the original and of each synthesis, one above the other
     on one time axis and one colour scale (so a quiet synthesis looks quiet)."""
     rows = [("original", clip.audio.numpy())] + list(synthesis.items())
-    mels = [_log_mel(audio, cfg) for _, audio in rows]
-    sr, hop = cfg.audio.sample_rate, cfg.audio.hop_length
+    mels = [clip_log_mel(audio, cfg.audio) for _, audio in rows]
+    seconds = len(clip.audio) / cfg.audio.sample_rate
     vmin = lowest_log_mel(cfg.audio)
     vmax = max((float(m.max()) for m in mels if m is not None), default=vmin + 1.0)
-    fig = Figure(figsize=(8, 2.2 * len(rows)), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg canvas: no display and no global pyplot state
+    fig = new_figure(8, 2.2 * len(rows))
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     image = None
     for ax, (name, _), mel in zip(axes, rows, mels, strict=True):
         ax.set_title(f"{clip.id}: {name}" + (" (too short to draw)" if mel is None else ""))
-        ax.set_ylabel("mel bin")
-        ax.set_xlim(0, len(clip.audio) / sr)
         if mel is not None:
-            image = ax.imshow(mel, origin="lower", aspect="auto", interpolation="none",
-                              extent=(0, mel.shape[1] * hop / sr, 0, mel.shape[0]),
-                              vmin=vmin, vmax=vmax)
-            ax.set_xlim(0, len(clip.audio) / sr)  # imshow narrows the axis to its image
+            image = log_mel_image(ax, mel, cfg.audio, vmin, vmax)
+        ax.set_xlim(0, seconds)  # one time axis: imshow narrows it to its image
     axes[-1].set_xlabel("seconds")
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label="log-mel (natural log)")
+        fig.colorbar(image, ax=list(axes), label=log_mel_label(cfg.audio))
     save_figure(fig, path)
 
 
@@ -70,8 +57,7 @@ def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
     if not points:
         return None
     steps = sorted(points)
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6, 3.2)
     ax = fig.subplots()
     ax.plot(steps, [points[s] for s in steps], marker="o")
     ax.set_xlabel("training step")

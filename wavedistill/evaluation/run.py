@@ -46,13 +46,17 @@ import numpy as np
 import torch
 
 from wavedistill.config import Config, audio_differences, config_to_dict, load_config
+from wavedistill.data.corpora import SegmentDataset, collate
 from wavedistill.data.datacheck import SKIPPED_NAME, SkipLog
 from wavedistill.data.features import FeatureStats, frames_for
 from wavedistill.errors import UserError
+from wavedistill.evaluation.griffin_lim import griffin_lim
 from wavedistill.evaluation.listening_page import write_listening_page
 from wavedistill.evaluation.plots import draw_figures, plot_nll_curve
 from wavedistill.evaluation.report import write_report
 from wavedistill.evaluation.results import Clip, Results, score
+from wavedistill.models.sampling import generate
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
 from wavedistill.store.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,7 @@ SEED = 0  # noise of every synthesis, so that two evaluations of a checkpoint ag
 # -- loading ---------------------------------------------------------------------------------
 
 
-def check_dataset(data_dir: Path, cfg: Config, source: Path) -> None:
+def check_dataset(data_dir: Path, cfg: Config, source: str | Path) -> None:
     """The dataset's features must be the ones the model was trained on."""
     config = data_dir / "config.yaml"
     if not config.is_file():
@@ -83,8 +87,6 @@ def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int 
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
     split first), for a corpus the model never saw, such as another speaker's. Corrupted
     clips are left out and reported to ``skipped``."""
-    from wavedistill.data.corpora import SegmentDataset
-
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     parts = ("valid",) if split == "valid" else ("train", "valid")
@@ -129,9 +131,6 @@ def teacher_samples(teacher: LoadedModel, clips: list[Clip], seconds: float,
                     device: torch.device) -> dict[str, np.ndarray]:
     """Teacher samples conditioned on the first ``seconds`` of every clip, generated as one
     batch (shorter clips are padded with mean features and their samples cut back)."""
-    from wavedistill.data.corpora import collate
-    from wavedistill.models.sampling import generate
-
     hop = teacher.cfg.audio.hop_length
     frames = frames_for(seconds, teacher.cfg.audio)
     items = [{"id": c.id, "audio": c.audio[: frames * hop], "mel": c.mel[:, :frames],
@@ -170,8 +169,6 @@ def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], d
     first ``data.segment_length`` samples of every clip, and its mean over clips. Segments
     bound the memory of the ``distill.num_draws`` draws per step, and the estimate is a
     per-sample average, so a training-length segment measures what training optimises."""
-    from wavedistill.objectives.distillation import Distillation
-
     objective = Distillation(teacher.model, student.cfg)
     length, hop = student.cfg.data.segment_length, student.cfg.audio.hop_length
     if length is None:
@@ -195,8 +192,6 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
                         ) -> dict[str, np.ndarray]:
     """Griffin-Lim of every clip from the log-mel that conditions the models, un-normalised
     with the same ``stats`` that normalised it."""
-    from wavedistill.evaluation.griffin_lim import griffin_lim
-
     return {clip.id: griffin_lim(stats.denormalize(clip.mel).numpy(), cfg.audio, n_iter=n_iter,
                                  seed=SEED)
             for clip in clips}
@@ -205,7 +200,8 @@ def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_i
 # -- the command -----------------------------------------------------------------------------
 
 
-def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | None = None,
+def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
+             teacher: str | Path | None = None,
              max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
              griffin_lim_iters: int = 32, split: str = "valid", command: str | None = None
              ) -> dict[str, Any]:
@@ -222,12 +218,10 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, teacher: Path | No
     main = load_model(checkpoint, device=dev)
     if main.kind == "teacher" and teacher is not None:
         raise UserError(f"{checkpoint}: is a teacher checkpoint; --teacher is for students")
-    check_dataset(data_dir, main.cfg, checkpoint)
     ref = load_model(teacher, "teacher", dev) if teacher is not None else None
     if ref is not None:
-        from wavedistill.objectives.distillation import check_teacher_compatible
-
         check_teacher_compatible(ref.cfg, main.cfg)
+    check_dataset(data_dir, main.cfg, checkpoint)
     the_teacher = main if main.kind == "teacher" else ref
 
     skipped = SkipLog(out_dir / SKIPPED_NAME, data_dir, total=0)

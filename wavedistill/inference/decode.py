@@ -25,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from wavedistill.data.audio import write_wav, write_wav_stream
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy
 from wavedistill.data.features import frames_for
 from wavedistill.errors import UserError
 from wavedistill.faults import WriteFailed, advice, explain
-from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds
+from wavedistill.fileio import atomic_write_text
+from wavedistill.inference.synthesizer import Synthesizer, check_chunk_seconds, mel_chunks
+from wavedistill.store.registry import DEFAULT_STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +74,18 @@ class DecodeReport:
 
     def write_skipped(self, folder: Path) -> None:
         """List the skipped inputs in ``folder/skipped.txt`` (``<input>: <reason>`` lines)."""
-        from wavedistill.fileio import atomic_write_text
-
         if self.skipped:
             self.skipped_list = atomic_write_text(
                 folder / "skipped.txt", "".join(f"{name}: {why}\n" for name, why in self.skipped))
 
 
-def open_synthesizer(checkpoint: Path | None, device: str = "cpu", use_ema: bool = True,
+def open_synthesizer(checkpoint: str | Path | None, device: str = "cpu", use_ema: bool = True,
                      dtype: str = "float32") -> Synthesizer:
     """The model of ``checkpoint`` (a checkpoint file, an exported bundle folder, a shipped
     model's name or a Hub id), or the shipped student when None, in ``dtype``."""
     if checkpoint is None:
-        from wavedistill.store.registry import DEFAULT_STUDENT, default_student_path
-
         log.info("no checkpoint given: using the shipped student %s", DEFAULT_STUDENT)
-        checkpoint = default_student_path()
+        checkpoint = DEFAULT_STUDENT
     return Synthesizer.from_pretrained(checkpoint, device=device, use_ema=use_ema, dtype=dtype)
 
 
@@ -105,11 +105,10 @@ def synthesize_files(synth: Synthesizer, output: Path, inputs: list[Path] | None
     outputs = output_paths(names, output)
     mels = [synth.features(p, convention) for p in inputs] if inputs else None
     report = DecodeReport()
-    # a student with an excitation cannot stream (its phase runs from the clip's start,
-    # Synthesizer.stream); it is synthesised in chunks of the whole mel instead, same audio
-    excitation = getattr(synth.loaded.model, "excitation", None)
+    # a student with an excitation cannot stream (its phase runs from the clip's start);
+    # Synthesizer.generate gives it the same audio in one pass
     with explain(report.intact):
-        if chunk_seconds is not None and mels and excitation is None:
+        if chunk_seconds is not None and mels and not synth.has_excitation:
             _stream_to_files(synth, outputs, mels, chunk_seconds, speaker, seed, report)
         else:
             clips = synth.generate(mels, seconds=seconds, speaker=speaker, seed=seed,
@@ -124,13 +123,11 @@ def _stream_to_files(synth: Synthesizer, paths: list[Path], mels: list[torch.Ten
                      report: DecodeReport) -> None:
     """Each clip streamed chunk by chunk into its file: memory bounded by the chunk and the
     receptive field, whatever the clip's length; the audio equals one-shot synthesis."""
-    from wavedistill.data.audio import write_wav_stream
-
     a = synth.cfg.audio
     frames = frames_for(chunk_seconds, a)
     for path, mel in zip(paths, mels, strict=True):
-        chunks = (mel[:, i:i + frames] for i in range(0, mel.shape[-1], frames))
-        samples = write_wav_stream(path, synth.stream(chunks, speaker, seed), a.sample_rate)
+        pieces = synth.stream(mel_chunks(mel, frames), speaker, seed)
+        samples = write_wav_stream(path, pieces, a.sample_rate)
         report.written.append((path, samples / a.sample_rate))
 
 
@@ -152,8 +149,6 @@ def output_paths(names: list[str], output: Path) -> list[Path]:
 
 def _write(synth: Synthesizer, paths: list[Path], clips: list[np.ndarray],
            report: DecodeReport) -> None:
-    from wavedistill.data.audio import write_wav
-
     rate = synth.cfg.audio.sample_rate
     for path, clip in zip(paths, clips, strict=True):
         write_wav(path, clip, rate)  # 16-bit mono: 2 bytes a sample and a 44-byte header
@@ -284,8 +279,6 @@ def decode_corpus(synth: Synthesizer, output: Path, input_dir: Path | None = Non
 def _read_all(synth: Synthesizer, inputs, convention: MelConvention, report: DecodeReport,
               progress: bool) -> dict[str, torch.Tensor]:
     """Every readable input's model input by name; the others go to ``report.skipped``."""
-    from tqdm import tqdm
-
     mels = {}
     for name, read in tqdm(inputs, desc="features", unit="file", disable=not progress):
         try:
@@ -307,7 +300,5 @@ def _length_sorted_batches(mels: dict[str, torch.Tensor], size: int) -> Iterator
 
 
 def _bar(progress: bool, total: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="sample", unit_scale=True, desc="synthesis",
                 disable=not progress)

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from wavedistill.config import Config
+from wavedistill.data.audio import load_audio
 from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy, model_input
-from wavedistill.data.features import frames_for
+from wavedistill.data.features import frames_for, log_mel, shortest_clip, whole_frames
 from wavedistill.errors import UserError
+from wavedistill.models.sampling import generate
 from wavedistill.precision import DTYPES, resolve_dtype
 from wavedistill.store.checkpoint import ModelKind
-from wavedistill.store.loading import LoadedModel, load_model, load_pretrained
+from wavedistill.store.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Synthesizer:
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
         ``dtype``: float32, bfloat16 or float16, refused where not native."""
         torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_pretrained(name_or_path, device=device, use_ema=use_ema), torch_dtype)
+        return cls(load_model(name_or_path, device=device, use_ema=use_ema), torch_dtype)
 
     @property
     def cfg(self) -> Config:
@@ -96,17 +98,12 @@ class Synthesizer:
 
     def _audio_features(self, path: Path) -> torch.Tensor:
         """Un-normalised log-mel ``(n_mels, F)`` of an audio file."""
-        from wavedistill.data.audio import load_audio
-        from wavedistill.data.features import log_mel
-
         a = self.cfg.audio
         audio = load_audio(path, a.sample_rate)
-        usable = len(audio) - len(audio) % a.hop_length
-        # whole frames, and more samples than half an analysis window (see log_mel)
-        shortest = (a.n_fft // 2 // a.hop_length + 1) * a.hop_length
-        if usable < shortest:
+        usable = whole_frames(len(audio), a)
+        if usable is None:
             raise UserError(f"{path}: too short to synthesise ({len(audio)} samples at "
-                            f"{a.sample_rate} Hz; needs at least {shortest})")
+                            f"{a.sample_rate} Hz; needs at least {shortest_clip(a)})")
         return log_mel(torch.from_numpy(audio[:usable]), a).float()
 
     @torch.inference_mode()
@@ -117,7 +114,10 @@ class Synthesizer:
         outputs trimmed), or ``batch`` clips of ``seconds`` for an unconditional teacher.
         A student draws each clip's noise from its own generator seeded ``seed``, so a clip
         sounds the same whatever it is batched with; a teacher's batch shares one generator.
+        ``chunk_seconds`` (students): each clip through :meth:`stream` in chunks of that length,
+        from the same noise, so the same audio with memory bounded by the chunk.
         Returns float32 arrays (T_i,)."""
+        check_chunk_seconds(self.kind, chunk_seconds)
         hop = self.cfg.audio.hop_length
         loaded = self.loaded
         if not loaded.conditional:
@@ -135,12 +135,35 @@ class Synthesizer:
             mel = _pad_batch(mels).to(loaded.device)
             spk = loaded.speaker_ids(speaker, len(mels))
         start = time.perf_counter()
-        audio = self._run(mel, spk, lengths, seed, chunk_seconds, progress)
+        if chunk_seconds is not None and mels and not self.has_excitation:
+            clips = self._chunked(mels, speaker, seed, frames_for(chunk_seconds, self.cfg.audio))
+        else:
+            audio = self._run(mel, spk, lengths, seed, progress)
+            clips = [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
         elapsed = time.perf_counter() - start
         total = sum(lengths)
         log.info("synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed,
                  total / elapsed)
-        return [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
+        return clips
+
+    def _chunked(self, mels: list[torch.Tensor], speaker: int | None, seed: int,
+                 chunk_frames: int) -> list[np.ndarray]:
+        """Each mel ``(n_mels, F_i)`` streamed in chunks of ``chunk_frames`` from the noise
+        one-shot synthesis draws for it: float32 ``(F_i * hop,)`` each."""
+        clips = []
+        for mel in mels:
+            noise = self._noise([mel.shape[-1] * self.cfg.audio.hop_length], seed)[0]
+            pieces = self.stream(mel_chunks(mel, chunk_frames), speaker, noise=noise)
+            clips.append(np.concatenate(list(pieces)))
+        return clips
+
+    @property
+    def has_excitation(self) -> bool:
+        """Whether the model feeds a harmonic excitation to its layers (``source: harmonic``).
+        Such a student cannot stream, since the excitation's phase runs from the clip's first
+        sample; :meth:`generate` synthesises it in one pass even when given ``chunk_seconds``
+        (the same audio, without the bound on memory)."""
+        return getattr(self.loaded.model, "excitation", None) is not None
 
     @property
     def stream_latency_frames(self) -> int:
@@ -161,10 +184,9 @@ class Synthesizer:
         receptive field, whatever the length."""
         if self.kind != "student":
             raise UserError("streaming is for students; a teacher samples step by step")
-        if getattr(self.loaded.model, "excitation", None) is not None:
+        if self.has_excitation:
             raise UserError("streaming does not support a student with an excitation "
-                            "(student.source=harmonic): synthesise whole clips, or use "
-                            "--chunk-seconds")
+                            "(student.source=harmonic): synthesise whole clips")
         model, device, hop = self.loaded.student, self.loaded.device, self.cfg.audio.hop_length
         spk = self.loaded.speaker_ids(speaker, 1)
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -210,14 +232,11 @@ class Synthesizer:
         return audio[0].float().cpu().numpy()
 
     def _run(self, mel: torch.Tensor | None, speaker: torch.Tensor | None, lengths: list[int],
-             seed: int, chunk_seconds: float | None, progress: bool) -> torch.Tensor:
-        """Audio ``(B, max T)`` of one batch."""
-        check_chunk_seconds(self.kind, chunk_seconds)
+             seed: int, progress: bool) -> torch.Tensor:
+        """Audio ``(B, max T)`` of one batch in one pass (a student) or sampled (a teacher)."""
         device = self.loaded.device
         generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
-            from wavedistill.models.sampling import generate
-
             precision = "bfloat16" if self.dtype == torch.bfloat16 else None
             return generate(self.loaded.teacher, mel=mel, speaker=speaker, num_samples=max(lengths),
                             generator=generator, method="cached", progress=progress,
@@ -226,9 +245,6 @@ class Synthesizer:
         if mel is None:
             raise UserError("a student synthesises from a mel; none was given")
         mel = mel.to(self.dtype)
-        if chunk_seconds is not None:
-            chunk_frames = frames_for(chunk_seconds, self.cfg.audio)
-            return model.synthesize_chunked(mel, chunk_frames, speaker, generator=generator)
         return model.synthesize_from_noise(self._noise(lengths, seed), mel, speaker)
 
     def _noise(self, lengths: list[int], seed: int) -> torch.Tensor:
@@ -240,6 +256,12 @@ class Synthesizer:
             generator = torch.Generator(device=device).manual_seed(seed)
             z[i, :n] = model.sample_noise((1, n), generator, device)[0]
         return z
+
+
+def mel_chunks(mel: torch.Tensor, frames: int) -> Iterator[torch.Tensor]:
+    """``mel`` ``(n_mels, F)`` in consecutive pieces of ``frames`` (the last may be shorter),
+    as :meth:`Synthesizer.stream` takes them."""
+    return (mel[:, f:f + frames] for f in range(0, mel.shape[-1], frames))
 
 
 def _named_dtype(name: str) -> torch.dtype:

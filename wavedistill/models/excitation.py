@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wavedistill.data.pitch import frame_offset
 from wavedistill.errors import UserError
 from wavedistill.models.pitch import PitchPredictor
 
@@ -164,7 +165,6 @@ def build_source(cfg: Config, name: str) -> HarmonicSource | None:
         return None
     if name not in SOURCES:
         raise UserError(f"source {name!r}: expected one of {', '.join(SOURCES)}")
-    from wavedistill.data.pitch import frame_offset
 
     a, t = cfg.audio, cfg.teacher
     return HarmonicSource(a.n_mels, a.sample_rate, a.hop_length, frame_offset(a),

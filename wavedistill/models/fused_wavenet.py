@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wavedistill.config import SAMPLER_DTYPE_NAMES
 from wavedistill.errors import UserError
 from wavedistill.models.networks import Conditioning, ResidualBlock
 from wavedistill.precision import resolve_dtype
@@ -58,7 +59,7 @@ _MIN_STEPS_BETWEEN_SHIFTS = 64
 _BLOCK_MIN_DILATION = 4
 _BLOCK_MIN_WEIGHTS = 1 << 18
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = SAMPLER_DTYPE_NAMES
 
 
 

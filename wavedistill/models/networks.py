@@ -1,9 +1,9 @@
 """WaveNet building blocks shared by the teacher (MAF direction) and the student (IAF direction).
 
 Everything works on ``(B, C, T)`` tensors. Fast inference does not run these modules: the
-teacher's cached sampler (:mod:`wavedistill.models.sampling`) and the student's fused synthesis
-(:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own way, and
-the tests check them against the batch path here.
+teacher's cached sampler (:mod:`wavedistill.models.sampling`) and the student's fused
+synthesis (:func:`wavedistill.models.fused_flows.fused_flow`) lay the same weights out their own
+way, and the tests check them against the batch path here.
 
 Pieces, from the bottom up:
 
@@ -69,9 +69,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars in ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def count_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """Number of scalars in ``module``: all of them (a loaded, frozen model counts in full), or
+    with ``trainable=True`` only those that require a gradient."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
 
 
 # -- convolution -----------------------------------------------------------------------------
@@ -100,14 +101,6 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, T) -> (B, C_out, T)``."""
         return super().forward(F.pad(x, (self.left_padding, 0)))
-
-    def step(self, window: Tensor) -> Tensor:
-        """One output sample from the last ``self.window`` inputs: the reference step used by
-        the tests to check the causal padding of :meth:`forward`.
-
-        ``window``: ``(B, C_in, (k-1)*d + 1)``, oldest first -> ``(B, C_out, 1)``.
-        """
-        return F.conv1d(window, self.weight, self.bias, dilation=self.dilation)
 
 
 # -- gated residual block --------------------------------------------------------------------
@@ -378,30 +371,6 @@ class Conditioning:
         if self.bias is not None:
             out = out + self.bias
         return out
-
-    def at(self, t: int) -> Tensor:
-        """The conditioning of sample ``t`` alone: ``(B, N, 1)``; the reference used by the
-        tests to check :meth:`add_to` / :meth:`dense` sample by sample.
-
-        ``W[t % hop] * frames[:, :, t // hop] + bias`` -- the formula of the module docstring.
-        """
-        out = None
-        if self.frames is not None:
-            assert self.filter is not None, "frames come with their upsampling filter"
-            f, o = divmod(t, self.filter.shape[0])
-            out = self.frames[:, :, f:f + 1] * self.filter[o]
-        if self.bias is not None:
-            out = self.bias if out is None else out + self.bias
-        if out is None:
-            raise ValueError("empty conditioning")
-        return out
-
-    def dense(self, num_samples: int) -> Tensor:
-        """The conditioning of every sample, materialised: ``(B, N, num_samples)``."""
-        ref = self.frames if self.frames is not None else self.bias
-        if ref is None:
-            raise ValueError("empty conditioning")
-        return self.add_to(ref.new_zeros(ref.shape[0], ref.shape[1], num_samples))
 
 
 class ConditioningUpsampler(nn.Module):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from wavedistill.errors import UserError
 from wavedistill.models.fused_wavenet import fuse_teacher, init_state, step
@@ -65,8 +66,6 @@ class _Reporter:
         if callable(progress):
             self.callback = progress
         elif progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total * batch, unit="sample", unit_scale=True,
                             desc="teacher sampling")
         self.total, self.batch, self.reported = total, batch, 0

@@ -114,6 +114,7 @@ class IAFStudent(nn.Module):
 
     @property
     def num_parameters(self) -> int:
+        """Number of scalars in the model, frozen ones included (``count_parameters``)."""
         return count_parameters(self)
 
     # -- conditioning ------------------------------------------------------------------------
@@ -224,29 +225,6 @@ class IAFStudent(nn.Module):
             return T
         samples = self.synthesis_tile * torch.get_num_threads() * 4 // dtype.itemsize
         return max(1, samples // (B * self.hop)) * self.hop
-
-    @torch.inference_mode()
-    def synthesize_chunked(self, mel: Tensor, chunk_frames: int, speaker: Tensor | None = None,
-                           generator: torch.Generator | None = None) -> Tensor:
-        """:meth:`synthesize` in chunks of ``chunk_frames`` frames, equal to the one-shot result
-        for the same generator state (to float tolerance).
-
-        The noise of the whole clip is drawn first (as one-shot does); each chunk is then
-        computed with ``ceil((receptive_field - 1) / hop)`` frames of left context of the same
-        noise and mel (plus the conditioner's mel context on both sides), and only its own
-        samples are kept. Activations scale with ``chunk_frames`` plus the context, not with the
-        clip. Returns ``(B, F * hop)``.
-        """
-        if chunk_frames < 1:
-            raise UserError(f"chunk_frames must be at least 1, got {chunk_frames}")
-        hop, total = self.hop, mel.shape[-1]
-        z = self.sample_noise((mel.shape[0], total * hop), generator, mel.device)
-        # the whole clip's excitation once: its phase runs from the clip's first sample
-        source = self.excitation(mel) if self.excitation is not None else None
-        pieces = [self.synthesize_span(z, mel, f0, min(total, f0 + chunk_frames), speaker,
-                                       source)
-                  for f0 in range(0, total, chunk_frames)]
-        return torch.cat(pieces, dim=1)
 
     @property
     def context_frames(self) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavedistill.config import Config, receptive_field
+from wavedistill.config import Config
 from wavedistill.data.audio import mu_law_quantize
 from wavedistill.errors import UserError
 from wavedistill.models.distributions import build_distribution
@@ -58,7 +58,6 @@ class WaveNetTeacher(nn.Module):
         self.mu_law_levels = mu_law_levels
         self.n_mels = n_mels
         self.num_speakers = num_speakers
-        self.receptive_field = receptive_field(layers, stacks, kernel_size)
         # the audio channel, then the excitation's channels when there is one
         source_channels = excitation.channels if excitation is not None else 0
         self.input_conv = nn.Conv1d(1 + source_channels, residual_channels, 1)
@@ -90,7 +89,13 @@ class WaveNetTeacher(nn.Module):
                    excitation=build_source(cfg, t.source))
 
     @property
+    def receptive_field(self) -> int:
+        """Samples of the past one prediction sees (the stack's; the input is shifted inside)."""
+        return self.stack.receptive_field
+
+    @property
     def num_parameters(self) -> int:
+        """Number of scalars in the model, frozen ones included (``count_parameters``)."""
         return count_parameters(self)
 
     # -- pieces a sampler reuses -----------------------------------------------------------

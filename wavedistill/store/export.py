@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from wavedistill.config import save_config
@@ -43,8 +44,6 @@ ONNX_OPSET = 18
 def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | None = None
                   ) -> Path:
     """Write ``loaded`` as a bundle folder ``out_dir`` (see the module docstring)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
@@ -67,23 +66,14 @@ def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | No
 
 def model_card(loaded: LoadedModel, trained_on: str | None = None) -> str:
     """A short markdown model card for a bundle."""
-    cfg, a = loaded.cfg, loaded.cfg.audio
-    if loaded.kind == "teacher":
-        t = cfg.teacher
-        sizes = (f"WaveNet teacher, {t.layers} layers in {t.stacks} stacks, kernel "
-                 f"{t.kernel_size}, residual/gate/skip channels {t.residual_channels}/"
-                 f"{t.gate_channels}/{t.skip_channels}, output head `{t.output}`")
-    else:
-        s = cfg.student
-        sizes = (f"IAF student, {len(s.flow_layers)} flows of {s.flow_layers} layers, "
-                 f"{s.channels} channels, {s.noise} noise")
-    params = sum(p.numel() for p in loaded.model.parameters())
+    a = loaded.cfg.audio
+    params = loaded.model.num_parameters
     fmax = a.fmax if a.fmax is not None else a.sample_rate / 2
     speakers = len(loaded.speakers or {}) or 1
     lines = [
         f"# wavedistill {loaded.kind}",
         "",
-        f"- model: {sizes}; {params:,} parameters",
+        f"- model: {loaded.architecture}; {params:,} parameters",
         f"- sample rate: {a.sample_rate} Hz; hop {a.hop_length} samples "
         f"({1000 * a.hop_length / a.sample_rate:.1f} ms)",
         f"- mel convention: {a.n_mels} mels over {a.fmin:g}-{fmax:g} Hz (Slaney), n_fft "

@@ -9,14 +9,17 @@ the rules for its speaker ids and conditioning. This module sits above the check
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from wavedistill.config import Config, StudentConfig, TeacherConfig
+from wavedistill.config import Config, StudentConfig, TeacherConfig, load_config
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.models.student import IAFStudent
@@ -27,6 +30,7 @@ from wavedistill.store.checkpoint import (
     checkpoint_stats,
     load_checkpoint,
 )
+from wavedistill.store.registry import SHIPPED, shipped
 
 
 def new_model(kind: ModelKind, cfg: Config) -> WaveNetTeacher | IAFStudent:
@@ -64,6 +68,20 @@ class LoadedModel:
     source: str  # the checkpoint path, or a description of where the weights came from
     step: int = 0
     speakers: dict[str, int] | None = None
+
+    @property
+    def architecture(self) -> str:
+        """One line naming the model and its sizes (``info`` and the bundle's model card)."""
+        if self.kind == "teacher":
+            t = self.cfg.teacher
+            return (f"WaveNet teacher: {t.layers} layers in {t.stacks} stacks, kernel "
+                    f"{t.kernel_size}, residual/gate/skip channels {t.residual_channels}/"
+                    f"{t.gate_channels}/{t.skip_channels}, output {t.output}, upsampling "
+                    f"{'x'.join(map(str, t.upsample_factors or []))}")
+        s = self.cfg.student
+        return (f"IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
+                f"{s.channels} channels, {s.noise} noise, upsampling "
+                f"{'x'.join(map(str, s.upsample_factors or []))}")
 
     @property
     def section(self) -> TeacherConfig | StudentConfig:
@@ -144,11 +162,14 @@ def from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> LoadedModel:
                        step=int(ckpt.get("step", 0)), speakers=dict(ckpt.get("speakers") or {}))
 
 
-def load_model(path: str | Path, expected_kind: ModelKind | None = None,
+def load_model(reference: str | Path, expected_kind: ModelKind | None = None,
                device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """A checkpoint's (or an exported bundle folder's) model ready for inference: rebuilt,
-    weights loaded, on ``device``, in eval mode and without gradients. ``expected_kind``
-    refuses the other kind."""
+    """The model a reference names (:func:`resolve_model`: a checkpoint file, a bundle folder,
+    a shipped model's name or a Hub id) ready for inference: rebuilt, weights loaded (a
+    checkpoint's EMA weights unless ``use_ema`` is False), on ``device``, in eval mode and
+    without gradients. ``expected_kind`` refuses the other kind. Every command and
+    ``Synthesizer`` load through here."""
+    path = resolve_model(reference)
     if is_bundle(path):
         return load_bundle(path, expected_kind, device)
     loaded = from_checkpoint(load_checkpoint(path, expected_kind), use_ema)
@@ -181,9 +202,6 @@ def load_bundle(folder: str | Path, expected_kind: ModelKind | None = None,
     """A model from an exported bundle folder (see ``export.py``): no pickle anywhere, the
     weights from ``model.safetensors``. Frozen, in eval mode, on ``device``. A missing or
     damaged file is a one-line UserError that names it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     missing = [n for n in BUNDLE_FILES if not (folder / n).is_file()]
     if missing:
@@ -221,8 +239,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -231,8 +247,6 @@ def _read_json(path: Path) -> Any:
 
 def _bundle_config(path: Path) -> Config:
     """A bundle's ``config.yaml``, validated; its errors name the file."""
-    from wavedistill.config import load_config
-
     try:
         return load_config(path)
     except UserError as exc:
@@ -259,23 +273,22 @@ def _bundle_stats(path: Path, n_mels: int) -> FeatureStats:
     return stats
 
 
-def load_pretrained(name_or_path: str | Path, expected_kind: ModelKind | None = None,
-                    device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """A model from a bundle folder, a checkpoint file, a shipped model's name, or a Hugging
-    Face Hub repository id (``owner/name``; needs the ``hub`` extra)."""
-    from wavedistill.store.registry import SHIPPED, shipped
-
-    path = Path(name_or_path)
+def resolve_model(reference: str | Path) -> Path:
+    """The local checkpoint file or bundle folder a model reference names, in this order: a
+    path to either, a shipped model's name (``alice-student``), a Hugging Face Hub repository
+    id (``owner/name``, fetched into the cache once; needs the ``hub`` extra). The one place a
+    reference is interpreted: :func:`load_model` and ``wavedistill info`` go through it."""
+    path = Path(reference)
     if is_bundle(path) or path.is_file() or path.suffix in (".pt", ".pth"):
-        return load_model(path, expected_kind, device, use_ema)  # says which file is missing
-    name = str(name_or_path)
+        return path  # a missing .pt is reported by load_checkpoint, which names the file
+    name = str(reference)
     if name in {m.name for m in SHIPPED}:
-        return load_model(shipped(name).path, expected_kind, device, use_ema)
+        return shipped(name).path
     if path.is_dir():
         raise UserError(f"{path}: a folder, but not a model bundle (no bundle.json); give a "
                         "checkpoint file or a folder written by `wavedistill export`")
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return load_bundle(_hub_snapshot(name), expected_kind, device)
+        return _hub_snapshot(name)
     raise UserError(f"{name}: no such checkpoint, bundle folder or shipped model")
 
 

@@ -55,11 +55,6 @@ def shipped(name: str) -> Shipped:
     raise UserError(f"no shipped model named '{name}' (shipped: {names})")
 
 
-def default_student_path() -> Path:
-    """Checkpoint of the shipped student, used when a command is given no ``--checkpoint``."""
-    return shipped(DEFAULT_STUDENT).path
-
-
 def inference_copy(src: str | Path, dst: str | Path) -> Path:
     """Write an inference copy of the checkpoint ``src`` to ``dst`` (atomically): its EMA
     weights (or plain weights without EMA) as ``model`` and its self-description (kind,

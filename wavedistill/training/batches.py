@@ -17,11 +17,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from wavedistill.config import Config, audio_differences, read_yaml
+from wavedistill.data.corpora import SegmentDataset, collate
+from wavedistill.data.datacheck import SkipLog
 from wavedistill.data.features import FeatureStats
 from wavedistill.errors import UserError
 from wavedistill.training.distributed import Processes
+from wavedistill.training.interrupt import ignore_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +68,6 @@ def _read_speakers(path: Path) -> dict[str, int]:
 def valid_dataset(data: DataFolder, cfg: Config):
     """The folder's validation split as fixed segments (the same at every validation), or
     None when the folder has no ``valid.jsonl``."""
-    from wavedistill.data.corpora import SegmentDataset
-
     if not (data.path / "valid.jsonl").is_file():
         log.warning("%s: no valid.jsonl; training without validation", data.path)
         return None
@@ -106,12 +108,6 @@ class BatchStream:
     counts as consumed and the next one is read)."""
 
     def __init__(self, dataset, cfg: Config, procs: Processes, pin_memory: bool):
-        from torch.utils.data import DataLoader
-
-        from wavedistill.data.corpora import collate
-        from wavedistill.data.datacheck import SkipLog
-        from wavedistill.training.interrupt import ignore_interrupts
-
         self.dataset = dataset
         self.sampler = ShardedBatchSampler(len(dataset), cfg.data.batch_size, cfg.train.seed, procs)
         if len(self.sampler) == 0:

@@ -50,8 +50,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from wavedistill.config import Config, audio_differences, config_to_dict, save_config
+from wavedistill.data.corpora import SegmentDataset, collate
 from wavedistill.data.datacheck import SKIPPED_NAME, SkipLog, corrupt_limit
 from wavedistill.errors import UserError
 from wavedistill.faults import WriteFailed, advice, explain
@@ -69,7 +72,7 @@ from wavedistill.store.checkpoint import (
     save_checkpoint,
     step_name,
 )
-from wavedistill.store.loading import load_weights
+from wavedistill.store.loading import load_model, load_weights
 from wavedistill.training.batches import BatchStream, DataFolder, valid_dataset
 from wavedistill.training.distributed import Processes, autocast_dtype, gather
 from wavedistill.training.eventlog import EventLog
@@ -111,8 +114,6 @@ class Trainer:
 
     def __init__(self, kind: ModelKind, model: nn.Module, objective: Objective, cfg: Config,
                  data: DataFolder, out_dir: str | Path, procs: Processes, device: torch.device):
-        from wavedistill.data.corpora import SegmentDataset
-
         self.kind, self.cfg, self.data, self.procs, self.device = kind, cfg, data, procs, device
         self.out_dir = Path(out_dir)
         self.objective = objective
@@ -150,7 +151,6 @@ class Trainer:
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:
             return module
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
@@ -193,10 +193,9 @@ class Trainer:
         seed_everything(self.cfg.train.seed + 7919 * self.step + self.procs.rank)
 
     def init_from(self, path: str | Path) -> None:
-        """Start from the weights (only) of another checkpoint of the same kind (its raw
-        weights), or of an exported bundle folder (the weights it holds)."""
-        from wavedistill.store.loading import load_model
-
+        """Start from the weights (only) of another model of the same kind: a checkpoint's raw
+        weights, or those of a bundle folder or of any other model reference ``load_model``
+        reads (a shipped model's name, a Hub id)."""
         source = load_model(path, self.kind, use_ema=False)
         load_weights(self.model, source.model.state_dict(), str(path))
         if self.ema is not None:
@@ -419,8 +418,6 @@ class Trainer:
         return self._valid_cache
 
     def _read_valid_batches(self) -> list[dict[str, Tensor]]:
-        from wavedistill.data.corpora import collate
-
         if self.valid_data is None or len(self.valid_data) == 0:
             return []
         size, n = self.cfg.data.batch_size, len(self.valid_data)
@@ -448,8 +445,9 @@ class Trainer:
         for name, clip in clips.items():
             clip = clip.detach().float().cpu().reshape(-1).clamp(-1, 1)
             self.writer.add_audio(f"audio/{name}", clip, self.step, sample_rate=sr)
-            if clip.numel() > self.cfg.audio.n_fft // 2:  # else too short for one mel frame
-                self.writer.add_figure(f"mel/{name}", mel_figure(clip, self.cfg), self.step)
+            figure = mel_figure(clip, self.cfg)
+            if figure is not None:  # None: too short for one mel frame
+                self.writer.add_figure(f"mel/{name}", figure, self.step)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -514,8 +512,6 @@ class Trainer:
             self.writer = None
 
     def _progress_bar(self):
-        from tqdm import tqdm
-
         return tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"train {self.kind}",
                     unit="step", dynamic_ncols=True, disable=not self.procs.is_main)
 

@@ -1,6 +1,6 @@
 """The training entry points: ``train_teacher`` (maximum likelihood) and ``train_student``
 (distillation from a teacher checkpoint), each a checked dataset folder, a model, an objective
-and one :class:`~wavedistill.training.loop.Trainer` run (see trainer.py for the loop and the run
+and one :class:`~wavedistill.training.loop.Trainer` run (see loop.py for the loop and the run
 folder it writes).
 
 The pieces live in their own modules: :mod:`wavedistill.training.optim` (schedule, Adam, EMA),
@@ -20,7 +20,14 @@ import torch
 
 from wavedistill.config import Config
 from wavedistill.data.features import FeatureStats
+from wavedistill.data.pitch import check_pitch_labels
 from wavedistill.errors import UserError
+from wavedistill.models.excitation import inherit_predictor
+from wavedistill.models.student import IAFStudent
+from wavedistill.models.teacher import WaveNetTeacher
+from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
+from wavedistill.objectives.likelihood import MaximumLikelihood
+from wavedistill.store.loading import load_model
 from wavedistill.training.batches import DataFolder, open_data_folder
 from wavedistill.training.distributed import distributed_processes
 from wavedistill.training.loop import Trainer, seed_everything
@@ -32,14 +39,9 @@ def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume
                   init_from: str | Path | None = None, device: str | None = None) -> Trainer:
     """Train a :class:`~wavedistill.models.teacher.WaveNetTeacher` by maximum likelihood on a
     preprocessed dataset folder; returns the finished :class:`Trainer`."""
-    from wavedistill.models.teacher import WaveNetTeacher
-    from wavedistill.objectives.likelihood import MaximumLikelihood
-
     data = open_data_folder(data_dir, cfg)
     _check_speakers(data, cfg.teacher.num_speakers, "teacher.num_speakers")
     if cfg.teacher.source != "none":
-        from wavedistill.data.pitch import check_pitch_labels
-
         check_pitch_labels(data.path, cfg.teacher.source)
     with distributed_processes(device) as (procs, dev):
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
@@ -57,11 +59,6 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
     :class:`~wavedistill.models.student.IAFStudent`. The teacher's feature statistics are
     authoritative: they normalise the data and travel in the student's checkpoints, and the
     teacher's config section is recorded in the student's config."""
-    from wavedistill.models.excitation import inherit_predictor
-    from wavedistill.models.student import IAFStudent
-    from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
-    from wavedistill.store.loading import load_model
-
     loaded = load_model(teacher_ckpt, "teacher")
     teacher, teacher_cfg, teacher_stats = loaded.model, loaded.cfg, loaded.feature_stats
     check_teacher_compatible(teacher_cfg, cfg)

@@ -83,12 +83,6 @@ def discretized_mol_log_prob(params: Tensor, x: Tensor, num_classes: int = NUM_C
     return torch.logsumexp(F.log_softmax(logits, dim=1) + log_mass, dim=1)
 
 
-def logistic_log_pdf(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """Log-density of a logistic: ``log sigmoid(z) + log sigmoid(-z) - log s``, broadcast."""
-    z = (x - means) * torch.exp(-log_scales)
-    return F.logsigmoid(z) + F.logsigmoid(-z) - log_scales
-
-
 def mol_log_density(params: Tensor, x: Tensor, log_scale_min: float) -> Tensor:
     """Continuous mixture log-density of ``x`` ``(B, T)`` or ``(B, N, T)`` (N values per step,
     all scored against the same ``params`` ``(B, 3K, T)``) -> the shape of ``x``, in

@@ -44,6 +44,7 @@ def make_layer(residual: int = 64, gate: int = 128, skip: int = 64, kernel: int 
 
 def repeated(fn, args, calls: int):
     """A function that calls ``fn(*args)`` ``calls`` times: one call is too short to time."""
+
     def run() -> None:
         for _ in range(calls):
             fn(*args)
@@ -66,20 +67,31 @@ def main() -> None:
         for fn in variants.values():  # warm-up (compiles) and a correctness check
             torch.testing.assert_close(fn(*inputs), reference, rtol=1e-4, atol=1e-5)
             repeated(fn, inputs, 200)()
-        timings = time_round_robin({name: repeated(fn, inputs, args.calls)
-                                    for name, fn in variants.items()},
-                                   torch.device("cpu"), args.repeats, warmup=0)
-    rows = {name: {"us_per_call": t.median / args.calls * 1e6, "spread": t.spread}
-            for name, t in timings.items()}
+        timings = time_round_robin(
+            {name: repeated(fn, inputs, args.calls) for name, fn in variants.items()},
+            torch.device("cpu"),
+            args.repeats,
+            warmup=0,
+        )
+    rows = {
+        name: {"us_per_call": t.median / args.calls * 1e6, "spread": t.spread}
+        for name, t in timings.items()
+    }
     eager = rows["eager"]["us_per_call"]
     print(f"torch {torch.__version__}, {args.threads} thread(s), one residual layer at batch 1")
     print(f"{'variant':<10} {'us/call':>9} {'spread':>8} {'vs eager':>9}")
     for name, row in rows.items():
-        print(f"{name:<10} {row['us_per_call']:>9.2f} {row['spread']:>8.1%} "
-              f"{eager / row['us_per_call']:>8.2f}x")
+        print(
+            f"{name:<10} {row['us_per_call']:>9.2f} {row['spread']:>8.1%} "
+            f"{eager / row['us_per_call']:>8.2f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads,
-                                         "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=1
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

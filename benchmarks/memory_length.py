@@ -73,7 +73,7 @@ def child(mode: str, checkpoint: str, seconds: float, threads: int) -> dict:
         out = Path(tmp) / "out.wav"
         if mode == "stream":
             frames = max(1, round(1.0 * rate / hop))  # 1 s chunks, as --chunk-seconds 1
-            chunks = (mel[:, i:i + frames] for i in range(0, mel.shape[-1], frames))
+            chunks = (mel[:, i : i + frames] for i in range(0, mel.shape[-1], frames))
             samples = write_wav_stream(out, synth.stream(chunks, seed=0), rate)
         elif mode == "one-shot":
             audio = synth.generate([mel], seed=0)[0]
@@ -82,26 +82,51 @@ def child(mode: str, checkpoint: str, seconds: float, threads: int) -> dict:
         else:  # teacher: cached sampling, time per sample
             samples = synth.generate([mel], seed=0)[0].shape[0]
     elapsed = time.perf_counter() - start
-    return {"mode": mode, "seconds": seconds, "samples": samples, "elapsed_s": elapsed,
-            "samples_per_s": samples / elapsed, "us_per_sample": 1e6 * elapsed / samples,
-            "baseline_rss_mb": base, "peak_rss_mb": _peak_rss_mb(),
-            "growth_mb": _peak_rss_mb() - base}
+    return {
+        "mode": mode,
+        "seconds": seconds,
+        "samples": samples,
+        "elapsed_s": elapsed,
+        "samples_per_s": samples / elapsed,
+        "us_per_sample": 1e6 * elapsed / samples,
+        "baseline_rss_mb": base,
+        "peak_rss_mb": _peak_rss_mb(),
+        "growth_mb": _peak_rss_mb() - base,
+    }
 
 
 def measure(mode: str, checkpoint: str, seconds: float, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--checkpoint", checkpoint,
-                          "--seconds", str(seconds), "--threads", str(threads)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--checkpoint",
+            checkpoint,
+            "--seconds",
+            str(seconds),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'mode':<10}{'clip s':>8}{'samples/s':>12}{'us/sample':>11}{'base MB':>9}"
-             f"{'peak MB':>9}{'growth MB':>11}"]
+    lines = [
+        f"{'mode':<10}{'clip s':>8}{'samples/s':>12}{'us/sample':>11}{'base MB':>9}"
+        f"{'peak MB':>9}{'growth MB':>11}"
+    ]
     for r in rows:
-        lines.append(f"{r['mode']:<10}{r['seconds']:>8g}{r['samples_per_s']:>12,.0f}"
-                     f"{r['us_per_sample']:>11.2f}{r['baseline_rss_mb']:>9.0f}"
-                     f"{r['peak_rss_mb']:>9.0f}{r['growth_mb']:>11.1f}")
+        lines.append(
+            f"{r['mode']:<10}{r['seconds']:>8g}{r['samples_per_s']:>12,.0f}"
+            f"{r['us_per_sample']:>11.2f}{r['baseline_rss_mb']:>9.0f}"
+            f"{r['peak_rss_mb']:>9.0f}{r['growth_mb']:>11.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -119,8 +144,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.checkpoint, args.seconds[0], args.threads)))
         return
-    rows = [measure(mode, args.student, s, args.threads)
-            for s in args.seconds for mode in ("stream", "one-shot")]
+    rows = [
+        measure(mode, args.student, s, args.threads)
+        for s in args.seconds
+        for mode in ("stream", "one-shot")
+    ]
     rows += [measure("teacher", args.teacher, s, args.threads) for s in args.teacher_seconds]
     print(f"cpu: {_cpu_name()}, {args.threads} thread(s), torch {torch.__version__}")
     print(table(rows))
@@ -128,12 +156,23 @@ def main() -> None:
     if len(teacher) > 1:
         print(f"teacher us/sample, longest over shortest clip: {teacher[-1] / teacher[0]:.3f}")
     stream = [r["growth_mb"] for r in rows if r["mode"] == "stream"]
-    print(f"streamed synthesis memory growth: {min(stream):.1f}-{max(stream):.1f} MB "
-          f"over {args.seconds[0]:g}-{args.seconds[-1]:g} s clips")
+    print(
+        f"streamed synthesis memory growth: {min(stream):.1f}-{max(stream):.1f} MB "
+        f"over {args.seconds[0]:g}-{args.seconds[-1]:g} s clips"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "cpu": _cpu_name(),
-                                         "torch": torch.__version__, "rows": rows}, indent=2)
-                             + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "cpu": _cpu_name(),
+                    "torch": torch.__version__,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 def _cpu_name() -> str:

@@ -49,11 +49,25 @@ SIZES: dict[str, tuple[Path | None, list[str], int]] = {
     "small": (SMALL_TEACHER, [], 800),
     # Parallel WaveNet's teacher: 30 layers in 3 cycles, 512 residual / 1024 gate / 256 skip;
     # 512 steps = one block of the widest dilation, so blocked past taps are paid in full
-    "paper": (None, ["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
-                     "teacher.residual_channels=512", "teacher.gate_channels=1024",
-                     "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
-                     "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
-                     "data.segment_length=7680", "teacher.upsample_factors=[4,4,16]"], 512),
+    "paper": (
+        None,
+        [
+            "teacher.layers=30",
+            "teacher.stacks=3",
+            "teacher.kernel_size=3",
+            "teacher.residual_channels=512",
+            "teacher.gate_channels=1024",
+            "teacher.skip_channels=256",
+            "teacher.num_mixtures=10",
+            "audio.n_mels=80",
+            "audio.sample_rate=22050",
+            "audio.hop_length=256",
+            "audio.win_length=1024",
+            "data.segment_length=7680",
+            "teacher.upsample_factors=[4,4,16]",
+        ],
+        512,
+    ),
 }
 
 
@@ -74,8 +88,9 @@ class StraightforwardSampler:
         G = stack.gate_channels
         proj = teacher.conditioner.projection
         # the conditioner's one n_mels -> L G projection, split back into per-layer 1x1 convs
-        self.cond_weights = (None if proj is None else
-                             [w for w in proj.weight[:, :, 0].split(G, dim=0)])
+        self.cond_weights = (
+            None if proj is None else [w for w in proj.weight[:, :, 0].split(G, dim=0)]
+        )
         # every conv as a linear map on flattened (channel, tap) inputs, computed once
         self.conv_weights = [b.dilated.weight.flatten(1) for b in stack.blocks]  # (G, R k)
         self.out_weights = [b.output.weight[:, :, 0] for b in stack.blocks]  # (R + S, G/2)
@@ -88,9 +103,15 @@ class StraightforwardSampler:
             mel = cond.context(mel)
         return cond.upsampler(mel)  # (B, n_mels, T)
 
-    def generate(self, mel: Tensor | None, speaker: Tensor | None, num_samples: int,
-                 batch: int, generator: torch.Generator | None = None,
-                 forced: Tensor | None = None) -> Tensor:
+    def generate(
+        self,
+        mel: Tensor | None,
+        speaker: Tensor | None,
+        num_samples: int,
+        batch: int,
+        generator: torch.Generator | None = None,
+        forced: Tensor | None = None,
+    ) -> Tensor:
         """Audio ``(B, T)``; with ``forced`` audio, the parameters ``(B, P, T)`` instead."""
         tch = self.teacher
         blocks = tch.stack.blocks
@@ -108,15 +129,16 @@ class StraightforwardSampler:
             skips = 0
             for i, block in enumerate(blocks):
                 queues[i] = torch.cat([queues[i][:, :, 1:], x.unsqueeze(-1)], dim=2)
-                taps = queues[i][:, :, ::block.dilated.dilation[0]].reshape(batch, -1)
+                taps = queues[i][:, :, :: block.dilated.dilation[0]].reshape(batch, -1)
                 pre = F.linear(taps, self.conv_weights[i], block.dilated.bias)  # (B, G)
                 if up is not None:
                     pre = pre + F.linear(up[:, :, t], self.cond_weights[i])
                 if glob is not None:
-                    pre = pre + glob[:, i * G:(i + 1) * G, 0]
+                    pre = pre + glob[:, i * G : (i + 1) * G, 0]
                 a, b = pre.chunk(2, dim=1)
-                out = F.linear(torch.tanh(a) * torch.sigmoid(b), self.out_weights[i],
-                               block.output.bias)
+                out = F.linear(
+                    torch.tanh(a) * torch.sigmoid(b), self.out_weights[i], block.output.bias
+                )
                 R = block.residual_channels
                 skips = skips + out[:, R:]
                 if R:
@@ -124,7 +146,7 @@ class StraightforwardSampler:
             params = tch.output(skips.unsqueeze(-1))  # (B, P, 1)
             if forced is not None:
                 collected.append(params)
-                sample = forced[:, t:t + 1]
+                sample = forced[:, t : t + 1]
             else:
                 sample = tch.distribution.sample(params, generator)
                 audio[:, t] = sample[:, 0]
@@ -163,8 +185,9 @@ def variants(teacher: WaveNetTeacher) -> dict[str, Callable]:
     return {
         "straightforward": straightforward,
         "cached": lambda mel, n, g: generate(teacher, mel, num_samples=n, generator=g),
-        "cached-bf16": lambda mel, n, g: generate(teacher, mel, num_samples=n, generator=g,
-                                                  precision="bfloat16"),
+        "cached-bf16": lambda mel, n, g: generate(
+            teacher, mel, num_samples=n, generator=g, precision="bfloat16"
+        ),
     }
 
 
@@ -180,30 +203,42 @@ def measure(size: str, batches: list[int], repeats: int, steps_scale: float) -> 
         runs = variants(teacher)
         for fn in runs.values():  # warm-up on a few steps: allocator, weight layouts, kernels
             fn(mel, min(steps, 20), g)
-        timings = time_round_robin({name: partial(fn, mel, steps, g)
-                                    for name, fn in runs.items()},
-                                   torch.device("cpu"), repeats, warmup=0)
+        timings = time_round_robin(
+            {name: partial(fn, mel, steps, g) for name, fn in runs.items()},
+            torch.device("cpu"),
+            repeats,
+            warmup=0,
+        )
         base = timings["straightforward"].median
         for name, timing in timings.items():
             med = timing.median
-            rows.append({
-                "size": size, "batch": batch, "method": name, "steps": steps,
-                "samples_per_s": batch * steps / med,
-                "spread": timing.spread,
-                "ratio": base / med,
-                "yardstick_max_abs_error": error,
-                "parameters": teacher.num_parameters,
-                "receptive_field": teacher.receptive_field,
-            })
+            rows.append(
+                {
+                    "size": size,
+                    "batch": batch,
+                    "method": name,
+                    "steps": steps,
+                    "samples_per_s": batch * steps / med,
+                    "spread": timing.spread,
+                    "ratio": base / med,
+                    "yardstick_max_abs_error": error,
+                    "parameters": teacher.num_parameters,
+                    "receptive_field": teacher.receptive_field,
+                }
+            )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'size':6s} {'batch':>5s} {'method':16s} {'samples/s':>10s} {'spread':>7s} "
-          f"{'x straightforward':>18s}")
+    print(
+        f"{'size':6s} {'batch':>5s} {'method':16s} {'samples/s':>10s} {'spread':>7s} "
+        f"{'x straightforward':>18s}"
+    )
     for r in rows:
-        print(f"{r['size']:6s} {r['batch']:5d} {r['method']:16s} {r['samples_per_s']:10.1f} "
-              f"{r['spread']:7.1%} {r['ratio']:18.2f}")
+        print(
+            f"{r['size']:6s} {r['batch']:5d} {r['method']:16s} {r['samples_per_s']:10.1f} "
+            f"{r['spread']:7.1%} {r['ratio']:18.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps-scale", type=float, default=1.0,
-                        help="multiply every size's number of timed steps")
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every size's number of timed steps"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -224,9 +260,17 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(), "results": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "machine": platform.processor() or platform.machine(),
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -65,18 +65,38 @@ from wavedistill.models.student import IAFStudent
 from wavedistill.precision import cpu_flags, is_native
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ljspeech" / "conf" / "student.yaml"
-AUDIO_24K = ["audio.sample_rate=24000", "audio.hop_length=300", "audio.n_fft=2048",
-             "audio.win_length=1200", "audio.fmax=12000", "audio.n_mels=80",
-             "data.segment_length=9000"]
+AUDIO_24K = [
+    "audio.sample_rate=24000",
+    "audio.hop_length=300",
+    "audio.n_fft=2048",
+    "audio.win_length=1200",
+    "audio.fmax=12000",
+    "audio.n_mels=80",
+    "data.segment_length=9000",
+]
 # name -> (config file, overrides)
 SIZES: dict[str, tuple[Path | None, list[str]]] = {
     "ljspeech": (RECIPE, []),  # Parallel WaveNet's 10/10/10/30 layers, 64 channels, 22.05 kHz
-    "parallel-wavenet": (None, AUDIO_24K + ["student.flow_layers=[10,10,10,30]",
-                                            "student.channels=64", "student.kernel_size=3",
-                                            "student.dilation_cycle=10"]),
-    "clarinet": (None, AUDIO_24K + ["student.flow_layers=[10,10,10,10,10,10]",
-                                    "student.channels=64", "student.kernel_size=3",
-                                    "student.dilation_cycle=10"]),
+    "parallel-wavenet": (
+        None,
+        AUDIO_24K
+        + [
+            "student.flow_layers=[10,10,10,30]",
+            "student.channels=64",
+            "student.kernel_size=3",
+            "student.dilation_cycle=10",
+        ],
+    ),
+    "clarinet": (
+        None,
+        AUDIO_24K
+        + [
+            "student.flow_layers=[10,10,10,10,10,10]",
+            "student.channels=64",
+            "student.kernel_size=3",
+            "student.dilation_cycle=10",
+        ],
+    ),
 }
 CPU = torch.device("cpu")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -98,7 +118,7 @@ def straightforward(student: IAFStudent, z: Tensor, mel: Tensor) -> Tensor:
             G = block.gate_channels
             d, pad = block.dilated.dilation[0], block.dilated.left_padding
             pre = F.conv1d(h, block.dilated.weight, block.dilated.bias, dilation=d, padding=pad)
-            pre = pre[..., :h.shape[-1]] + F.conv1d(up, proj[start:start + G])
+            pre = pre[..., : h.shape[-1]] + F.conv1d(up, proj[start : start + G])
             a, b = pre.chunk(2, dim=1)
             h = h + block.output(torch.tanh(a) * torch.sigmoid(b))
             start += G
@@ -142,8 +162,7 @@ def build(size: str) -> tuple[Config, IAFStudent]:
     return cfg, student
 
 
-def clips(student: IAFStudent, cfg: Config, seconds: float, batch: int
-          ) -> tuple[Tensor, Tensor]:
+def clips(student: IAFStudent, cfg: Config, seconds: float, batch: int) -> tuple[Tensor, Tensor]:
     """Noise ``(batch, T)`` and mel ``(batch, n_mels, F)``, different for every clip."""
     frames = frames_for(seconds, cfg.audio)
     g = torch.Generator().manual_seed(0)
@@ -156,13 +175,18 @@ def rate_row(flops: float, samples: int, timing, peaks: dict[str, float | None])
     rate = samples / timing.median
     gflops = flops * rate / 1e9
     onednn = peaks["onednn"]
-    return {"samples_per_s": rate, "spread": timing.spread, "gflops": gflops,
-            "peak_share": gflops / peaks["mm"],
-            "onednn_peak_share": gflops / onednn if onednn else None}
+    return {
+        "samples_per_s": rate,
+        "spread": timing.spread,
+        "gflops": gflops,
+        "peak_share": gflops / peaks["mm"],
+        "onednn_peak_share": gflops / onednn if onednn else None,
+    }
 
 
-def measure_variants(size: str, seconds: float, batch: int, repeats: int,
-                     peaks: dict[str, float | None]) -> list[dict]:
+def measure_variants(
+    size: str, seconds: float, batch: int, repeats: int, peaks: dict[str, float | None]
+) -> list[dict]:
     cfg, student = build(size)
     z, mel = clips(student, cfg, seconds, batch)
     with torch.inference_mode():
@@ -181,30 +205,49 @@ def measure_variants(size: str, seconds: float, batch: int, repeats: int,
         timings = time_round_robin(variants, CPU, repeats)
     flops = student_flops(student).total
     base = timings["straightforward"].median
-    return [{"size": size, "variant": name, "batch": batch, "samples": z.shape[-1],
-             "flops_per_sample": flops, "receptive_field": student.receptive_field,
-             **rate_row(flops, z.numel(), timing, peaks),
-             "vs_straightforward": base / timing.median}
-            for name, timing in timings.items()]
+    return [
+        {
+            "size": size,
+            "variant": name,
+            "batch": batch,
+            "samples": z.shape[-1],
+            "flops_per_sample": flops,
+            "receptive_field": student.receptive_field,
+            **rate_row(flops, z.numel(), timing, peaks),
+            "vs_straightforward": base / timing.median,
+        }
+        for name, timing in timings.items()
+    ]
 
 
-def measure_batching(size: str, seconds: float, large: int, repeats: int,
-                     peaks: dict[str, float | None]) -> dict:
+def measure_batching(
+    size: str, seconds: float, large: int, repeats: int, peaks: dict[str, float | None]
+) -> dict:
     cfg, student = build(size)
     z, mel = clips(student, cfg, seconds, large)
     with torch.inference_mode():
         together = student.synthesize_from_noise(z, mel)
-        alone = torch.cat([student.synthesize_from_noise(z[i:i + 1], mel[i:i + 1])
-                           for i in range(large)])
-        timings = time_round_robin({
-            1: lambda: student.synthesize_from_noise(z[:1], mel[:1]),
-            large: lambda: student.synthesize_from_noise(z, mel)}, CPU, repeats)
+        alone = torch.cat(
+            [student.synthesize_from_noise(z[i : i + 1], mel[i : i + 1]) for i in range(large)]
+        )
+        timings = time_round_robin(
+            {
+                1: lambda: student.synthesize_from_noise(z[:1], mel[:1]),
+                large: lambda: student.synthesize_from_noise(z, mel),
+            },
+            CPU,
+            repeats,
+        )
     flops = student_flops(student).total
-    rows = {b: {"batch": b, **rate_row(flops, b * z.shape[-1], t, peaks)}
-            for b, t in timings.items()}
-    return {"size": size, "rows": list(rows.values()),
-            "ratio": rows[large]["samples_per_s"] / rows[1]["samples_per_s"],
-            "max_abs_diff_batched_vs_alone": (together - alone).abs().max().item()}
+    rows = {
+        b: {"batch": b, **rate_row(flops, b * z.shape[-1], t, peaks)} for b, t in timings.items()
+    }
+    return {
+        "size": size,
+        "rows": list(rows.values()),
+        "ratio": rows[large]["samples_per_s"] / rows[1]["samples_per_s"],
+        "max_abs_diff_batched_vs_alone": (together - alone).abs().max().item(),
+    }
 
 
 def signal_to_error_db(reference: Tensor, other: Tensor) -> float:
@@ -221,14 +264,22 @@ def measure_bf16(size: str, seconds: float, repeats: int) -> dict | None:
     with torch.inference_mode():
         fp32 = student.synthesize_from_noise(z, mel)
         bf16 = half.synthesize_from_noise(z, mel.bfloat16()).float()
-        timings = time_round_robin({
-            "float32": lambda: student.synthesize_from_noise(z, mel),
-            "bfloat16": lambda: half.synthesize_from_noise(z, mel.bfloat16())}, CPU, repeats)
+        timings = time_round_robin(
+            {
+                "float32": lambda: student.synthesize_from_noise(z, mel),
+                "bfloat16": lambda: half.synthesize_from_noise(z, mel.bfloat16()),
+            },
+            CPU,
+            repeats,
+        )
     rates = {name: z.numel() / t.median for name, t in timings.items()}
-    return {"size": size, "samples_per_s": rates,
-            "spread": {name: t.spread for name, t in timings.items()},
-            "ratio": rates["bfloat16"] / rates["float32"],
-            "ser_db": signal_to_error_db(fp32, bf16)}
+    return {
+        "size": size,
+        "samples_per_s": rates,
+        "spread": {name: t.spread for name, t in timings.items()},
+        "ratio": rates["bfloat16"] / rates["float32"],
+        "ser_db": signal_to_error_db(fp32, bf16),
+    }
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -251,47 +302,71 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = cpu_info()
-    peaks = {"mm": matmul_peak_gflops(CPU, torch.float32, args.repeats),
-             "onednn": onednn_peak_gflops(args.repeats)}
+    peaks = {
+        "mm": matmul_peak_gflops(CPU, torch.float32, args.repeats),
+        "onednn": onednn_peak_gflops(args.repeats),
+    }
     rows, batching, bf16 = [], [], []
     for size in args.sizes:
         rows += measure_variants(size, args.seconds, args.batch, args.repeats, peaks)
-        batching.append(measure_batching(size, args.seconds, args.batch_large, args.repeats,
-                                         peaks))
+        batching.append(measure_batching(size, args.seconds, args.batch_large, args.repeats, peaks))
         bf16.append(measure_bf16(size, args.seconds, args.repeats))
 
     flags = " ".join(f"{f}={'yes' if cpu[f] else 'no'}" for f in CPU_FLAGS)
     onednn = "-" if peaks["onednn"] is None else f"{peaks['onednn']:.1f}"
     print(f"{cpu['model']}: {flags}")
-    print(f"threads {torch.get_num_threads()}; fp32 {PEAK_SIZE['cpu']}x{PEAK_SIZE['cpu']} "
-          f"product peak: torch.mm {peaks['mm']:.1f} GFLOP/s, oneDNN {onednn} GFLOP/s")
-    print(f"\n{'size':<18}{'variant':<17}{'batch':>6}{'samples/s':>11}{'spread':>8}"
-          f"{'MFLOP/smp':>11}{'GFLOP/s':>9}{'of mm':>7}{'of 1DNN':>9}{'x base':>8}")
+    print(
+        f"threads {torch.get_num_threads()}; fp32 {PEAK_SIZE['cpu']}x{PEAK_SIZE['cpu']} "
+        f"product peak: torch.mm {peaks['mm']:.1f} GFLOP/s, oneDNN {onednn} GFLOP/s"
+    )
+    print(
+        f"\n{'size':<18}{'variant':<17}{'batch':>6}{'samples/s':>11}{'spread':>8}"
+        f"{'MFLOP/smp':>11}{'GFLOP/s':>9}{'of mm':>7}{'of 1DNN':>9}{'x base':>8}"
+    )
     for r in rows:
-        print(f"{r['size']:<18}{r['variant']:<17}{r['batch']:>6}{r['samples_per_s']:>11.0f}"
-              f"{r['spread']:>8.2f}{r['flops_per_sample'] / 1e6:>11.3f}{r['gflops']:>9.1f}"
-              f"{share(r['peak_share']):>7}{share(r['onednn_peak_share']):>9}"
-              f"{r['vs_straightforward']:>8.2f}")
-    print(f"\n{'size':<18}{'batch':>6}{'samples/s':>11}{'spread':>8}{'of mm':>7}"
-          f"{'ratio':>7}  batched vs alone")
+        print(
+            f"{r['size']:<18}{r['variant']:<17}{r['batch']:>6}{r['samples_per_s']:>11.0f}"
+            f"{r['spread']:>8.2f}{r['flops_per_sample'] / 1e6:>11.3f}{r['gflops']:>9.1f}"
+            f"{share(r['peak_share']):>7}{share(r['onednn_peak_share']):>9}"
+            f"{r['vs_straightforward']:>8.2f}"
+        )
+    print(
+        f"\n{'size':<18}{'batch':>6}{'samples/s':>11}{'spread':>8}{'of mm':>7}"
+        f"{'ratio':>7}  batched vs alone"
+    )
     for b in batching:
         for r in b["rows"]:
-            print(f"{b['size']:<18}{r['batch']:>6}{r['samples_per_s']:>11.0f}{r['spread']:>8.2f}"
-                  f"{share(r['peak_share']):>7}"
-                  + (f"{b['ratio']:>7.2f}  {b['max_abs_diff_batched_vs_alone']:.1e}"
-                     if r is b["rows"][-1] else ""))
+            print(
+                f"{b['size']:<18}{r['batch']:>6}{r['samples_per_s']:>11.0f}{r['spread']:>8.2f}"
+                f"{share(r['peak_share']):>7}"
+                + (
+                    f"{b['ratio']:>7.2f}  {b['max_abs_diff_batched_vs_alone']:.1e}"
+                    if r is b["rows"][-1]
+                    else ""
+                )
+            )
     print(f"\n{'size':<18}{'fp32 smp/s':>11}{'bf16 smp/s':>11}{'ratio':>7}{'SER dB':>8}")
     for size, b in zip(args.sizes, bf16, strict=True):
         if b is None:
             print(f"{size:<18}  bfloat16 is not native on this CPU")
             continue
-        print(f"{size:<18}{b['samples_per_s']['float32']:>11.0f}"
-              f"{b['samples_per_s']['bfloat16']:>11.0f}{b['ratio']:>7.2f}{b['ser_db']:>8.1f}")
+        print(
+            f"{size:<18}{b['samples_per_s']['float32']:>11.0f}"
+            f"{b['samples_per_s']['bfloat16']:>11.0f}{b['ratio']:>7.2f}{b['ser_db']:>8.1f}"
+        )
     if args.json:
-        report = {"platform": platform.platform(), "torch": torch.__version__, "cpu": cpu,
-                  "threads": torch.get_num_threads(), "peak_matmul_gflops": peaks["mm"],
-                  "peak_onednn_gflops": peaks["onednn"], "seconds": args.seconds,
-                  "results": rows, "batching": batching, "bf16": bf16}
+        report = {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cpu": cpu,
+            "threads": torch.get_num_threads(),
+            "peak_matmul_gflops": peaks["mm"],
+            "peak_onednn_gflops": peaks["onednn"],
+            "seconds": args.seconds,
+            "results": rows,
+            "batching": batching,
+            "bf16": bf16,
+        }
         args.json.write_text(json.dumps(report, indent=2))
 
 

@@ -71,12 +71,27 @@ SMALL_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_small.yam
 # data.segment_length
 SIZES: dict[str, tuple[Path | None, list[str], int]] = {
     "small": (SMALL_TEACHER, [], 4),
-    "ljspeech": (None, ["teacher.layers=30", "teacher.stacks=3", "teacher.kernel_size=3",
-                        "teacher.residual_channels=512", "teacher.gate_channels=1024",
-                        "teacher.skip_channels=256", "teacher.num_mixtures=10", "audio.n_mels=80",
-                        "audio.sample_rate=22050", "audio.hop_length=256", "audio.win_length=1024",
-                        "audio.fmax=8000", "teacher.upsample_factors=[4,4,16]",
-                        "student.upsample_factors=[4,4,16]", "data.segment_length=7680"], 1),
+    "ljspeech": (
+        None,
+        [
+            "teacher.layers=30",
+            "teacher.stacks=3",
+            "teacher.kernel_size=3",
+            "teacher.residual_channels=512",
+            "teacher.gate_channels=1024",
+            "teacher.skip_channels=256",
+            "teacher.num_mixtures=10",
+            "audio.n_mels=80",
+            "audio.sample_rate=22050",
+            "audio.hop_length=256",
+            "audio.win_length=1024",
+            "audio.fmax=8000",
+            "teacher.upsample_factors=[4,4,16]",
+            "student.upsample_factors=[4,4,16]",
+            "data.segment_length=7680",
+        ],
+        1,
+    ),
 }
 
 
@@ -96,15 +111,18 @@ class StraightforwardWaveNet(nn.Module):
         self.kernel_size = k
         self.dilations = dilation_cycle(t.layers, t.layers // t.stacks)
         self.upsample = nn.ModuleList(
-            nn.ConvTranspose2d(1, 1, (1, f), stride=(1, f)) for f in t.upsample_factors)
+            nn.ConvTranspose2d(1, 1, (1, f), stride=(1, f)) for f in t.upsample_factors
+        )
         self.input_conv = nn.Conv1d(1, R, 1)
         self.dilated = nn.ModuleList(
-            nn.Conv1d(R, G, k, dilation=d, padding=(k - 1) * d) for d in self.dilations)
+            nn.Conv1d(R, G, k, dilation=d, padding=(k - 1) * d) for d in self.dilations
+        )
         self.cond = nn.ModuleList(nn.Conv1d(n_mels, G, 1, bias=False) for _ in self.dilations)
         self.res = nn.ModuleList(nn.Conv1d(G // 2, R, 1) for _ in self.dilations)
         self.skip = nn.ModuleList(nn.Conv1d(G // 2, S, 1) for _ in self.dilations)
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(),
-                                  nn.Conv1d(S, num_params, 1))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, num_params, 1)
+        )
 
     def forward(self, audio: Tensor, mel: Tensor) -> Tensor:
         T = audio.shape[-1]
@@ -114,8 +132,7 @@ class StraightforwardWaveNet(nn.Module):
         c = c.squeeze(1)  # (B, n_mels, T)
         x = self.input_conv(F.pad(audio[:, None, :-1], (1, 0)))
         skips = 0
-        for conv, cond, res, skip in zip(self.dilated, self.cond, self.res, self.skip,
-                                         strict=True):
+        for conv, cond, res, skip in zip(self.dilated, self.cond, self.res, self.skip, strict=True):
             h = conv(x)[..., :T] + cond(c)
             a, b = h.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(b)
@@ -127,8 +144,12 @@ class StraightforwardWaveNet(nn.Module):
 # -- measuring -------------------------------------------------------------------------------
 
 
-def train_step_fn(model: nn.Module, forward: Callable[[], Tensor],
-                  loss_of: Callable[[Tensor], Tensor], autocast: bool) -> Callable[[], None]:
+def train_step_fn(
+    model: nn.Module,
+    forward: Callable[[], Tensor],
+    loss_of: Callable[[Tensor], Tensor],
+    autocast: bool,
+) -> Callable[[], None]:
     """One closure = forward + loss + backward + Adam step."""
     # fused Adam (one kernel over all parameters; CPU support since torch 2.4) for every variant
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
@@ -167,19 +188,27 @@ def measure_size(name: str, variants: list[str], warmup: int, repeats: int) -> l
     models, steps = {}, {}
     for variant in variants:
         model = models[variant] = build_variant(variant, cfg, dist.num_params)
-        steps[variant] = train_step_fn(model, lambda m=model: m(audio, mel), loss_of,
-                                       autocast=variant.endswith("bf16"))
+        steps[variant] = train_step_fn(
+            model, lambda m=model: m(audio, mel), loss_of, autocast=variant.endswith("bf16")
+        )
     # variants take turns, one step each per round, so a noisy machine slows them alike
     timings = time_round_robin(steps, torch.device("cpu"), repeats, warmup)
     rows = []
     for variant in variants:
         timing = timings[variant]
-        rows.append({
-            "size": name, "variant": variant, "batch": batch, "segment": segment,
-            "parameters": count_parameters(models[variant]), "step_s": timing.median,
-            "spread": timing.spread,
-            "samples_per_s": batch * segment / timing.median, "times": timing.times,
-        })
+        rows.append(
+            {
+                "size": name,
+                "variant": variant,
+                "batch": batch,
+                "segment": segment,
+                "parameters": count_parameters(models[variant]),
+                "step_s": timing.median,
+                "spread": timing.spread,
+                "samples_per_s": batch * segment / timing.median,
+                "times": timing.times,
+            }
+        )
     base = next((r for r in rows if r["variant"] == "straightforward"), None)
     for r in rows:
         r["speedup"] = base["step_s"] / r["step_s"] if base else None
@@ -187,23 +216,32 @@ def measure_size(name: str, variants: list[str], warmup: int, repeats: int) -> l
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'size':<9} {'variant':<17} {'batch x T':>11} {'params':>10} {'step s':>8} " \
-           f"{'spread':>7} {'samples/s':>10} {'vs straight':>11}"
+    head = (
+        f"{'size':<9} {'variant':<17} {'batch x T':>11} {'params':>10} {'step s':>8} "
+        f"{'spread':>7} {'samples/s':>10} {'vs straight':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        print(f"{r['size']:<9} {r['variant']:<17} {r['batch']:>4} x {r['segment']:<5}"
-              f"{r['parameters']:>10,} {r['step_s']:>8.3f} {r['spread']:>6.0%} "
-              f"{r['samples_per_s']:>10,.0f} {speed:>11}")
+        print(
+            f"{r['size']:<9} {r['variant']:<17} {r['batch']:>4} x {r['segment']:<5}"
+            f"{r['parameters']:>10,} {r['step_s']:>8.3f} {r['spread']:>6.0%} "
+            f"{r['samples_per_s']:>10,.0f} {speed:>11}"
+        )
 
 
 # -- the distillation step -------------------------------------------------------------------
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ljspeech" / "conf"
-_CLARINET = ["teacher.layers=20", "teacher.stacks=2", "teacher.kernel_size=2",
-             "teacher.residual_channels=128", "teacher.gate_channels=256",
-             "teacher.skip_channels=128"]
+_CLARINET = [
+    "teacher.layers=20",
+    "teacher.stacks=2",
+    "teacher.kernel_size=2",
+    "teacher.residual_channels=128",
+    "teacher.gate_channels=256",
+    "teacher.skip_channels=128",
+]
 # name -> (teacher overrides, student overrides) of the LJSpeech recipe's configs; batch 1
 DISTILL_SIZES: dict[str, tuple[list[str], list[str]]] = {
     "clarinet": (_CLARINET + ["teacher.output=gaussian"], ["student.noise=gaussian"]),
@@ -244,9 +282,11 @@ def textbook() -> Iterator[None]:
         networks.gated_activation, logistic_mixture.mol_log_density = saved
 
 
-def distill_step_fn(student: nn.Module, objective: Distillation, batch: dict[str, Tensor],
-                    variant: str) -> Callable[[], float]:
+def distill_step_fn(
+    student: nn.Module, objective: Distillation, batch: dict[str, Tensor], variant: str
+) -> Callable[[], float]:
     """One closure = the distillation loss (fixed seed) and its backward; returns the loss."""
+
     def step() -> float:
         student.zero_grad(set_to_none=True)
         torch.manual_seed(1)
@@ -258,8 +298,9 @@ def distill_step_fn(student: nn.Module, objective: Distillation, batch: dict[str
     return step
 
 
-def step_parts(student: nn.Module, objective: Distillation, batch: dict[str, Tensor]
-               ) -> dict[str, float]:
+def step_parts(
+    student: nn.Module, objective: Distillation, batch: dict[str, Tensor]
+) -> dict[str, float]:
     """Seconds of each part of one step, from timestamps taken by hooks: the teacher's forward
     (pre-)hooks, a gradient hook on its output (the KL terms' backward is done) and one on its
     input (the teacher's backward is done)."""
@@ -278,8 +319,10 @@ def step_parts(student: nn.Module, objective: Distillation, batch: dict[str, Ten
         out.register_hook(lambda g: mark("kl_power_backward"))
 
     teacher = objective.teacher
-    hooks = [teacher.register_forward_pre_hook(before_teacher),
-             teacher.register_forward_hook(after_teacher)]
+    hooks = [
+        teacher.register_forward_pre_hook(before_teacher),
+        teacher.register_forward_hook(after_teacher),
+    ]
     try:
         student.zero_grad(set_to_none=True)
         torch.manual_seed(1)
@@ -292,14 +335,19 @@ def step_parts(student: nn.Module, objective: Distillation, batch: dict[str, Ten
         for h in hooks:
             h.remove()
     parts, last = {}, start
-    for name in ("student_forward", "teacher_forward", "kl_power_forward", "kl_power_backward",
-                 "teacher_backward", "student_backward"):
+    for name in (
+        "student_forward",
+        "teacher_forward",
+        "kl_power_forward",
+        "kl_power_backward",
+        "teacher_backward",
+        "student_backward",
+    ):
         parts[name], last = marks[name] - last, marks[name]
     return parts
 
 
-def measure_distill_size(name: str, variants: list[str], warmup: int, repeats: int
-                         ) -> list[dict]:
+def measure_distill_size(name: str, variants: list[str], warmup: int, repeats: int) -> list[dict]:
     teacher_overrides, student_overrides = DISTILL_SIZES[name]
     tcfg = load_config(RECIPE / "teacher.yaml", teacher_overrides)
     scfg = load_config(RECIPE / "student.yaml", student_overrides)
@@ -308,8 +356,10 @@ def measure_distill_size(name: str, variants: list[str], warmup: int, repeats: i
     objective = Distillation(teacher, scfg)
     segment, hop = scfg.data.segment_length, scfg.audio.hop_length
     g = torch.Generator().manual_seed(0)
-    batch = {"audio": (0.3 * torch.randn(1, segment, generator=g)).clamp(-1.0, 1.0),
-             "mel": torch.randn(1, scfg.audio.n_mels, segment // hop, generator=g)}
+    batch = {
+        "audio": (0.3 * torch.randn(1, segment, generator=g)).clamp(-1.0, 1.0),
+        "mel": torch.randn(1, scfg.audio.n_mels, segment // hop, generator=g),
+    }
     steps = {v: distill_step_fn(student, objective, batch, v) for v in variants}
     losses = {v: step() for v, step in steps.items()}
     timings = time_round_robin(steps, torch.device("cpu"), repeats, warmup)
@@ -317,14 +367,25 @@ def measure_distill_size(name: str, variants: list[str], warmup: int, repeats: i
     rows = []
     for variant in variants:
         timing = timings[variant]
-        rows.append({
-            "size": name, "variant": variant, "batch": 1, "segment": segment,
-            "num_draws": 0 if objective.closed_form else scfg.distill.num_draws,
-            "loss": losses[variant], "step_s": timing.median, "spread": timing.spread,
-            "samples_per_s": segment / timing.median, "times": timing.times,
-            "parts_s": ({k: statistics.median(p[k] for p in parts) for k in parts[0]}
-                        if variant == "wavedistill" else None),
-        })
+        rows.append(
+            {
+                "size": name,
+                "variant": variant,
+                "batch": 1,
+                "segment": segment,
+                "num_draws": 0 if objective.closed_form else scfg.distill.num_draws,
+                "loss": losses[variant],
+                "step_s": timing.median,
+                "spread": timing.spread,
+                "samples_per_s": segment / timing.median,
+                "times": timing.times,
+                "parts_s": (
+                    {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+                    if variant == "wavedistill"
+                    else None
+                ),
+            }
+        )
     base = next((r for r in rows if r["variant"] == "textbook"), None)
     for r in rows:
         r["speedup"] = base["step_s"] / r["step_s"] if base else None
@@ -332,15 +393,19 @@ def measure_distill_size(name: str, variants: list[str], warmup: int, repeats: i
 
 
 def print_distill_table(rows: list[dict]) -> None:
-    head = f"{'size':<13} {'variant':<12} {'draws':>5} {'loss':>12} {'step s':>8} " \
-           f"{'spread':>7} {'samples/s':>10} {'vs textbook':>11}"
+    head = (
+        f"{'size':<13} {'variant':<12} {'draws':>5} {'loss':>12} {'step s':>8} "
+        f"{'spread':>7} {'samples/s':>10} {'vs textbook':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        print(f"{r['size']:<13} {r['variant']:<12} {r['num_draws']:>5} {r['loss']:>12.6f} "
-              f"{r['step_s']:>8.3f} {r['spread']:>6.0%} {r['samples_per_s']:>10,.0f} "
-              f"{speed:>11}")
+        print(
+            f"{r['size']:<13} {r['variant']:<12} {r['num_draws']:>5} {r['loss']:>12.6f} "
+            f"{r['step_s']:>8.3f} {r['spread']:>6.0%} {r['samples_per_s']:>10,.0f} "
+            f"{speed:>11}"
+        )
     for r in rows:
         if r["parts_s"]:
             total = sum(r["parts_s"].values())
@@ -350,13 +415,20 @@ def print_distill_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--distill", action="store_true",
-                   help="measure the distillation step (sizes: " + ", ".join(DISTILL_SIZES)
-                   + "; variants: textbook, wavedistill)")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="measure the distillation step (sizes: "
+        + ", ".join(DISTILL_SIZES)
+        + "; variants: textbook, wavedistill)",
+    )
     p.add_argument("--sizes", nargs="+", choices=[*SIZES, *DISTILL_SIZES], default=None)
-    p.add_argument("--variants", nargs="+", default=["straightforward", "wavedistill",
-                                                      "wavedistill-bf16"],
-                   choices=["straightforward", "wavedistill", "wavedistill-bf16"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["straightforward", "wavedistill", "wavedistill-bf16"],
+        choices=["straightforward", "wavedistill", "wavedistill-bf16"],
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -371,10 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.distill:
         rows = []
         for name in args.sizes:
-            rows += measure_distill_size(name, ["textbook", "wavedistill"], args.warmup,
-                                         args.repeats)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{platform.processor()}")
+            rows += measure_distill_size(
+                name, ["textbook", "wavedistill"], args.warmup, args.repeats
+            )
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}"
+        )
         print_distill_table(rows)
         if args.json:
             info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}

@@ -25,16 +25,39 @@ from wavedistill.config import Config, config_from_dict
 torch.set_num_threads(1)
 
 TINY_CONFIG = {
-    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
-              "n_mels": 20, "fmin": 0.0, "fmax": 8000.0},
+    "audio": {
+        "sample_rate": 16000,
+        "n_fft": 256,
+        "hop_length": 64,
+        "win_length": 256,
+        "n_mels": 20,
+        "fmin": 0.0,
+        "fmax": 8000.0,
+    },
     "data": {"segment_length": 1024, "valid_fraction": 0.2, "valid_min": 1, "batch_size": 2},
-    "teacher": {"layers": 4, "stacks": 2, "residual_channels": 8, "gate_channels": 16,
-                "skip_channels": 8, "num_mixtures": 2},
+    "teacher": {
+        "layers": 4,
+        "stacks": 2,
+        "residual_channels": 8,
+        "gate_channels": 16,
+        "skip_channels": 8,
+        "num_mixtures": 2,
+    },
     "student": {"flow_layers": [2, 2], "channels": 8, "dilation_cycle": 2},
-    "distill": {"num_draws": 4, "power_fft_sizes": [256, 128], "power_hop_sizes": [64, 32],
-                "power_win_lengths": [256, 128]},
-    "train": {"steps": 2, "warmup_steps": 0, "log_every": 1, "valid_every": 2,
-              "valid_batches": 1, "checkpoint_every": 2},
+    "distill": {
+        "num_draws": 4,
+        "power_fft_sizes": [256, 128],
+        "power_hop_sizes": [64, 32],
+        "power_win_lengths": [256, 128],
+    },
+    "train": {
+        "steps": 2,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "valid_every": 2,
+        "valid_batches": 1,
+        "checkpoint_every": 2,
+    },
 }
 
 
@@ -47,9 +70,16 @@ def rebuilt(ckpt: dict, use_ema: bool = True):
     return loaded.model, loaded.cfg, loaded.stats
 
 
-def write_clip(path: str | Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1,
-               subtype: str | None = "PCM_16", amplitude: float = 0.5, seed: int = 0,
-               frequency: float = 220.0) -> Path:
+def write_clip(
+    path: str | Path,
+    seconds: float = 0.5,
+    sr: int = 16000,
+    channels: int = 1,
+    subtype: str | None = "PCM_16",
+    amplitude: float = 0.5,
+    seed: int = 0,
+    frequency: float = 220.0,
+) -> Path:
     """Write a tone plus noise (peak about ``amplitude``) of ``seconds`` to ``path``; the format
     follows the file extension (``subtype=None``: that format's default, e.g. Vorbis for .ogg).
     Channels differ (each has its own noise)."""
@@ -91,8 +121,9 @@ def tiny_config_fixture() -> Config:
 def write_tiny_corpus(root: Path) -> Path:
     """Six 16 kHz 16-bit mono clips of 0.3-0.55 s in ``root``, each a different tone."""
     for i in range(6):
-        write_clip(root / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i,
-                   frequency=150.0 + 70.0 * i)
+        write_clip(
+            root / f"clip{i}.wav", seconds=0.3 + 0.05 * i, seed=i, frequency=150.0 + 70.0 * i
+        )
     return root
 
 

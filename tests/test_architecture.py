@@ -38,8 +38,9 @@ def read_layers(doc: Path) -> list[list[str]]:
     ``__init__`` is the package's own ``__init__.py``)."""
     match = re.search(r"^```layers\n(.*?)^```", doc.read_text(), re.M | re.S)
     assert match, f"{doc.name}: no ```layers block"
-    return [re.split(r"[,\s]+", line.strip()) for line in match.group(1).splitlines()
-            if line.strip()]
+    return [
+        re.split(r"[,\s]+", line.strip()) for line in match.group(1).splitlines() if line.strip()
+    ]
 
 
 def modules_of(package_dir: Path) -> dict[str, Path]:
@@ -74,7 +75,7 @@ def _imports_in(module: str, path: Path, modules: dict[str, Path]) -> list[Impor
                 base = child.module or ""
                 if child.level:  # relative: counted from the importing module's package
                     anchor = module.split(".")
-                    anchor = anchor[:len(anchor) - child.level + (1 if is_package else 0)]
+                    anchor = anchor[: len(anchor) - child.level + (1 if is_package else 0)]
                     base = ".".join(anchor + ([base] if base else []))
                 # `from pkg import mod` imports the module `pkg.mod` when there is one
                 names = [f"{base}.{alias.name}" for alias in child.names]
@@ -82,8 +83,7 @@ def _imports_in(module: str, path: Path, modules: dict[str, Path]) -> list[Impor
                 target = _resolve(name, modules)
                 if target is not None and target != module:
                     found.append(Import(module, target, child.lineno, nested))
-            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                 ast.Lambda))
+            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             visit(child, inner)
 
     visit(ast.parse(path.read_text(), str(path)), False)
@@ -137,14 +137,19 @@ def _layer_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def architecture_problems(package_dir: Path, layers: list[list[str]],
-                          function_level_allowed: frozenset[str] = FUNCTION_LEVEL_ALLOWED
-                          ) -> list[str]:
+def architecture_problems(
+    package_dir: Path,
+    layers: list[list[str]],
+    function_level_allowed: frozenset[str] = FUNCTION_LEVEL_ALLOWED,
+) -> list[str]:
     """One line per breach of the rules of the module docstring (empty: none)."""
     rank = {name: i for i, layer in enumerate(layers) for name in layer}
     imports = import_graph(package_dir)
-    problems = [f"{module}: in no layer of the architecture"
-                for module in modules_of(package_dir) if _layer_of(module) not in rank]
+    problems = [
+        f"{module}: in no layer of the architecture"
+        for module in modules_of(package_dir)
+        if _layer_of(module) not in rank
+    ]
     edges: dict[str, set[str]] = {}
     for imp in imports:
         edges.setdefault(imp.source, set()).add(imp.target)
@@ -170,7 +175,8 @@ def test_every_subpackage_and_top_level_module_is_in_exactly_one_layer():
     assert len(names) == len(set(names))
     package = ROOT / "wavedistill"
     present = {p.stem for p in package.glob("*.py")} | {
-        p.parent.name for p in package.glob("*/__init__.py")}
+        p.parent.name for p in package.glob("*/__init__.py")
+    }
     assert set(names) == present
 
 
@@ -207,43 +213,52 @@ def test_the_layers_block_is_read_bottom_to_top(tmp_path):
 
 
 def test_a_clean_package_passes(tmp_path):
-    package = plant(tmp_path, {
-        "__init__.py": "",
-        "base.py": "X = 1\n",
-        "low/__init__.py": "",
-        "low/a.py": "from pkg.base import X\nfrom . import b\n",
-        "low/b.py": "import pkg.base\n",
-        "high.py": "from pkg.low.a import b\n",
-        "cli.py": "def main():\n    from pkg.high import b\n",
-    })
+    package = plant(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "base.py": "X = 1\n",
+            "low/__init__.py": "",
+            "low/a.py": "from pkg.base import X\nfrom . import b\n",
+            "low/b.py": "import pkg.base\n",
+            "high.py": "from pkg.low.a import b\n",
+            "cli.py": "def main():\n    from pkg.high import b\n",
+        },
+    )
     assert architecture_problems(package, planted_layers(tmp_path)) == []
 
 
 def test_a_cycle_through_a_function_level_import_fails(tmp_path):
-    package = plant(tmp_path, {
-        "__init__.py": "",
-        "base.py": "",
-        "low/__init__.py": "",
-        "low/a.py": "from pkg.low.b import f\n",
-        "low/b.py": "def f():\n    from pkg.low import a\n",
-    })
+    package = plant(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "base.py": "",
+            "low/__init__.py": "",
+            "low/a.py": "from pkg.low.b import f\n",
+            "low/b.py": "def f():\n    from pkg.low import a\n",
+        },
+    )
     problems = architecture_problems(package, planted_layers(tmp_path))
     assert "import cycle: pkg.low.a <-> pkg.low.b" in problems
     assert "pkg.low.b:2 imports pkg.low.a inside a function" in problems
 
 
 def test_an_upward_import_fails_even_under_type_checking(tmp_path):
-    package = plant(tmp_path, {
-        "__init__.py": "",
-        "base.py": "",
-        "low/__init__.py": "",
-        "low/a.py": """\
+    package = plant(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "base.py": "",
+            "low/__init__.py": "",
+            "low/a.py": """\
             from typing import TYPE_CHECKING
             if TYPE_CHECKING:
                 from ..high import Thing
             """,
-        "high.py": "Thing = int\n",
-    })
+            "high.py": "Thing = int\n",
+        },
+    )
     problems = architecture_problems(package, planted_layers(tmp_path))
     assert problems == ["pkg.low.a:3 imports pkg.high, a higher layer"]
 
@@ -251,4 +266,5 @@ def test_an_upward_import_fails_even_under_type_checking(tmp_path):
 def test_a_module_outside_every_layer_fails(tmp_path):
     package = plant(tmp_path, {"__init__.py": "", "base.py": "", "stray.py": ""})
     assert architecture_problems(package, planted_layers(tmp_path)) == [
-        "pkg.stray: in no layer of the architecture"]
+        "pkg.stray: in no layer of the architecture"
+    ]

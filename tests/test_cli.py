@@ -8,8 +8,17 @@ import pytest
 
 from wavedistill.cli import build_parser, main
 
-SUBCOMMANDS = ["preprocess", "info", "train-teacher", "distill", "synthesize", "benchmark",
-               "evaluate", "make-synthetic", "export"]
+SUBCOMMANDS = [
+    "preprocess",
+    "info",
+    "train-teacher",
+    "distill",
+    "synthesize",
+    "benchmark",
+    "evaluate",
+    "make-synthetic",
+    "export",
+]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -45,15 +54,32 @@ def test_info_on_missing_path_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_invalid_config_override_exits_2_naming_the_key(tmp_path, capsys):
-    code = main(["preprocess", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "audio.hop_lenght=100"])
+    code = main(
+        [
+            "preprocess",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "audio.hop_lenght=100",
+        ]
+    )
     assert code == 2
     _assert_one_line_error(capsys, "audio.hop_lenght")
 
 
 def test_synthesize_with_missing_checkpoint_exits_2(tmp_path, capsys):
-    code = main(["synthesize", "--checkpoint", str(tmp_path / "x.pt"), "--input",
-                 str(tmp_path / "a.wav"), "--output", str(tmp_path / "o.wav")])
+    code = main(
+        [
+            "synthesize",
+            "--checkpoint",
+            str(tmp_path / "x.pt"),
+            "--input",
+            str(tmp_path / "a.wav"),
+            "--output",
+            str(tmp_path / "o.wav"),
+        ]
+    )
     assert code == 2
     _assert_one_line_error(capsys, "x.pt")
 
@@ -66,6 +92,10 @@ def test_debug_flag_keeps_the_traceback(tmp_path):
 
 
 def test_python_dash_m_runs_the_same_program():
-    out = subprocess.run([sys.executable, "-m", "wavedistill", "--version"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "wavedistill", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("wavedistill ")

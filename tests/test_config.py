@@ -24,8 +24,9 @@ def test_defaults_are_valid():
 
 def test_yaml_then_overrides_take_precedence(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  steps: 7\n  learning_rate: 0.01\n"
-                    "teacher:\n  layers: 8\n  stacks: 2\n")
+    path.write_text(
+        "train:\n  steps: 7\n  learning_rate: 0.01\nteacher:\n  layers: 8\n  stacks: 2\n"
+    )
     cfg = load_config(path, ["train.steps=9", "teacher.upsample_factors=[10, 20]"])
     assert cfg.train.steps == 9
     assert cfg.train.learning_rate == 0.01
@@ -48,8 +49,10 @@ def test_int_is_accepted_where_float_is_expected():
     [
         (["teacher.layrs=3"], ["teacher.layrs", "did you mean 'teacher.layers'"]),
         (["traim.steps=3"], ["traim", "did you mean 'train'"]),
-        (["teacher.upsample_factors=[4, 4]"],
-         ["teacher.upsample_factors", "16", "hop_length is 200"]),
+        (
+            ["teacher.upsample_factors=[4, 4]"],
+            ["teacher.upsample_factors", "16", "hop_length is 200"],
+        ),
         (["student.upsample_factors=[2, 50]"], ["student.upsample_factors", "100", "200"]),
         (["data.segment_length=1010"], ["data.segment_length", "1010", "200"]),
         (["audio.fmax=9000"], ["audio.fmax", "9000", "8000"]),
@@ -108,8 +111,15 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("hop", [1, 80, 120, 200, 256, 300, 97])
 def test_unset_upsample_factors_are_derived_from_the_hop(hop):
-    cfg = load_config(None, [f"audio.hop_length={hop}", f"data.segment_length={hop * 10}",
-                             "audio.win_length=64", "audio.n_fft=64"])
+    cfg = load_config(
+        None,
+        [
+            f"audio.hop_length={hop}",
+            f"data.segment_length={hop * 10}",
+            "audio.win_length=64",
+            "audio.n_fft=64",
+        ],
+    )
     for factors in (cfg.teacher.upsample_factors, cfg.student.upsample_factors):
         product = 1
         for f in factors:
@@ -137,9 +147,17 @@ INVARIANTS = [
     (["audio.log_floor=0"], "audio.log_floor"),
     (["audio.log_base=2"], "audio.log_base"),
     (["audio.frame_center=end"], "audio.frame_center"),
-    (["audio.frame_center=middle", "audio.hop_length=2048", "audio.n_fft=1024",
-      "teacher.upsample_factors=[16, 16, 8]", "student.upsample_factors=[16, 16, 8]",
-      "data.segment_length=8192"], "audio.frame_center"),
+    (
+        [
+            "audio.frame_center=middle",
+            "audio.hop_length=2048",
+            "audio.n_fft=1024",
+            "teacher.upsample_factors=[16, 16, 8]",
+            "student.upsample_factors=[16, 16, 8]",
+            "data.segment_length=8192",
+        ],
+        "audio.frame_center",
+    ),
     (["audio.magnitude_eps=-1"], "audio.magnitude_eps"),
     (["audio.stats_std_floor=0"], "audio.stats_std_floor"),
     (["data.segment_length=1010"], "data.segment_length"),
@@ -236,11 +254,13 @@ def _refused_keys() -> set[str]:
 
 @pytest.mark.parametrize("overrides, key", INVARIANTS, ids=[k for _, k in INVARIANTS])
 def test_the_cli_answers_each_invariant_with_one_line_naming_the_key_and_exit_2(
-        tmp_path, capsys, overrides, key):
+    tmp_path, capsys, overrides, key
+):
     from wavedistill.cli import main
 
-    code = main(["train-teacher", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                 *overrides])
+    code = main(
+        ["train-teacher", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *overrides]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and key in err[0], err
 
@@ -259,7 +279,10 @@ def test_audio_settings_stored_before_a_key_existed_compare_as_its_default():
 
     from wavedistill.config import AudioConfig, audio_differences
 
-    old = {k: v for k, v in dataclasses.asdict(AudioConfig()).items()
-           if k not in ("log_base", "frame_center", "magnitude_eps", "normalize")}
+    old = {
+        k: v
+        for k, v in dataclasses.asdict(AudioConfig()).items()
+        if k not in ("log_base", "frame_center", "magnitude_eps", "normalize")
+    }
     assert audio_differences(old, AudioConfig()) == []
     assert audio_differences(old, AudioConfig(log_base="10")) == ["audio.log_base 'e' vs '10'"]

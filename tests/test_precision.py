@@ -38,8 +38,11 @@ def test_the_answer_follows_the_instruction_set(cpu_without_bf16):
     assert precision.is_native(torch.float32, cpu)
     assert not precision.is_native(torch.bfloat16, cpu)
     assert not precision.is_native(torch.float16, cpu)
-    with pytest.raises(UserError, match=r"--dtype bfloat16: .*no native bfloat16 .*avx512_bf16"
-                                        r".*use float32"):
+    with pytest.raises(
+        UserError,
+        match=r"--dtype bfloat16: .*no native bfloat16 .*avx512_bf16"
+        r".*use float32",
+    ):
         precision.resolve_dtype("bfloat16", cpu)
 
 
@@ -69,18 +72,30 @@ def test_teacher_sampling_refuses_emulated_bf16(cpu_without_bf16, tiny_config):
     fuse_teacher(teacher, precision="float32")  # float32 is always fine
 
 
-@pytest.mark.parametrize("command", [
-    ["synthesize", "--dtype", "bfloat16", "--input", "CLIP", "--output", "OUT.wav"],
-    ["benchmark", "--student-config", "CONFIG", "--dtype", "bfloat16", "--seconds", "0.05"],
-])
-def test_the_cli_refuses_emulated_bf16_with_one_line(cpu_without_bf16, tmp_path, capsys,
-                                                      make_wav, command, tiny_config):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["synthesize", "--dtype", "bfloat16", "--input", "CLIP", "--output", "OUT.wav"],
+        ["benchmark", "--student-config", "CONFIG", "--dtype", "bfloat16", "--seconds", "0.05"],
+    ],
+)
+def test_the_cli_refuses_emulated_bf16_with_one_line(
+    cpu_without_bf16, tmp_path, capsys, make_wav, command, tiny_config
+):
     from wavedistill.config import save_config
 
     save_config(tiny_config, tmp_path / "tiny.yaml")
     clip = make_wav(tmp_path / "clip.wav", 0.3)
-    args = [str(tmp_path / "tiny.yaml") if a == "CONFIG" else str(clip) if a == "CLIP"
-            else str(tmp_path / a) if a == "OUT.wav" else a for a in command]
+    args = [
+        str(tmp_path / "tiny.yaml")
+        if a == "CONFIG"
+        else str(clip)
+        if a == "CLIP"
+        else str(tmp_path / a)
+        if a == "OUT.wav"
+        else a
+        for a in command
+    ]
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--dtype bfloat16" in err[0], err
@@ -133,12 +148,24 @@ def test_the_peak_measurement_is_bounded_even_where_products_are_slow(monkeypatc
 def test_the_table_keeps_columns_apart_for_any_value():
     from wavedistill.bench.benchmark import format_table
 
-    model = {"samples_per_s": 1.23e9, "rtf": 1.3e-5, "flops_per_sample": 3.46e6,
-             "achieved_gflops": 12345.678, "fraction_of_peak": 166.182, "spread": 0.5,
-             "peak_rss_mb": 123456.0}
-    report = {"peak_matmul_gflops": 0.29, "device": "cpu", "threads": 2, "dtype": "bfloat16",
-              "batch": 1, "models": {"student": model, "teacher_cached": dict(model)},
-              "speedup_student_over_teacher": None}
+    model = {
+        "samples_per_s": 1.23e9,
+        "rtf": 1.3e-5,
+        "flops_per_sample": 3.46e6,
+        "achieved_gflops": 12345.678,
+        "fraction_of_peak": 166.182,
+        "spread": 0.5,
+        "peak_rss_mb": 123456.0,
+    }
+    report = {
+        "peak_matmul_gflops": 0.29,
+        "device": "cpu",
+        "threads": 2,
+        "dtype": "bfloat16",
+        "batch": 1,
+        "models": {"student": model, "teacher_cached": dict(model)},
+        "speedup_student_over_teacher": None,
+    }
     header, *rows = format_table(report).splitlines()[1:]
     for row in rows:
         assert len(row.split()) == 8  # eight cells, never two run together

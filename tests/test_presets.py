@@ -31,23 +31,55 @@ RATE = 22050
 TOLERANCE = 1e-4
 # every key of the log-mel convention: a preset states each, so a change of the defaults
 # cannot change what a preset means
-CONVENTION_KEYS = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax",
-                   "log_base", "log_floor", "frame_center", "magnitude_eps")
+CONVENTION_KEYS = (
+    "sample_rate",
+    "n_fft",
+    "hop_length",
+    "win_length",
+    "n_mels",
+    "fmin",
+    "fmax",
+    "log_base",
+    "log_floor",
+    "frame_center",
+    "magnitude_eps",
+)
 
 
 # -- the toolkits' recipes -------------------------------------------------------------------
 # Each toolkit's settings, copied from its own config (not from our presets, which they check).
 
 # ParallelWaveGAN, egs/ljspeech/voc1/conf/parallel_wavegan.v1.yaml
-PARALLELWAVEGAN_V1 = {"sampling_rate": 22050, "fft_size": 1024, "hop_size": 256,
-                      "win_length": None, "window": "hann", "num_mels": 80, "fmin": 80,
-                      "fmax": 7600}
+PARALLELWAVEGAN_V1 = {
+    "sampling_rate": 22050,
+    "fft_size": 1024,
+    "hop_size": 256,
+    "win_length": None,
+    "window": "hann",
+    "num_mels": 80,
+    "fmin": 80,
+    "fmax": 7600,
+}
 # HiFi-GAN, config_v1.json
-HIFIGAN_V1 = {"sampling_rate": 22050, "n_fft": 1024, "hop_size": 256, "win_size": 1024,
-              "num_mels": 80, "fmin": 0, "fmax": 8000}
+HIFIGAN_V1 = {
+    "sampling_rate": 22050,
+    "n_fft": 1024,
+    "hop_size": 256,
+    "win_size": 1024,
+    "num_mels": 80,
+    "fmin": 0,
+    "fmax": 8000,
+}
 # NVIDIA Tacotron 2, hparams.py
-TACOTRON2 = {"sampling_rate": 22050, "filter_length": 1024, "hop_length": 256,
-             "win_length": 1024, "n_mel_channels": 80, "mel_fmin": 0.0, "mel_fmax": 8000.0}
+TACOTRON2 = {
+    "sampling_rate": 22050,
+    "filter_length": 1024,
+    "hop_length": 256,
+    "win_length": 1024,
+    "n_mel_channels": 80,
+    "mel_fmin": 0.0,
+    "mel_fmax": 8000.0,
+}
 
 
 def parallelwavegan_log_mel(audio: np.ndarray, eps: float = 1e-10) -> np.ndarray:
@@ -57,11 +89,22 @@ def parallelwavegan_log_mel(audio: np.ndarray, eps: float = 1e-10) -> np.ndarray
     import librosa
 
     c = PARALLELWAVEGAN_V1
-    stft = librosa.stft(audio, n_fft=c["fft_size"], hop_length=c["hop_size"],
-                        win_length=c["win_length"], window=c["window"], pad_mode="reflect")
+    stft = librosa.stft(
+        audio,
+        n_fft=c["fft_size"],
+        hop_length=c["hop_size"],
+        win_length=c["win_length"],
+        window=c["window"],
+        pad_mode="reflect",
+    )
     spc = np.abs(stft).T  # (#frames, #bins)
-    basis = librosa.filters.mel(sr=c["sampling_rate"], n_fft=c["fft_size"],
-                                n_mels=c["num_mels"], fmin=c["fmin"], fmax=c["fmax"])
+    basis = librosa.filters.mel(
+        sr=c["sampling_rate"],
+        n_fft=c["fft_size"],
+        n_mels=c["num_mels"],
+        fmin=c["fmin"],
+        fmax=c["fmax"],
+    )
     mel = np.maximum(eps, np.dot(spc, basis.T))
     return np.log10(mel).T
 
@@ -75,15 +118,26 @@ def hifigan_log_mel(audio: np.ndarray) -> np.ndarray:
 
     c = HIFIGAN_V1
     n_fft, hop_size, win_size = c["n_fft"], c["hop_size"], c["win_size"]
-    basis = torch.from_numpy(librosa.filters.mel(sr=c["sampling_rate"], n_fft=n_fft,
-                                                 n_mels=c["num_mels"], fmin=c["fmin"],
-                                                 fmax=c["fmax"]))
+    basis = torch.from_numpy(
+        librosa.filters.mel(
+            sr=c["sampling_rate"], n_fft=n_fft, n_mels=c["num_mels"], fmin=c["fmin"], fmax=c["fmax"]
+        )
+    )
     y = torch.from_numpy(audio).unsqueeze(0)
     pad = int((n_fft - hop_size) / 2)
     y = torch.nn.functional.pad(y.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    spec = torch.stft(y, n_fft, hop_length=hop_size, win_length=win_size,
-                      window=torch.hann_window(win_size, dtype=torch.float64), center=False,
-                      pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+    spec = torch.stft(
+        y,
+        n_fft,
+        hop_length=hop_size,
+        win_length=win_size,
+        window=torch.hann_window(win_size, dtype=torch.float64),
+        center=False,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
     spec = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-9)
     spec = torch.matmul(basis.to(spec.dtype), spec)
     return torch.log(torch.clamp(spec, min=1e-5) * 1)[0].numpy()
@@ -102,17 +156,23 @@ def tacotron2_log_mel(audio: np.ndarray) -> np.ndarray:
     fourier = np.fft.fft(np.eye(n_fft))
     cutoff = n_fft // 2 + 1
     basis = np.vstack([np.real(fourier[:cutoff]), np.imag(fourier[:cutoff])])
-    window = librosa.util.pad_center(get_window("hann", c["win_length"], fftbins=True),
-                                     size=n_fft)
+    window = librosa.util.pad_center(get_window("hann", c["win_length"], fftbins=True), size=n_fft)
     forward = torch.from_numpy(basis[:, None, :] * window)
     y = torch.from_numpy(audio).view(1, 1, -1)
-    y = torch.nn.functional.pad(y.unsqueeze(1), (n_fft // 2, n_fft // 2, 0, 0),
-                                mode="reflect").squeeze(1)
+    y = torch.nn.functional.pad(
+        y.unsqueeze(1), (n_fft // 2, n_fft // 2, 0, 0), mode="reflect"
+    ).squeeze(1)
     out = torch.nn.functional.conv1d(y, forward, stride=c["hop_length"])
     magnitude = torch.sqrt(out[:, :cutoff] ** 2 + out[:, cutoff:] ** 2)
-    mel_basis = torch.from_numpy(librosa.filters.mel(sr=c["sampling_rate"], n_fft=n_fft,
-                                                     n_mels=c["n_mel_channels"],
-                                                     fmin=c["mel_fmin"], fmax=c["mel_fmax"]))
+    mel_basis = torch.from_numpy(
+        librosa.filters.mel(
+            sr=c["sampling_rate"],
+            n_fft=n_fft,
+            n_mels=c["n_mel_channels"],
+            fmin=c["mel_fmin"],
+            fmax=c["mel_fmax"],
+        )
+    )
     mel = torch.matmul(mel_basis.to(magnitude.dtype), magnitude)
     return torch.log(torch.clamp(mel, min=1e-5))[0].numpy()
 
@@ -144,10 +204,18 @@ def clips() -> dict[str, np.ndarray]:
     other = _speech(ROOT / "data/alice/wavs/alice_001.flac", seconds=3.0)
     quarter = len(other) // 4
     silence = np.zeros(int(0.3 * RATE))
-    near_silent = np.concatenate([
-        silence, other[:quarter], other[quarter:2 * quarter] * 1e-3, silence,
-        other[2 * quarter:3 * quarter] * 1e-4, silence, other[3 * quarter:] * 10 ** -4.5,
-        silence])
+    near_silent = np.concatenate(
+        [
+            silence,
+            other[:quarter],
+            other[quarter : 2 * quarter] * 1e-3,
+            silence,
+            other[2 * quarter : 3 * quarter] * 1e-4,
+            silence,
+            other[3 * quarter :] * 10**-4.5,
+            silence,
+        ]
+    )
     return {"speech": speech, "near_silent": near_silent}
 
 
@@ -190,10 +258,15 @@ def test_any_other_convention_misses_the_toolkits_log_mel(clips, name):
     a = preset_audio(name)
     audio = clips["near_silent"]
     theirs = TOOLKITS[name](audio)
-    changes = {"log_base": "e" if a.log_base == "10" else "10", "log_floor": a.log_floor * 10,
-               "frame_center": "middle" if a.frame_center == "start" else "start",
-               "magnitude_eps": 0.0 if a.magnitude_eps else 1e-9,
-               "fmin": 0.0 if a.fmin else 80.0, "fmax": 7000.0, "win_length": 800}
+    changes = {
+        "log_base": "e" if a.log_base == "10" else "10",
+        "log_floor": a.log_floor * 10,
+        "frame_center": "middle" if a.frame_center == "start" else "start",
+        "magnitude_eps": 0.0 if a.magnitude_eps else 1e-9,
+        "fmin": 0.0 if a.fmin else 80.0,
+        "fmax": 7000.0,
+        "win_length": 800,
+    }
     for key, value in changes.items():
         other = dataclasses.replace(a, **{key: value})
         ours = log_mel(torch.from_numpy(audio), other).numpy()
@@ -205,8 +278,10 @@ def test_tacotron2_mels_are_the_hifigan_preset_with_centred_frames(clips):
     frames centred on f * hop and no epsilon in the magnitude."""
     a = dataclasses.replace(preset_audio("hifigan"), frame_center="start", magnitude_eps=0.0)
     for audio in clips.values():
-        assert compare(log_mel(torch.from_numpy(audio), a).numpy(),
-                       tacotron2_log_mel(audio)) < TOLERANCE
+        assert (
+            compare(log_mel(torch.from_numpy(audio), a).numpy(), tacotron2_log_mel(audio))
+            < TOLERANCE
+        )
 
 
 # -- the preset files ------------------------------------------------------------------------
@@ -260,8 +335,22 @@ def test_preprocess_with_a_preset_writes_features_of_that_convention(tmp_path, c
         clip = 0.4 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.01 * rng.standard_normal(len(t))
         sf.write(str(corpus / f"clip{i}.wav"), clip.astype(np.float32), RATE, subtype="PCM_16")
     out = tmp_path / "data"
-    assert main(["--quiet", "preprocess", "--preset", "parallelwavegan", "--data", str(corpus),
-                 "--out", str(out), "data.valid_fraction=0.5"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "preprocess",
+                "--preset",
+                "parallelwavegan",
+                "--data",
+                str(corpus),
+                "--out",
+                str(out),
+                "data.valid_fraction=0.5",
+            ]
+        )
+        == 0
+    )
     written = load_config(out / "config.yaml")
     for key, value in read_yaml(preset_path("parallelwavegan"))["audio"].items():
         assert getattr(written.audio, key) == value, key
@@ -276,14 +365,24 @@ def test_preprocess_with_a_preset_writes_features_of_that_convention(tmp_path, c
 @pytest.mark.parametrize("command", ["preprocess", "train-teacher", "distill"])
 def test_every_command_that_reads_a_config_takes_a_preset(command):
     extra = ["--teacher", "t.pt"] if command == "distill" else []
-    args = build_parser().parse_args([command, "--preset", "hifigan", "--data", "d", "--out", "o",
-                                      *extra])
+    args = build_parser().parse_args(
+        [command, "--preset", "hifigan", "--data", "d", "--out", "o", *extra]
+    )
     assert args.preset == "hifigan"
 
 
 def test_an_unknown_preset_is_one_line_and_exit_status_2(tmp_path, capsys):
-    code = main(["preprocess", "--preset", "tacotron", "--data", str(tmp_path),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "preprocess",
+            "--preset",
+            "tacotron",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "unknown preset 'tacotron'" in err

@@ -18,8 +18,14 @@ def test_the_public_names_resolve_to_their_defining_modules():
     assert wavedistill.Config is Config
     assert wavedistill.WaveNetTeacher is WaveNetTeacher
     assert wavedistill.IAFStudent is IAFStudent
-    assert set(wavedistill.__all__) >= {"Synthesizer", "load_model", "Config", "WaveNetTeacher",
-                                        "IAFStudent", "__version__"}
+    assert set(wavedistill.__all__) >= {
+        "Synthesizer",
+        "load_model",
+        "Config",
+        "WaveNetTeacher",
+        "IAFStudent",
+        "__version__",
+    }
 
 
 def test_an_unknown_name_is_an_attribute_error():

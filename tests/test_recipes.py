@@ -27,30 +27,47 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)  # the environment whose `wavedistill` the recipes call
 
 # A two-layer teacher trained for two steps: enough to exercise every stage's code path.
-TINY_TEACHER = ("teacher.layers=2 teacher.stacks=1 teacher.residual_channels=4 "
-                "teacher.gate_channels=8 teacher.skip_channels=4 teacher.num_mixtures=2 "
-                "train.steps=2 train.warmup_steps=0 train.valid_batches=1 data.batch_size=1")
+TINY_TEACHER = (
+    "teacher.layers=2 teacher.stacks=1 teacher.residual_channels=4 "
+    "teacher.gate_channels=8 teacher.skip_channels=4 teacher.num_mixtures=2 "
+    "train.steps=2 train.warmup_steps=0 train.valid_batches=1 data.batch_size=1"
+)
 # A two-flow student with a single-resolution power loss small enough for short segments.
-TINY_STUDENT = ("student.flow_layers=[1,1] student.channels=4 distill.num_draws=4 "
-                "distill.power_fft_sizes=[256] distill.power_hop_sizes=[64] "
-                "distill.power_win_lengths=[256]")
+TINY_STUDENT = (
+    "student.flow_layers=[1,1] student.channels=4 distill.num_draws=4 "
+    "distill.power_fft_sizes=[256] distill.power_hop_sizes=[64] "
+    "distill.power_win_lengths=[256]"
+)
 
 
-def run_recipe(name: str, cwd: Path, *options: str, env: dict | None = None
-               ) -> subprocess.CompletedProcess:
+def run_recipe(
+    name: str, cwd: Path, *options: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``bash recipes/<name>/run.sh OPTIONS`` in ``cwd`` with this environment's tools on PATH
     (and the variables ``env``)."""
     # One intra-op thread, as recipes/synthetic does for its tiny models: threads cost more
     # than they save at these sizes.
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-           "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(["bash", str(ROOT / "recipes" / name / "run.sh"), *options], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "recipes" / name / "run.sh"), *options],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def check_ran(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, (f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}"
-                                    f"\n--- stderr\n{result.stderr[-3000:]}")
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}"
+        f"\n--- stderr\n{result.stderr[-3000:]}"
+    )
 
 
 def describe(path: Path, capsys) -> str:
@@ -98,8 +115,9 @@ def ljspeech_corpus(root: Path, make_wav, count: int = 3) -> Path:
     lines = []
     for i in range(count):
         uid = f"LJ001-{i + 1:04d}"
-        make_wav(root / "wavs" / f"{uid}.wav", seconds=0.15, sr=22050, seed=i,
-                 frequency=180.0 + 60 * i)
+        make_wav(
+            root / "wavs" / f"{uid}.wav", seconds=0.15, sr=22050, seed=i, frequency=180.0 + 60 * i
+        )
         lines.append(f"{uid}|Printing, in the only sense {i}.|Printing, in the only sense {i}.")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "README").write_text("LJ Speech Dataset\n")
@@ -112,8 +130,13 @@ def vctk_corpus(root: Path, make_wav) -> Path:
     for s, speaker in enumerate(("p225", "p226")):
         for n in (1, 2):
             for mic in ("mic1", "mic2"):
-                make_wav(root / "wav48_silence_trimmed" / speaker / f"{speaker}_{n:03d}_{mic}.flac",
-                         seconds=0.12, sr=48000, seed=10 * s + n, frequency=150.0 + 90 * s + 20 * n)
+                make_wav(
+                    root / "wav48_silence_trimmed" / speaker / f"{speaker}_{n:03d}_{mic}.flac",
+                    seconds=0.12,
+                    sr=48000,
+                    seed=10 * s + n,
+                    frequency=150.0 + 90 * s + 20 * n,
+                )
             text = root / "txt" / speaker / f"{speaker}_{n:03d}.txt"
             text.parent.mkdir(parents=True, exist_ok=True)
             text.write_text("Please call Stella.\n")
@@ -136,9 +159,20 @@ def mixed_folder(root: Path, make_wav) -> Path:
 def test_ljspeech_recipe_preprocesses_and_trains_a_teacher(tmp_path, make_wav, capsys):
     data = ljspeech_corpus(tmp_path / "LJSpeech-1.1", make_wav)
     exp = tmp_path / "exp"
-    check_ran(run_recipe("ljspeech", tmp_path, "--data", str(data), "--exp", str(exp),
-                         "--stop_stage", "1",
-                         "--overrides", TINY_TEACHER + " data.segment_length=512"))
+    check_ran(
+        run_recipe(
+            "ljspeech",
+            tmp_path,
+            "--data",
+            str(data),
+            "--exp",
+            str(exp),
+            "--stop_stage",
+            "1",
+            "--overrides",
+            TINY_TEACHER + " data.segment_length=512",
+        )
+    )
     check_dataset(exp / "data", utterances=3, speakers=1)
     check_teacher(exp, capsys, sample_rate=22050)
 
@@ -146,13 +180,27 @@ def test_ljspeech_recipe_preprocesses_and_trains_a_teacher(tmp_path, make_wav, c
 def test_vctk_recipe_keeps_one_microphone_and_both_speakers(tmp_path, make_wav, capsys):
     data = vctk_corpus(tmp_path / "VCTK-Corpus-0.92", make_wav)
     exp = tmp_path / "exp"
-    check_ran(run_recipe("vctk", tmp_path, "--data", str(data), "--exp", str(exp),
-                         "--stop_stage", "1",
-                         "--overrides", TINY_TEACHER + " data.segment_length=600"))
+    check_ran(
+        run_recipe(
+            "vctk",
+            tmp_path,
+            "--data",
+            str(data),
+            "--exp",
+            str(exp),
+            "--stop_stage",
+            "1",
+            "--overrides",
+            TINY_TEACHER + " data.segment_length=600",
+        )
+    )
     check_dataset(exp / "data", utterances=4, speakers=2)  # mic2 takes are left out
     assert json.loads((exp / "data" / "speakers.json").read_text()) == {"p225": 0, "p226": 1}
-    items = [item for split in ("train", "valid")
-             for item in read_manifest(exp / "data" / f"{split}.jsonl")]
+    items = [
+        item
+        for split in ("train", "valid")
+        for item in read_manifest(exp / "data" / f"{split}.jsonl")
+    ]
     assert all(item["id"].endswith("_mic1") for item in items)
     assert all(item["samples"] % 300 == 0 for item in items)  # resampled to 24 kHz, whole frames
     check_teacher(exp, capsys, sample_rate=24000, speakers=2)
@@ -161,9 +209,20 @@ def test_vctk_recipe_keeps_one_microphone_and_both_speakers(tmp_path, make_wav, 
 def test_template_recipe_reads_a_nested_folder_of_mixed_formats(tmp_path, make_wav, capsys):
     data = mixed_folder(tmp_path / "audio", make_wav)
     exp = tmp_path / "exp"
-    check_ran(run_recipe("template", tmp_path, "--data", str(data), "--exp", str(exp),
-                         "--stop_stage", "1",
-                         "--overrides", TINY_TEACHER + " data.segment_length=512"))
+    check_ran(
+        run_recipe(
+            "template",
+            tmp_path,
+            "--data",
+            str(data),
+            "--exp",
+            str(exp),
+            "--stop_stage",
+            "1",
+            "--overrides",
+            TINY_TEACHER + " data.segment_length=512",
+        )
+    )
     check_dataset(exp / "data", utterances=4, speakers=1)
     check_teacher(exp, capsys, sample_rate=22050)
 
@@ -184,8 +243,15 @@ def test_recipes_refuse_an_unknown_option(tmp_path):
 def test_demo_recipe_help_lists_the_options(tmp_path):
     result = run_recipe("demo", tmp_path, "--help")
     assert result.returncode == 0
-    for option in ("--stage", "--stop_stage", "--exp", "--data", "--overrides", "--input",
-                   "--device"):
+    for option in (
+        "--stage",
+        "--stop_stage",
+        "--exp",
+        "--data",
+        "--overrides",
+        "--input",
+        "--device",
+    ):
         assert option in result.stdout
 
 
@@ -204,12 +270,19 @@ def test_alice_recipe_runs_every_stage_and_ships_loadable_models(tmp_path, capsy
     Griffin-Lim rows, and inference copies shipped to a folder of the test's own."""
     exp, ship = tmp_path / "exp", tmp_path / "models"
     env_ship = {"SHIP_DIR": str(ship)}
-    result = run_recipe("alice", tmp_path, "--exp", str(exp), "--input",
-                        str(arctic_excerpt(tmp_path)),
-                        "--eval_args", "--max-clips 1 --teacher-seconds 0.02 "
-                                       "--griffin-lim-iters 2",
-                        "--overrides", f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800",
-                        env=env_ship)
+    result = run_recipe(
+        "alice",
+        tmp_path,
+        "--exp",
+        str(exp),
+        "--input",
+        str(arctic_excerpt(tmp_path)),
+        "--eval_args",
+        "--max-clips 1 --teacher-seconds 0.02 --griffin-lim-iters 2",
+        "--overrides",
+        f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800",
+        env=env_ship,
+    )
     check_ran(result)
     check_dataset(exp / "data", utterances=108, speakers=1)
     held_out = (ROOT / "data" / "alice" / "heldout.txt").read_text().split()
@@ -232,9 +305,20 @@ def test_demo_recipe_runs_end_to_end_to_both_syntheses(tmp_path, capsys):
     """Stages 0-4 on the bundled voice: preprocess, teacher, teacher synthesis, distillation,
     student synthesis. A short excerpt is synthesised (the teacher samples sequentially)."""
     exp = tmp_path / "exp"
-    check_ran(run_recipe("demo", tmp_path, "--exp", str(exp), "--stop_stage", "4",
-                         "--input", str(arctic_excerpt(tmp_path)),
-                         "--overrides", f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800"))
+    check_ran(
+        run_recipe(
+            "demo",
+            tmp_path,
+            "--exp",
+            str(exp),
+            "--stop_stage",
+            "4",
+            "--input",
+            str(arctic_excerpt(tmp_path)),
+            "--overrides",
+            f"{TINY_TEACHER} {TINY_STUDENT} data.segment_length=800",
+        )
+    )
     check_dataset(exp / "data", utterances=108, speakers=1)
     check_teacher(exp, capsys, sample_rate=16000)
     student = describe(exp / "student" / "checkpoints" / "best.pt", capsys)

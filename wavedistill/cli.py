@@ -35,31 +35,45 @@ log = logging.getLogger("wavedistill")
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--preset", metavar="NAME",
-                   help="start from another toolkit's log-mel convention: hifigan or "
-                        "parallelwavegan (--config and overrides apply on top)")
-    p.add_argument("--config", type=Path, required=required,
-                   help="YAML config (defaults if omitted)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, e.g. train.steps=1000 teacher.layers=12")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from another toolkit's log-mel convention: hifigan or "
+        "parallelwavegan (--config and overrides apply on top)",
+    )
+    p.add_argument(
+        "--config", type=Path, required=required, help="YAML config (defaults if omitted)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="config overrides, e.g. train.steps=1000 teacher.layers=12",
+    )
 
 
 # Every option naming a model takes any reference store.loading.resolve_model reads; kept as
 # typed (no Path) so that a Hub id such as "./owner/name" is not normalised.
-MODEL_REFERENCE = ("a checkpoint file, a bundle folder, a shipped model's name (alice-student, "
-                   "alice-teacher) or a Hub id (owner/name)")
+MODEL_REFERENCE = (
+    "a checkpoint file, a bundle folder, a shipped model's name (alice-student, "
+    "alice-teacher) or a Hub id (owner/name)"
+)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True,
-                   help="folder written by `wavedistill preprocess`")
+    p.add_argument(
+        "--data", type=Path, required=True, help="folder written by `wavedistill preprocess`"
+    )
     p.add_argument("--out", type=Path, required=True, help="experiment folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-from",
-                   help=f"take model weights (only) from this model: {MODEL_REFERENCE}")
-    p.add_argument("--device", default=None,
-                   help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    p.add_argument(
+        "--init-from", help=f"take model weights (only) from this model: {MODEL_REFERENCE}"
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)"
+    )
     _config_args(p)
 
 
@@ -77,8 +91,14 @@ def cmd_preprocess(args) -> int:
 
     overrides = list(args.overrides) + ([f"data.format={args.format}"] if args.format else [])
     args.overrides = overrides
-    report = preprocess(_load_cfg(args), args.data, args.out, strict=args.strict,
-                        mel_dir=args.mel_dir, mel_layout=args.mel_layout)
+    report = preprocess(
+        _load_cfg(args),
+        args.data,
+        args.out,
+        strict=args.strict,
+        mel_dir=args.mel_dir,
+        mel_layout=args.mel_layout,
+    )
     return report.exit_code
 
 
@@ -105,16 +125,29 @@ def cmd_info(args) -> int:
 def cmd_train_teacher(args) -> int:
     from wavedistill.training.runs import train_teacher
 
-    train_teacher(_load_cfg(args), args.data, args.out, resume=args.resume,
-                  init_from=args.init_from, device=args.device)
+    train_teacher(
+        _load_cfg(args),
+        args.data,
+        args.out,
+        resume=args.resume,
+        init_from=args.init_from,
+        device=args.device,
+    )
     return 0
 
 
 def cmd_distill(args) -> int:
     from wavedistill.training.runs import train_student
 
-    train_student(_load_cfg(args), args.teacher, args.data, args.out, resume=args.resume,
-                  init_from=args.init_from, device=args.device)
+    train_student(
+        _load_cfg(args),
+        args.teacher,
+        args.data,
+        args.out,
+        resume=args.resume,
+        init_from=args.init_from,
+        device=args.device,
+    )
     return 0
 
 
@@ -127,23 +160,39 @@ def cmd_synthesize(args) -> int:
         raise UserError("give one of --input, --input-dir and --scp")
     stats = read_stats(args.stats) if args.stats is not None else None
     convention = MelConvention(args.mel_layout, stats, args.no_normalize)
-    synth = open_synthesizer(args.checkpoint, args.device, use_ema=not args.no_ema,
-                             dtype=args.dtype)
+    synth = open_synthesizer(
+        args.checkpoint, args.device, use_ema=not args.no_ema, dtype=args.dtype
+    )
     if args.input_dir is not None or args.scp is not None:
         if args.seconds is not None or args.chunk_seconds is not None:
             raise UserError("--seconds and --chunk-seconds are not for --input-dir/--scp")
         batch = 1 if args.batch_size is None else args.batch_size
-        report = decode_corpus(synth, args.output, args.input_dir, args.scp, batch_size=batch,
-                               speaker=args.speaker, seed=args.seed, convention=convention)
+        report = decode_corpus(
+            synth,
+            args.output,
+            args.input_dir,
+            args.scp,
+            batch_size=batch,
+            speaker=args.speaker,
+            seed=args.seed,
+            convention=convention,
+        )
         for name, reason in report.skipped:
             print(f"skipped {name}: {reason}", file=sys.stderr)
         print(report.summary())
         return 1 if report.skipped else 0
     if args.batch_size is not None:
         raise UserError("--batch-size is for --input-dir and --scp (--input files are one batch)")
-    report = synthesize_files(synth, args.output, args.input, seconds=args.seconds,
-                              speaker=args.speaker, seed=args.seed,
-                              chunk_seconds=args.chunk_seconds, convention=convention)
+    report = synthesize_files(
+        synth,
+        args.output,
+        args.input,
+        seconds=args.seconds,
+        speaker=args.speaker,
+        seed=args.seed,
+        chunk_seconds=args.chunk_seconds,
+        convention=convention,
+    )
     for path, seconds in report.written:
         print(f"wrote {path} ({seconds:.2f} s)")
     return 0
@@ -162,12 +211,19 @@ def cmd_export(args) -> int:
     loaded = load_model(args.checkpoint)
     if args.onnx or args.torchscript:
         check_deployable(loaded)  # before the bundle is written
-    with explain(lambda exc: f"{args.out} is not a complete bundle until bundle.json is "
-                             "written; " + advice(exc, "run the same command again")):
+    with explain(
+        lambda exc: (
+            f"{args.out} is not a complete bundle until bundle.json is "
+            "written; " + advice(exc, "run the same command again")
+        )
+    ):
         out = export_bundle(loaded, args.out, trained_on=args.trained_on)
     print(f"wrote the {loaded.kind} bundle {out}")
-    with explain(lambda exc: f"the bundle {out} itself is complete; "
-                             + advice(exc, "run the same command again")):
+    with explain(
+        lambda exc: (
+            f"the bundle {out} itself is complete; " + advice(exc, "run the same command again")
+        )
+    ):
         if args.torchscript:
             print(f"wrote {export_torchscript(loaded, out / 'student.torchscript.pt')}")
         if args.onnx:
@@ -179,11 +235,24 @@ def cmd_benchmark(args) -> int:
     from wavedistill.bench.benchmark import Settings, benchmark, format_table, report_json
     from wavedistill.fileio import atomic_write_text
 
-    settings = Settings.checked(args.seconds, args.naive_steps, args.batch, args.repeats,
-                                device=args.device, dtype=args.dtype, clip=args.clip)
-    report = benchmark(settings, teacher=args.teacher, student=args.student,
-                       teacher_config=args.teacher_config, student_config=args.student_config,
-                       threads=args.threads, training=args.training)
+    settings = Settings.checked(
+        args.seconds,
+        args.naive_steps,
+        args.batch,
+        args.repeats,
+        device=args.device,
+        dtype=args.dtype,
+        clip=args.clip,
+    )
+    report = benchmark(
+        settings,
+        teacher=args.teacher,
+        student=args.student,
+        teacher_config=args.teacher_config,
+        student_config=args.student_config,
+        threads=args.threads,
+        training=args.training,
+    )
     print(format_table(report))
     if args.json is not None:
         atomic_write_text(args.json, report_json(report))
@@ -194,10 +263,18 @@ def cmd_evaluate(args) -> int:
     from wavedistill.evaluation.report import verdict
     from wavedistill.evaluation.run import evaluate
 
-    results = evaluate(args.checkpoint, args.data, args.out, teacher=args.teacher,
-                       max_clips=args.max_clips, teacher_seconds=args.teacher_seconds,
-                       device=args.device, griffin_lim_iters=args.griffin_lim_iters,
-                       split=args.split, command=_command(args))
+    results = evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        teacher=args.teacher,
+        max_clips=args.max_clips,
+        teacher_seconds=args.teacher_seconds,
+        device=args.device,
+        griffin_lim_iters=args.griffin_lim_iters,
+        split=args.split,
+        command=_command(args),
+    )
     summary = f"report written to {args.out}"
     if "nll" in results:
         summary += f" (held-out NLL {results['nll']['bits_per_sample']:.4f} bits/sample)"
@@ -230,9 +307,11 @@ def cmd_make_synthetic(args) -> int:
     from wavedistill.data.synthetic_sources import make_synthetic
 
     summary = make_synthetic(args.kind, args.out, args.seconds, args.clips, args.seed)
-    print(f"{args.out}: {args.clips} clips of {args.kind}; entropy rate "
-          f"{summary['entropy_rate_bits']:.4f} bits/sample on the 16-bit grid "
-          f"({summary['entropy_rate_16bit_nats']:.4f} nats); clip rate {summary['clip_rate']:.2g}")
+    print(
+        f"{args.out}: {args.clips} clips of {args.kind}; entropy rate "
+        f"{summary['entropy_rate_bits']:.4f} bits/sample on the 16-bit grid "
+        f"({summary['entropy_rate_16bit_nats']:.4f} nats); clip rate {summary['clip_rate']:.2g}"
+    )
     return 0
 
 
@@ -260,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wavedistill",
         description="Train a WaveNet teacher, distil it into a parallel IAF student, synthesise, "
-                    "benchmark and evaluate.",
-        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "benchmark and evaluate.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"wavedistill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -270,26 +351,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="compute log-mel features and statistics for a corpus")
     p.add_argument("--data", type=Path, required=True, help="corpus root (or a wav.scp file)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--format", choices=["folder", "ljspeech", "vctk", "wavscp"],
-                   help="corpus layout (default: data.format from the config)")
+    p.add_argument(
+        "--format",
+        choices=["folder", "ljspeech", "vctk", "wavscp"],
+        help="corpus layout (default: data.format from the config)",
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file is rejected")
-    p.add_argument("--mel-dir", type=Path,
-                   help="store the mels of this folder (<utterance id>.npy, e.g. an acoustic "
-                        "model's predictions) instead of computing them, for fine-tuning")
-    p.add_argument("--mel-layout", default="auto", choices=["auto", "n_mels,frames",
-                                                            "frames,n_mels", "1,n_mels,frames"],
-                   help="layout of the --mel-dir arrays")
+    p.add_argument(
+        "--mel-dir",
+        type=Path,
+        help="store the mels of this folder (<utterance id>.npy, e.g. an acoustic "
+        "model's predictions) instead of computing them, for fine-tuning",
+    )
+    p.add_argument(
+        "--mel-layout",
+        default="auto",
+        choices=["auto", "n_mels,frames", "frames,n_mels", "1,n_mels,frames"],
+        help="layout of the --mel-dir arrays",
+    )
     _config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("info", help="summarise a preprocessed dataset, a model, or (with "
-                       "no path) the shipped models")
-    p.add_argument("path", nargs="?",
-                   help=f"a dataset folder, or {MODEL_REFERENCE} (omit to list the shipped "
-                        "models)")
-    p.add_argument("--check", action="store_true",
-                   help="verify every stored array and manifest entry of a dataset folder and "
-                        "list the bad ones (exit status 1 when there are any)")
+    p = sub.add_parser(
+        "info",
+        help="summarise a preprocessed dataset, a model, or (with no path) the shipped models",
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        help=f"a dataset folder, or {MODEL_REFERENCE} (omit to list the shipped models)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="verify every stored array and manifest entry of a dataset folder and "
+        "list the bad ones (exit status 1 when there are any)",
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-teacher", help="train the WaveNet teacher by maximum likelihood")
@@ -302,45 +399,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("synthesize", help="generate audio with a teacher or student checkpoint")
-    p.add_argument("--checkpoint",
-                   help=f"the teacher or student: {MODEL_REFERENCE} (default: the shipped "
-                        "student, alice-student)")
-    p.add_argument("--input", type=Path, nargs="+", help="clip(s) to copy-synthesise (audio) or "
-                   "saved log-mel features (.npy), all as one batch")
-    p.add_argument("--input-dir", type=Path,
-                   help="a folder of .wav/.flac/.npy inputs, one output file each")
+    p.add_argument(
+        "--checkpoint",
+        help=f"the teacher or student: {MODEL_REFERENCE} (default: the shipped "
+        "student, alice-student)",
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        nargs="+",
+        help="clip(s) to copy-synthesise (audio) or "
+        "saved log-mel features (.npy), all as one batch",
+    )
+    p.add_argument(
+        "--input-dir", type=Path, help="a folder of .wav/.flac/.npy inputs, one output file each"
+    )
     p.add_argument("--scp", type=Path, help="a Kaldi feats.scp of log-mel features (kaldiio)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="utterances per batch for --input-dir/--scp, length-sorted (default 1)")
-    p.add_argument("--mel-layout", default="auto", choices=["auto", "n_mels,frames",
-                                                            "frames,n_mels", "1,n_mels,frames"],
-                   help="layout of saved features (auto refuses ambiguous shapes)")
-    p.add_argument("--stats", type=Path,
-                   help="statistics that normalised the saved features (stats.npz, or "
-                        "ParallelWaveGAN's stats.npy): undone before the model's own")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="saved features are already normalised with the model's statistics")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="utterances per batch for --input-dir/--scp, length-sorted (default 1)",
+    )
+    p.add_argument(
+        "--mel-layout",
+        default="auto",
+        choices=["auto", "n_mels,frames", "frames,n_mels", "1,n_mels,frames"],
+        help="layout of saved features (auto refuses ambiguous shapes)",
+    )
+    p.add_argument(
+        "--stats",
+        type=Path,
+        help="statistics that normalised the saved features (stats.npz, or "
+        "ParallelWaveGAN's stats.npy): undone before the model's own",
+    )
+    p.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="saved features are already normalised with the model's statistics",
+    )
     p.add_argument("--seconds", type=float, help="length for unconditional models")
     p.add_argument("--speaker", type=int, help="speaker id for multi-speaker models")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, required=True,
-                   help="output wav, or a folder when several inputs are given")
+    p.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="output wav, or a folder when several inputs are given",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--chunk-seconds", type=float, default=None,
-                   help="student only: synthesise long inputs in chunks of this length")
+    p.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=None,
+        help="student only: synthesise long inputs in chunks of this length",
+    )
     p.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
-    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
-                   help="precision of synthesis; reduced ones only where the device computes "
-                        "them natively")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_NAMES,
+        help="precision of synthesis; reduced ones only where the device computes them natively",
+    )
     p.set_defaults(func=cmd_synthesize)
 
-    p = sub.add_parser("export", help="write an inference bundle (safetensors, no pickle), "
-                       "optionally ONNX and TorchScript files of the student")
+    p = sub.add_parser(
+        "export",
+        help="write an inference bundle (safetensors, no pickle), "
+        "optionally ONNX and TorchScript files of the student",
+    )
     p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--onnx", action="store_true", help="also write student.onnx (onnx extra)")
-    p.add_argument("--torchscript", action="store_true",
-                   help="also write student.torchscript.pt")
+    p.add_argument("--torchscript", action="store_true", help="also write student.torchscript.pt")
     p.add_argument("--trained-on", help="what the model was trained on, for the model card")
     p.set_defaults(func=cmd_export)
 
@@ -350,48 +481,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-config", type=Path, help="teacher config (random weights)")
     p.add_argument("--student-config", type=Path, help="student config (random weights)")
     p.add_argument("--seconds", type=float, default=1.0)
-    p.add_argument("--naive-steps", type=int, default=8,
-                   help="steps of the naive teacher sampler, timed once the receptive field "
-                        "has filled (it is slow by construction)")
+    p.add_argument(
+        "--naive-steps",
+        type=int,
+        default=8,
+        help="steps of the naive teacher sampler, timed once the receptive field "
+        "has filled (it is slow by construction)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=SAMPLER_DTYPE_NAMES, default="float32")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--training", action="store_true",
-                   help="also measure training throughput (teacher step, distillation step)")
+    p.add_argument(
+        "--training",
+        action="store_true",
+        help="also measure training throughput (teacher step, distillation step)",
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--clip", type=Path, default=None,
-                   help="speech whose log-mel conditions the models (default: a bundled "
-                        "ARCTIC clip, present in a source checkout)")
+    p.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        help="speech whose log-mel conditions the models (default: a bundled "
+        "ARCTIC clip, present in a source checkout)",
+    )
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("evaluate", help="held-out NLL and copy-synthesis quality, with figures")
     p.add_argument("--checkpoint", required=True, help=f"the model: {MODEL_REFERENCE}")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
-    p.add_argument("--teacher",
-                   help=f"the teacher, for KL and teacher samples: {MODEL_REFERENCE}")
+    p.add_argument("--teacher", help=f"the teacher, for KL and teacher samples: {MODEL_REFERENCE}")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--max-clips", type=int, default=8)
-    p.add_argument("--teacher-seconds", type=float, default=0.5,
-                   help="length of teacher samples (sequential sampling is slow)")
-    p.add_argument("--split", choices=["valid", "all"], default="valid",
-                   help="clips to score: the validation split, or every utterance of the "
-                        "folder (a corpus the model never saw, e.g. another speaker)")
-    p.add_argument("--griffin-lim-iters", type=int, default=32,
-                   help="iterations of the Griffin-Lim baseline scored beside the models "
-                        "(0 leaves it out)")
+    p.add_argument(
+        "--teacher-seconds",
+        type=float,
+        default=0.5,
+        help="length of teacher samples (sequential sampling is slow)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["valid", "all"],
+        default="valid",
+        help="clips to score: the validation split, or every utterance of the "
+        "folder (a corpus the model never saw, e.g. another speaker)",
+    )
+    p.add_argument(
+        "--griffin-lim-iters",
+        type=int,
+        default=32,
+        help="iterations of the Griffin-Lim baseline scored beside the models (0 leaves it out)",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="one listening page setting two or more evaluation "
-                       "reports side by side, per clip, with the metric deltas")
-    p.add_argument("reports", type=Path, nargs="+", metavar="REPORT_DIR",
-                   help="folders written by `wavedistill evaluate --out` (the first is the "
-                        "reference of the deltas)")
+    p = sub.add_parser(
+        "compare",
+        help="one listening page setting two or more evaluation "
+        "reports side by side, per clip, with the metric deltas",
+    )
+    p.add_argument(
+        "reports",
+        type=Path,
+        nargs="+",
+        metavar="REPORT_DIR",
+        help="folders written by `wavedistill evaluate --out` (the first is the "
+        "reference of the deltas)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder of the comparison page")
-    p.add_argument("--label", action="append", metavar="NAME",
-                   help="name of each report on the page, in order (default: folder names)")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        help="name of each report on the page, in order (default: folder names)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("make-synthetic", help="write a synthetic source with exact entropy rate")
@@ -402,21 +566,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_synthetic)
 
-    p = sub.add_parser("known-density", help="score the synthetic recipe's models against their "
-                                             "sources' exact densities (nats/sample)")
-    p.add_argument("--exp", type=Path, default=Path("exp/synthetic"),
-                   help="the synthetic recipe's experiment folder")
+    p = sub.add_parser(
+        "known-density",
+        help="score the synthetic recipe's models against their "
+        "sources' exact densities (nats/sample)",
+    )
+    p.add_argument(
+        "--exp",
+        type=Path,
+        default=Path("exp/synthetic"),
+        help="the synthetic recipe's experiment folder",
+    )
     p.add_argument("--segments", type=int, default=32, help="student samples drawn")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_known_density)
 
-    p = sub.add_parser("ship", help="install a recipe's teacher and student as the shipped "
-                                    "models (inference copies)")
+    p = sub.add_parser(
+        "ship",
+        help="install a recipe's teacher and student as the shipped models (inference copies)",
+    )
     p.add_argument("--teacher", required=True, type=Path)
     p.add_argument("--student", required=True, type=Path)
-    p.add_argument("--out-dir", type=Path, default=None,
-                   help="where to write them (default: the package's own weights folder)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where to write them (default: the package's own weights folder)",
+    )
     p.set_defaults(func=cmd_ship)
     return parser
 
@@ -425,8 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -442,8 +621,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wavedistill {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Interrupted as exc:
-        print(f"wavedistill {args.command}: {exc}; resume with: {resume_command(argv)}",
-              file=sys.stderr)
+        print(
+            f"wavedistill {args.command}: {exc}; resume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
         return exc.exit_code
     except KeyboardInterrupt as exc:  # a second signal, or one outside training
         print(f"wavedistill {args.command}: {exc or 'interrupted'}", file=sys.stderr)
@@ -451,8 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk outside the writers that say which file
         if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"wavedistill {args.command}: error: no space left on device "
-              f"({exc.filename or 'writing'}); free space and run again", file=sys.stderr)
+        print(
+            f"wavedistill {args.command}: error: no space left on device "
+            f"({exc.filename or 'writing'}); free space and run again",
+            file=sys.stderr,
+        )
         return EXIT_OUT_OF_SPACE
 
 
@@ -462,7 +646,7 @@ def resume_command(argv: list[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--init-from" in args:  # the checkpoint now holds those weights and more
         at = args.index("--init-from")
-        del args[at:at + 2]
+        del args[at : at + 2]
     args = [a for a in args if not a.startswith("--init-from=")]
     if "--resume" not in args:
         args.append("--resume")

@@ -185,6 +185,7 @@ class Config:
             if section.upsample_factors is None:
                 section.upsample_factors = default_upsample_factors(self.audio.hop_length)
 
+
 # Floating-point formats by name, the one list (precision.DTYPES maps them to torch dtypes): a
 # student synthesises in any of them; the teacher's cached sampler (and so the benchmark)
 # computes in float32 or bfloat16 only.
@@ -348,8 +349,9 @@ def preset_path(name: str) -> Path:
     return PRESETS_DIR / f"{name}.yaml"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                preset: str | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
+) -> Config:
     """Defaults, then the preset (:func:`preset_path`), then the YAML file, then
     ``key.sub=value`` overrides; validated."""
     data = read_yaml(preset_path(preset)) if preset is not None else {}
@@ -368,8 +370,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def audio_differences(ours: AudioConfig | dict[str, Any], theirs: AudioConfig | dict[str, Any]
-                      ) -> list[str]:
+def audio_differences(
+    ours: AudioConfig | dict[str, Any], theirs: AudioConfig | dict[str, Any]
+) -> list[str]:
     """The audio settings (every ``audio.*`` key) on which two configs disagree, as
     ``"audio.key A vs B"`` phrases; empty when the features of one are the features of the
     other. The one check of "same audio settings" (dataset folders, teachers, resumed runs,
@@ -395,82 +398,113 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value in allowed,
-               f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
+        _check(
+            value in allowed,
+            f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}",
+        )
     a = cfg.audio
     _check(a.sample_rate > 0, f"audio.sample_rate must be positive, got {a.sample_rate}")
     _check(a.hop_length > 0, f"audio.hop_length must be positive, got {a.hop_length}")
     _check(a.n_mels > 0, f"audio.n_mels must be positive, got {a.n_mels}")
     _check(a.n_fft > 0, f"audio.n_fft must be positive, got {a.n_fft}")
     _check(a.win_length > 0, f"audio.win_length must be positive, got {a.win_length}")
-    _check(a.win_length <= a.n_fft,
-           f"audio.win_length ({a.win_length}) must not exceed audio.n_fft ({a.n_fft})")
+    _check(
+        a.win_length <= a.n_fft,
+        f"audio.win_length ({a.win_length}) must not exceed audio.n_fft ({a.n_fft})",
+    )
     fmax = a.fmax if a.fmax is not None else a.sample_rate / 2
-    _check(fmax <= a.sample_rate / 2,
-           f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})")
+    _check(
+        fmax <= a.sample_rate / 2,
+        f"audio.fmax ({fmax:g}) must be at most sample_rate / 2 ({a.sample_rate / 2:g})",
+    )
     _check(0 <= a.fmin < fmax, f"audio.fmin ({a.fmin:g}) must be in [0, fmax={fmax:g})")
     _check(a.log_floor > 0, f"audio.log_floor must be positive, got {a.log_floor}")
     _check(a.magnitude_eps >= 0, f"audio.magnitude_eps must be >= 0, got {a.magnitude_eps}")
-    _check(a.frame_center == "start" or a.hop_length <= a.n_fft,
-           f"audio.frame_center 'middle' pads (n_fft - hop_length) / 2 samples; audio.hop_length "
-           f"({a.hop_length}) must not exceed audio.n_fft ({a.n_fft})")
-    _check(a.stats_std_floor > 0,
-           f"audio.stats_std_floor must be positive, got {a.stats_std_floor}")
+    _check(
+        a.frame_center == "start" or a.hop_length <= a.n_fft,
+        f"audio.frame_center 'middle' pads (n_fft - hop_length) / 2 samples; audio.hop_length "
+        f"({a.hop_length}) must not exceed audio.n_fft ({a.n_fft})",
+    )
+    _check(
+        a.stats_std_floor > 0, f"audio.stats_std_floor must be positive, got {a.stats_std_floor}"
+    )
     d = cfg.data
-    _check(d.segment_length is None
-           or (d.segment_length > 0 and d.segment_length % a.hop_length == 0),
-           f"data.segment_length ({d.segment_length}) must be a positive multiple of "
-           f"audio.hop_length ({a.hop_length})")
-    _check(0 <= d.valid_fraction < 1,
-           f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}")
+    _check(
+        d.segment_length is None or (d.segment_length > 0 and d.segment_length % a.hop_length == 0),
+        f"data.segment_length ({d.segment_length}) must be a positive multiple of "
+        f"audio.hop_length ({a.hop_length})",
+    )
+    _check(
+        0 <= d.valid_fraction < 1, f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}"
+    )
     _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
     _check(d.valid_min >= 0, f"data.valid_min must be >= 0, got {d.valid_min}")
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-    _check(0 <= d.max_corrupt_fraction <= 1,
-           f"data.max_corrupt_fraction must be in [0, 1], got {d.max_corrupt_fraction}")
-    _check(0 < d.pitch_fmin < d.pitch_fmax,
-           f"data.pitch_fmin ({d.pitch_fmin:g}) must be positive and below data.pitch_fmax "
-           f"({d.pitch_fmax:g})")
-    _check(d.pitch_fmax < a.sample_rate / 2,
-           f"data.pitch_fmax ({d.pitch_fmax:g}) must be below sample_rate / 2 "
-           f"({a.sample_rate / 2:g})")
-    _check(d.silence_threshold_db <= 0,
-           f"data.silence_threshold_db is a level in dBFS and must be <= 0, "
-           f"got {d.silence_threshold_db:g}")
+    _check(
+        0 <= d.max_corrupt_fraction <= 1,
+        f"data.max_corrupt_fraction must be in [0, 1], got {d.max_corrupt_fraction}",
+    )
+    _check(
+        0 < d.pitch_fmin < d.pitch_fmax,
+        f"data.pitch_fmin ({d.pitch_fmin:g}) must be positive and below data.pitch_fmax "
+        f"({d.pitch_fmax:g})",
+    )
+    _check(
+        d.pitch_fmax < a.sample_rate / 2,
+        f"data.pitch_fmax ({d.pitch_fmax:g}) must be below sample_rate / 2 ({a.sample_rate / 2:g})",
+    )
+    _check(
+        d.silence_threshold_db <= 0,
+        f"data.silence_threshold_db is a level in dBFS and must be <= 0, "
+        f"got {d.silence_threshold_db:g}",
+    )
     for section in ("teacher", "student"):
         factors = getattr(cfg, section).upsample_factors
-        _check(len(factors) > 0 and all(f > 0 for f in factors),
-               f"{section}.upsample_factors must be positive integers, got {factors}")
-        _check(math.prod(factors) == a.hop_length,
-               f"{section}.upsample_factors {factors} multiply to {math.prod(factors)}, "
-               f"but audio.hop_length is {a.hop_length}")
+        _check(
+            len(factors) > 0 and all(f > 0 for f in factors),
+            f"{section}.upsample_factors must be positive integers, got {factors}",
+        )
+        _check(
+            math.prod(factors) == a.hop_length,
+            f"{section}.upsample_factors {factors} multiply to {math.prod(factors)}, "
+            f"but audio.hop_length is {a.hop_length}",
+        )
     t = cfg.teacher
-    _check(t.layers > 0 and t.stacks > 0 and t.layers % t.stacks == 0,
-           f"teacher.layers ({t.layers}) must be a positive multiple of "
-           f"teacher.stacks ({t.stacks})")
+    _check(
+        t.layers > 0 and t.stacks > 0 and t.layers % t.stacks == 0,
+        f"teacher.layers ({t.layers}) must be a positive multiple of teacher.stacks ({t.stacks})",
+    )
     _check(t.kernel_size >= 2, f"teacher.kernel_size must be at least 2, got {t.kernel_size}")
-    _check(t.gate_channels > 0 and t.gate_channels % 2 == 0,
-           f"teacher.gate_channels must be positive and even (tanh and sigmoid halves), "
-           f"got {t.gate_channels}")
+    _check(
+        t.gate_channels > 0 and t.gate_channels % 2 == 0,
+        f"teacher.gate_channels must be positive and even (tanh and sigmoid halves), "
+        f"got {t.gate_channels}",
+    )
     for key in ("residual_channels", "skip_channels", "speaker_dim"):
         _check(getattr(t, key) > 0, f"teacher.{key} must be positive, got {getattr(t, key)}")
     _check(t.mu_law_levels >= 2, f"teacher.mu_law_levels must be at least 2, got {t.mu_law_levels}")
     _check(t.num_mixtures > 0, f"teacher.num_mixtures must be positive, got {t.num_mixtures}")
     _check(t.num_speakers >= 0, f"teacher.num_speakers must be >= 0, got {t.num_speakers}")
-    _check(t.conditioning_context >= 0,
-           f"teacher.conditioning_context must be >= 0, got {t.conditioning_context}")
+    _check(
+        t.conditioning_context >= 0,
+        f"teacher.conditioning_context must be >= 0, got {t.conditioning_context}",
+    )
     _check(t.pitch_weight >= 0, f"teacher.pitch_weight must be >= 0, got {t.pitch_weight}")
-    _check(t.pitch_channels > 0,
-           f"teacher.pitch_channels must be positive, got {t.pitch_channels}")
-    _check(t.source_harmonics >= 0,
-           f"teacher.source_harmonics must be >= 0 (0: all below Nyquist), "
-           f"got {t.source_harmonics}")
-    _check(t.source == "none" or t.use_mel,
-           f"teacher.source {t.source!r} derives the excitation from the mel; "
-           "it needs teacher.use_mel=true")
+    _check(t.pitch_channels > 0, f"teacher.pitch_channels must be positive, got {t.pitch_channels}")
+    _check(
+        t.source_harmonics >= 0,
+        f"teacher.source_harmonics must be >= 0 (0: all below Nyquist), got {t.source_harmonics}",
+    )
+    _check(
+        t.source == "none" or t.use_mel,
+        f"teacher.source {t.source!r} derives the excitation from the mel; "
+        "it needs teacher.use_mel=true",
+    )
     s = cfg.student
-    _check(len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
-           f"student.flow_layers must be positive integers, got {s.flow_layers}")
+    _check(
+        len(s.flow_layers) > 0 and all(n > 0 for n in s.flow_layers),
+        f"student.flow_layers must be positive integers, got {s.flow_layers}",
+    )
     _check(s.kernel_size >= 2, f"student.kernel_size must be at least 2, got {s.kernel_size}")
     for key in ("channels", "speaker_dim"):
         _check(getattr(s, key) > 0, f"student.{key} must be positive, got {getattr(s, key)}")
@@ -478,34 +512,49 @@ def validate(cfg: Config) -> None:
     _check(s.dilation_cycle > 0, f"student.dilation_cycle must be positive, got {s.dilation_cycle}")
     _check(s.initial_scale > 0, f"student.initial_scale must be positive, got {s.initial_scale}")
     _check(s.synthesis_tile > 0, f"student.synthesis_tile must be positive, got {s.synthesis_tile}")
-    _check(s.conditioning_context >= 0,
-           f"student.conditioning_context must be >= 0, got {s.conditioning_context}")
+    _check(
+        s.conditioning_context >= 0,
+        f"student.conditioning_context must be >= 0, got {s.conditioning_context}",
+    )
     k = cfg.distill
     _check(k.num_draws > 0, f"distill.num_draws must be positive, got {k.num_draws}")
     n = len(k.power_fft_sizes)
-    _check(len(k.power_hop_sizes) == n and len(k.power_win_lengths) == n,
-           f"distill.power_fft_sizes/power_hop_sizes/power_win_lengths must have equal lengths, "
-           f"got {n}, {len(k.power_hop_sizes)}, {len(k.power_win_lengths)}")
+    _check(
+        len(k.power_hop_sizes) == n and len(k.power_win_lengths) == n,
+        f"distill.power_fft_sizes/power_hop_sizes/power_win_lengths must have equal lengths, "
+        f"got {n}, {len(k.power_hop_sizes)}, {len(k.power_win_lengths)}",
+    )
     for key in ("power_fft_sizes", "power_hop_sizes", "power_win_lengths"):
         sizes = getattr(k, key)
         _check(all(v > 0 for v in sizes), f"distill.{key} must be positive, got {sizes}")
     for fft, win in zip(k.power_fft_sizes, k.power_win_lengths, strict=True):
         _check(win <= fft, f"distill.power_win_lengths entry {win} exceeds its FFT size {fft}")
-    weights = ("kl_weight", "power_weight", "power_log_weight", "stft_weight", "mel_weight",
-               "contrastive_weight", "gaussian_reg_lambda")
+    weights = (
+        "kl_weight",
+        "power_weight",
+        "power_log_weight",
+        "stft_weight",
+        "mel_weight",
+        "contrastive_weight",
+        "gaussian_reg_lambda",
+    )
     for key in weights:
         _check(getattr(k, key) >= 0, f"distill.{key} must be >= 0, got {getattr(k, key)}")
-    _check(k.kl_weight + k.power_weight + k.stft_weight + k.mel_weight > 0,
-           "distill.kl_weight, distill.power_weight, distill.stft_weight and distill.mel_weight "
-           "are all 0: the student would learn nothing")
+    _check(
+        k.kl_weight + k.power_weight + k.stft_weight + k.mel_weight > 0,
+        "distill.kl_weight, distill.power_weight, distill.stft_weight and distill.mel_weight "
+        "are all 0: the student would learn nothing",
+    )
     tr = cfg.train
     _check(tr.steps > 0, f"train.steps must be positive, got {tr.steps}")
     _check(tr.audio_seconds > 0, f"train.audio_seconds must be positive, got {tr.audio_seconds}")
     _check(tr.learning_rate > 0, f"train.learning_rate must be positive, got {tr.learning_rate}")
     _check(0 <= tr.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
     _check(tr.keep_last >= 1, f"train.keep_last must be at least 1, got {tr.keep_last}")
-    _check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas),
-           f"train.betas must be two values in [0, 1), got {tr.betas}")
+    _check(
+        len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas),
+        f"train.betas must be two values in [0, 1), got {tr.betas}",
+    )
     _check(tr.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tr.weight_decay}")
     _check(0 < tr.decay_rate <= 1, f"train.decay_rate must be in (0, 1], got {tr.decay_rate}")
     _check(tr.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: no clipping), got {tr.grad_clip}")

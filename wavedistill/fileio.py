@@ -45,8 +45,9 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         _remove(tmp)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO], object], binary: bool = True,
-                 size: int | None = None) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[IO], object], binary: bool = True, size: int | None = None
+) -> Path:
     """Call ``write(f)`` on an open temporary file, then move it onto ``path``. Returns ``path``."""
     with atomic_path(path, size) as tmp, open(tmp, "wb" if binary else "w") as f:
         write(f)
@@ -69,7 +70,7 @@ def append_text(path: str | Path, text: str) -> None:
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
             while data:  # unbuffered: nothing is left to fail again at close
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
         except Exception as exc:
             failed = translate(exc, path, len(text.encode()))
             _truncate(fd, start)

@@ -35,20 +35,25 @@ def describe(reference: str | Path) -> str:
 def describe_dataset(folder: Path) -> str:
     """Utterances, hours and speakers per split, and the feature settings."""
     if not (folder / "train.jsonl").exists():
-        raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
-                        "run `wavedistill preprocess`")
+        raise UserError(
+            f"{folder}: not a dataset folder (no train.jsonl); run `wavedistill preprocess`"
+        )
 
     cfg = load_config(folder / "config.yaml")
     a = cfg.audio
-    lines = [f"dataset {folder}",
-             f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, n_fft {a.n_fft}, "
-             f"win {a.win_length}, {a.n_mels} mels ({a.fmin:g}-{a.fmax or a.sample_rate / 2:g} Hz)"]
+    lines = [
+        f"dataset {folder}",
+        f"  audio: {a.sample_rate} Hz, hop {a.hop_length}, n_fft {a.n_fft}, "
+        f"win {a.win_length}, {a.n_mels} mels ({a.fmin:g}-{a.fmax or a.sample_rate / 2:g} Hz)",
+    ]
     for split in ("train", "valid"):
         items = read_jsonl(folder / f"{split}.jsonl")
         samples = sum(int(it["samples"]) for it in items)
         speakers = len({it.get("speaker", 0) for it in items})
-        lines.append(f"  {split}: {len(items)} utterances, {samples / a.sample_rate / 3600:.3f} h, "
-                     f"{speakers} speaker(s)")
+        lines.append(
+            f"  {split}: {len(items)} utterances, {samples / a.sample_rate / 3600:.3f} h, "
+            f"{speakers} speaker(s)"
+        )
     rejected = folder / "rejected.txt"
     if rejected.exists():
         count = sum(1 for line in rejected.read_text().splitlines() if line.strip())
@@ -62,15 +67,18 @@ def check_dataset(folder: str | Path) -> tuple[str, list[str]]:
     dataset folder, and the list of bad ones (``"<file>: <reason>"``)."""
     folder = Path(folder)
     if not folder.is_dir() or not (folder / "train.jsonl").exists():
-        raise UserError(f"{folder}: not a dataset folder (no train.jsonl); "
-                        "run `wavedistill preprocess`")
+        raise UserError(
+            f"{folder}: not a dataset folder (no train.jsonl); run `wavedistill preprocess`"
+        )
     bad = check_folder(folder)
     clips = sum(len(_lines(folder / f"{split}.jsonl")) for split in ("train", "valid"))
     if not bad:
         return f"{folder}: all {clips} clips and their manifest entries are sound", bad
     lines = [f"bad {line}" for line in bad]
-    lines.append(f"{folder}: {len(bad)} problem(s) among {clips} clips; run `wavedistill "
-                 "preprocess` again to rewrite them")
+    lines.append(
+        f"{folder}: {len(bad)} problem(s) among {clips} clips; run `wavedistill "
+        "preprocess` again to rewrite them"
+    )
     return "\n".join(lines), bad
 
 
@@ -88,19 +96,23 @@ def describe_checkpoint(path: str | Path) -> str:
     ckpt = load_checkpoint(path)
     loaded = from_checkpoint(ckpt)
     best = ckpt.get("best_valid")
-    return "\n".join([
-        f"{loaded.kind} checkpoint {path} (wavedistill {ckpt.get('version', '?')})",
-        f"  step {loaded.step}, best validation " + (f"{best:.4f}" if best is not None else "none"),
-        *_model_lines(loaded, " (EMA weights stored)" if ckpt.get("ema") is not None else ""),
-    ])
+    return "\n".join(
+        [
+            f"{loaded.kind} checkpoint {path} (wavedistill {ckpt.get('version', '?')})",
+            f"  step {loaded.step}, best validation "
+            + (f"{best:.4f}" if best is not None else "none"),
+            *_model_lines(loaded, " (EMA weights stored)" if ckpt.get("ema") is not None else ""),
+        ]
+    )
 
 
 def describe_bundle(folder: Path) -> str:
     """Kind, step, architecture, receptive field, parameters and audio settings of an
     exported bundle folder."""
     loaded = load_bundle(folder)
-    return "\n".join([f"{loaded.kind} bundle {folder}", f"  step {loaded.step}",
-                      *_model_lines(loaded)])
+    return "\n".join(
+        [f"{loaded.kind} bundle {folder}", f"  step {loaded.step}", *_model_lines(loaded)]
+    )
 
 
 def _model_lines(loaded: LoadedModel, parameters_note: str = "") -> list[str]:

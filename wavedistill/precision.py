@@ -58,14 +58,18 @@ def native_reason(dtype: torch.dtype, device: torch.device) -> str | None:
         needed = (8, 0) if dtype == torch.bfloat16 else (5, 3)
         if (major, minor) >= needed:
             return None
-        return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
-                f"has no native {_name(dtype)} (needs {needed[0]}.{needed[1]})")
+        return (
+            f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+            f"has no native {_name(dtype)} (needs {needed[0]}.{needed[1]})"
+        )
     if device.type == "cpu":
         wanted = CPU_FLAGS.get(dtype, ())
         if cpu_flags() & set(wanted):
             return None
-        return (f"this CPU ({platform.machine()}) has no native {_name(dtype)} instructions "
-                f"({' or '.join(wanted)}); torch would emulate it, far slower than float32")
+        return (
+            f"this CPU ({platform.machine()}) has no native {_name(dtype)} instructions "
+            f"({' or '.join(wanted)}); torch would emulate it, far slower than float32"
+        )
     return f"native {_name(dtype)} on {device.type} devices is not known"
 
 
@@ -73,8 +77,7 @@ def is_native(dtype: torch.dtype, device: torch.device | str) -> bool:
     return native_reason(dtype, torch.device(device)) is None
 
 
-def resolve_dtype(name: str, device: torch.device | str, option: str = "--dtype"
-                  ) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device | str, option: str = "--dtype") -> torch.dtype:
     """The dtype called ``name``, if ``device`` computes it natively; a one-line UserError
     naming ``option`` otherwise."""
     if name not in DTYPES:

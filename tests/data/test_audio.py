@@ -29,6 +29,7 @@ def round_to_16bit(x):
     """Float audio -> float32 audio rounded onto the 16-bit grid (clipped to [-1, 1])."""
     return from_index_16bit(to_index_16bit(x))
 
+
 # -- 16-bit grid -----------------------------------------------------------------------------
 
 
@@ -132,8 +133,9 @@ def test_other_rates_are_resampled_keeping_a_tone(tmp_path, rate, caplog):
 
 
 def test_float_samples_beyond_full_scale_are_clipped(tmp_path):
-    sf.write(tmp_path / "loud.wav", np.array([0.5, 1.5, -2.0], dtype=np.float32), 16000,
-             subtype="FLOAT")
+    sf.write(
+        tmp_path / "loud.wav", np.array([0.5, 1.5, -2.0], dtype=np.float32), 16000, subtype="FLOAT"
+    )
     assert load_audio(tmp_path / "loud.wav", 16000).tolist() == [0.5, 1.0, -1.0]
 
 
@@ -143,14 +145,16 @@ def _bad_files(tmp_path):
     sf.write(tmp_path / "good.wav", np.zeros(1000, np.int16), 16000, subtype="PCM_16")
     (tmp_path / "truncated.wav").write_bytes((tmp_path / "good.wav").read_bytes()[:20])
     sf.write(tmp_path / "nosamples.wav", np.zeros(0, np.int16), 16000, subtype="PCM_16")
-    sf.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2], np.float32), 16000,
-             subtype="FLOAT")
-    sf.write(tmp_path / "inf.wav", np.array([0.1, np.inf, 0.2], np.float32), 16000,
-             subtype="FLOAT")
+    sf.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2], np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "inf.wav", np.array([0.1, np.inf, 0.2], np.float32), 16000, subtype="FLOAT")
     return {
-        "missing.wav": "no such file", "empty.wav": "not a readable audio file",
-        "text.wav": "not a readable audio file", "truncated.wav": "not a readable audio file",
-        "nosamples.wav": "empty", "nan.wav": "NaN or infinite", "inf.wav": "NaN or infinite",
+        "missing.wav": "no such file",
+        "empty.wav": "not a readable audio file",
+        "text.wav": "not a readable audio file",
+        "truncated.wav": "not a readable audio file",
+        "nosamples.wav": "empty",
+        "nan.wav": "NaN or infinite",
+        "inf.wav": "NaN or infinite",
     }
 
 

@@ -12,8 +12,10 @@ from wavedistill.config import load_config
 from wavedistill.data.corpora import read_folder, split_utterances
 
 VOICE = Path(__file__).resolve().parents[2] / "data" / "alice"
-RECIPE_CONFIGS = [Path(__file__).resolve().parents[2] / "recipes" / name / "conf" / "teacher.yaml"
-                  for name in ("alice", "demo")]
+RECIPE_CONFIGS = [
+    Path(__file__).resolve().parents[2] / "recipes" / name / "conf" / "teacher.yaml"
+    for name in ("alice", "demo")
+]
 
 
 def test_every_utterance_is_16_khz_mono_16_bit_and_there_are_ten_minutes():

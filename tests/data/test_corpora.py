@@ -52,15 +52,19 @@ def test_empty_folder_and_missing_folder_are_user_errors(tmp_path):
 
 def test_ljspeech_reads_metadata_and_wavs(tmp_path, make_wav):
     root = tmp_path / "LJSpeech-1.1"
-    lines = ["LJ001-0001|Printing, in the only sense|Printing, in the only sense",
-             'LJ001-0002|"in being comparatively modern."|"in being comparatively modern."']
+    lines = [
+        "LJ001-0001|Printing, in the only sense|Printing, in the only sense",
+        'LJ001-0002|"in being comparatively modern."|"in being comparatively modern."',
+    ]
     (root / "wavs").mkdir(parents=True)
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     for uid in ("LJ001-0001", "LJ001-0002"):
         make_wav(root / "wavs" / f"{uid}.wav", seconds=0.05, sr=22050)
     utts = read_ljspeech(root)
-    assert utts == [Utterance("LJ001-0001", root / "wavs/LJ001-0001.wav", "LJ"),
-                    Utterance("LJ001-0002", root / "wavs/LJ001-0002.wav", "LJ")]
+    assert utts == [
+        Utterance("LJ001-0001", root / "wavs/LJ001-0001.wav", "LJ"),
+        Utterance("LJ001-0002", root / "wavs/LJ001-0002.wav", "LJ"),
+    ]
 
 
 def test_ljspeech_without_metadata_is_a_user_error(tmp_path):
@@ -82,8 +86,12 @@ def _vctk(root: Path, make_wav, folder="wav48_silence_trimmed", mics=True):
 def test_vctk_092_keeps_one_microphone_and_names_speakers_by_folder(tmp_path, make_wav):
     _vctk(tmp_path, make_wav)
     utts = read_vctk(tmp_path)
-    assert [u.id for u in utts] == ["p225_001_mic1", "p225_002_mic1", "p226_001_mic1",
-                                    "p226_002_mic1"]
+    assert [u.id for u in utts] == [
+        "p225_001_mic1",
+        "p225_002_mic1",
+        "p226_001_mic1",
+        "p226_002_mic1",
+    ]
     assert [u.speaker for u in utts] == ["p225", "p225", "p226", "p226"]
     assert [u.id for u in read_vctk(tmp_path, mic="mic2")][0] == "p225_001_mic2"
 
@@ -101,16 +109,17 @@ def test_vctk_with_two_audio_folders_asks_for_one(tmp_path, make_wav):
         read_vctk(tmp_path)
 
 
-def test_wav_scp_reads_paths_relative_to_its_folder_and_speakers_from_utt2spk(tmp_path,
-                                                                             make_wav):
+def test_wav_scp_reads_paths_relative_to_its_folder_and_speakers_from_utt2spk(tmp_path, make_wav):
     data = tmp_path / "data" / "train"
     make_wav(data / "audio" / "u1.wav", 0.05)
     absolute = make_wav(tmp_path / "elsewhere" / "u2.wav", 0.05)
     (data / "wav.scp").write_text(f"spkA-u1 audio/u1.wav\nspkB-u2 {absolute}\n\n")
     (data / "utt2spk").write_text("spkA-u1 spkA\nspkB-u2 spkB\n")
     utts = read_wav_scp(data)
-    assert utts == [Utterance("spkA-u1", data / "audio/u1.wav", "spkA"),
-                    Utterance("spkB-u2", absolute, "spkB")]
+    assert utts == [
+        Utterance("spkA-u1", data / "audio/u1.wav", "spkA"),
+        Utterance("spkB-u2", absolute, "spkB"),
+    ]
     assert read_wav_scp(data / "wav.scp") == utts
 
 
@@ -189,9 +198,9 @@ def test_segments_start_on_frame_boundaries_with_exactly_their_frames(tiny_datas
         pcm = np.load(tiny_dataset / entry["audio"])
         whole = torch.from_numpy(dequantize_16bit(pcm))
         # the samples are the utterance's samples from the frame boundary first * hop ...
-        torch.testing.assert_close(item["audio"], whole[first * hop: first * hop + segment])
+        torch.testing.assert_close(item["audio"], whole[first * hop : first * hop + segment])
         # ... and the mel is the one computed from those very samples
-        expected = log_mel(whole, tiny_config.audio)[:, first: first + segment // hop]
+        expected = log_mel(whole, tiny_config.audio)[:, first : first + segment // hop]
         torch.testing.assert_close(item["mel"], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -247,8 +256,7 @@ def test_collate_batches_and_pads_whole_utterances(tiny_dataset, tiny_config):
     assert batch["lengths"].tolist() == [it["audio"].shape[0] for it in items]
     assert batch["id"] == [it["id"] for it in items]
     short = int(batch["lengths"].argmin())
-    assert torch.all(batch["audio"][short, batch["lengths"][short]:] == 0)
-
+    assert torch.all(batch["audio"][short, batch["lengths"][short] :] == 0)
 
 
 def test_null_segment_length_trains_on_whole_utterances(tiny_corpus, tiny_config, tmp_path):
@@ -259,7 +267,8 @@ def test_null_segment_length_trains_on_whole_utterances(tiny_corpus, tiny_config
     dataset = SegmentDataset(tmp_path / "out", "train", tiny_config)
     entries = _entries(tmp_path / "out")
     assert [dataset[i]["audio"].shape[0] for i in range(len(dataset))] == [
-        entries[e["id"]]["samples"] for e in dataset.entries]
+        entries[e["id"]]["samples"] for e in dataset.entries
+    ]
 
 
 def test_nested_folder_ids_become_nested_dataset_files(tmp_path, make_wav, tiny_config):

@@ -16,8 +16,9 @@ from wavedistill.data.features import (
 )
 from wavedistill.errors import UserError
 
-CFG = AudioConfig(sample_rate=16000, n_fft=256, hop_length=64, win_length=200, n_mels=20,
-                  fmin=30.0, fmax=7600.0)
+CFG = AudioConfig(
+    sample_rate=16000, n_fft=256, hop_length=64, win_length=200, n_mels=20, fmin=30.0, fmax=7600.0
+)
 
 
 def _noise(length, seed=0, dtype=torch.float32):
@@ -41,9 +42,19 @@ def test_batch_equals_one_clip_at_a_time():
 def test_matches_librosa_melspectrogram():
     audio = _noise(6400, dtype=torch.float64)
     reference = librosa.feature.melspectrogram(
-        y=audio.numpy(), sr=CFG.sample_rate, n_fft=CFG.n_fft, hop_length=CFG.hop_length,
-        win_length=CFG.win_length, window="hann", center=True, pad_mode="reflect", power=1.0,
-        n_mels=CFG.n_mels, fmin=CFG.fmin, fmax=CFG.fmax)
+        y=audio.numpy(),
+        sr=CFG.sample_rate,
+        n_fft=CFG.n_fft,
+        hop_length=CFG.hop_length,
+        win_length=CFG.win_length,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=1.0,
+        n_mels=CFG.n_mels,
+        fmin=CFG.fmin,
+        fmax=CFG.fmax,
+    )
     reference = np.log(np.maximum(reference[:, :-1], CFG.log_floor))  # drop the frame at T
     np.testing.assert_allclose(log_mel(audio.float(), CFG).numpy(), reference, atol=1e-4)
     np.testing.assert_allclose(log_mel(audio, CFG).numpy(), reference, atol=1e-9)
@@ -58,11 +69,11 @@ def test_frame_f_is_the_windowed_spectrum_of_the_samples_around_f_times_hop():
     hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / CFG.win_length)  # periodic Hann
     window = np.zeros(CFG.n_fft)
     offset = (CFG.n_fft - CFG.win_length) // 2
-    window[offset: offset + CFG.win_length] = hann
+    window[offset : offset + CFG.win_length] = hann
     basis = mel_filters(CFG, dtype=torch.float64).numpy()
     for f in (2, 17, 45):
         start = f * CFG.hop_length - CFG.n_fft // 2
-        frame = audio.numpy()[start: start + CFG.n_fft] * window
+        frame = audio.numpy()[start : start + CFG.n_fft] * window
         k = np.arange(CFG.n_fft // 2 + 1)[:, None]
         dft = np.abs((frame * np.exp(-2j * np.pi * k * np.arange(CFG.n_fft) / CFG.n_fft)).sum(1))
         expected = np.log(np.maximum(basis @ dft, CFG.log_floor))
@@ -74,10 +85,11 @@ def test_segment_frames_match_the_whole_clip_away_from_the_segment_edges():
     whole = log_mel(audio, CFG)
     start_frame, frames = 30, 40
     hop = CFG.hop_length
-    part = log_mel(audio[start_frame * hop: (start_frame + frames) * hop], CFG)
+    part = log_mel(audio[start_frame * hop : (start_frame + frames) * hop], CFG)
     edge = CFG.n_fft // 2 // hop  # frames whose window reaches past the segment
-    torch.testing.assert_close(part[:, edge: frames - edge],
-                               whole[:, start_frame + edge: start_frame + frames - edge])
+    torch.testing.assert_close(
+        part[:, edge : frames - edge], whole[:, start_frame + edge : start_frame + frames - edge]
+    )
 
 
 def test_silence_sits_at_the_log_floor():
@@ -112,8 +124,10 @@ def test_too_short_audio_is_a_user_error():
 
 def _mels(seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.normal(-4 + np.arange(20)[:, None] * 0.1, 1.5, size=(20, n)).astype(np.float32)
-            for n in (7, 1, 30, 12)]
+    return [
+        rng.normal(-4 + np.arange(20)[:, None] * 0.1, 1.5, size=(20, n)).astype(np.float32)
+        for n in (7, 1, 30, 12)
+    ]
 
 
 def test_streamed_statistics_equal_the_statistics_of_all_frames():

@@ -15,9 +15,18 @@ from wavedistill.data.features import log_mel
 from wavedistill.data.pitch import f0_labels, frame_centres
 
 SR, HOP = 16000, 64
-CFG = config_from_dict({"audio": {"sample_rate": SR, "n_fft": 256, "hop_length": HOP,
-                                  "win_length": 256, "n_mels": 20},
-                        "data": {"segment_length": 1024}})
+CFG = config_from_dict(
+    {
+        "audio": {
+            "sample_rate": SR,
+            "n_fft": 256,
+            "hop_length": HOP,
+            "win_length": 256,
+            "n_mels": 20,
+        },
+        "data": {"segment_length": 1024},
+    }
+)
 
 
 def tone(f0: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -71,8 +80,7 @@ def test_one_label_per_mel_frame_centred_where_the_frame_is(clip, centre):
     cfg = dataclasses.replace(CFG.audio, frame_center=centre)
     mel = log_mel(torch.from_numpy(audio), cfg)
     assert f0_labels(audio, cfg, CFG.data).shape == (mel.shape[-1],)
-    assert frame_centres(3, cfg).tolist() == ([0, 64, 128] if centre == "start"
-                                               else [32, 96, 160])
+    assert frame_centres(3, cfg).tolist() == ([0, 64, 128] if centre == "start" else [32, 96, 160])
 
 
 def test_a_pitch_change_moves_the_labels_at_the_frame_where_it_happens():
@@ -96,9 +104,16 @@ def test_preprocess_writes_labels_and_batches_carry_them(tmp_path, make_wav):
         make_wav(tmp_path / "wavs" / f"c{i}.wav", seconds=0.3, seed=i, frequency=180.0 + 40 * i)
     from tests.conftest import TINY_CONFIG
 
-    cfg = load_config(None, [f"audio.{k}={v}" for k, v in TINY_CONFIG["audio"].items()]
-                      + ["data.segment_length=1024", "data.valid_fraction=0",
-                         "data.valid_min=0", "data.pitch=true"])
+    cfg = load_config(
+        None,
+        [f"audio.{k}={v}" for k, v in TINY_CONFIG["audio"].items()]
+        + [
+            "data.segment_length=1024",
+            "data.valid_fraction=0",
+            "data.valid_min=0",
+            "data.pitch=true",
+        ],
+    )
     report = preprocess(cfg, tmp_path / "wavs", tmp_path / "data")
     assert report.exit_code == 0
     dataset = SegmentDataset(tmp_path / "data", "train", cfg)
@@ -113,16 +128,18 @@ def test_preprocess_writes_labels_and_batches_carry_them(tmp_path, make_wav):
     entry = dataset.entries[0]
     full = np.load(tmp_path / "data" / entry["f0"])
     assert full.dtype == np.float32 and full.shape == (entry["frames"],)
-    assert math.isclose(float(np.median(full[full > 0])), 180.0, rel_tol=0.03) or \
-        math.isclose(float(np.median(full[full > 0])), 220.0, rel_tol=0.03)
+    assert math.isclose(float(np.median(full[full > 0])), 180.0, rel_tol=0.03) or math.isclose(
+        float(np.median(full[full > 0])), 220.0, rel_tol=0.03
+    )
 
 
 def test_a_teacher_with_an_excitation_refuses_a_folder_without_labels(tiny_dataset, tiny_config):
     from wavedistill.errors import UserError
     from wavedistill.training.runs import train_teacher
 
-    cfg = dataclasses.replace(tiny_config, teacher=dataclasses.replace(tiny_config.teacher,
-                                                                       source="harmonic"))
+    cfg = dataclasses.replace(
+        tiny_config, teacher=dataclasses.replace(tiny_config.teacher, source="harmonic")
+    )
     with pytest.raises(UserError, match="data.pitch=true") as info:
         train_teacher(cfg, tiny_dataset, tiny_dataset.parent / "run")
     assert "\n" not in str(info.value)

@@ -66,19 +66,32 @@ def _rejected(out: Path) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines)
 
 
-def test_bad_inputs_are_converted_or_rejected_one_line_each(bad_corpus, config_file, tmp_path,
-                                                            caplog):
+def test_bad_inputs_are_converted_or_rejected_one_line_each(
+    bad_corpus, config_file, tmp_path, caplog
+):
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        code = main(["preprocess", "--data", str(bad_corpus), "--out", str(out),
-                     "--config", str(config_file)])
+        code = main(
+            [
+                "preprocess",
+                "--data",
+                str(bad_corpus),
+                "--out",
+                str(out),
+                "--config",
+                str(config_file),
+            ]
+        )
     assert code == 0
     rejected = _rejected(out)
     assert set(rejected) == {str(bad_corpus / name) for name in REJECTED}
     for name, reason in REJECTED.items():
         assert reason in rejected[str(bad_corpus / name)]
-    ids = {json.loads(line)["id"] for split in ("train", "valid")
-           for line in (out / f"{split}.jsonl").read_text().splitlines()}
+    ids = {
+        json.loads(line)["id"]
+        for split in ("train", "valid")
+        for line in (out / f"{split}.jsonl").read_text().splitlines()
+    }
     assert ids == ACCEPTED
     assert "7 file(s) rejected" in caplog.text
     assert "1 file(s): 2 channels mixed down to mono (mean)" in caplog.text
@@ -102,8 +115,10 @@ def test_nothing_usable_exits_1(tmp_path, config_file):
     (root / "a.wav").write_text("text")
     sf.write(root / "b.wav", np.zeros(4000, np.int16), 16000)
     out = tmp_path / "out"
-    assert main(["preprocess", "--data", str(root), "--out", str(out),
-                 "--config", str(config_file)]) == 1
+    assert (
+        main(["preprocess", "--data", str(root), "--out", str(out), "--config", str(config_file)])
+        == 1
+    )
     assert len(_rejected(out)) == 2
     assert not (out / "train.jsonl").exists()
 
@@ -118,8 +133,15 @@ def test_missing_data_folder_is_one_line_on_stderr_and_exit_2(tmp_path, capsys):
 
 def test_dataset_folder_has_the_documented_layout(tiny_dataset, tiny_config):
     assert {p.name for p in tiny_dataset.iterdir()} == {
-        "config.yaml", "stats.npz", "speakers.json", "train.jsonl", "valid.jsonl", "audio", "mel",
-        "rejected.txt"}
+        "config.yaml",
+        "stats.npz",
+        "speakers.json",
+        "train.jsonl",
+        "valid.jsonl",
+        "audio",
+        "mel",
+        "rejected.txt",
+    }
     assert load_config(tiny_dataset / "config.yaml") == tiny_config
     assert json.loads((tiny_dataset / "speakers.json").read_text()) == {"default": 0}
     hop = tiny_config.audio.hop_length
@@ -172,8 +194,11 @@ def test_vctk_speakers_get_sorted_integer_ids(tmp_path, make_wav, tiny_config):
     tiny_config.data.format = "vctk"
     preprocess(tiny_config, tmp_path / "VCTK", tmp_path / "out")
     assert json.loads((tmp_path / "out" / "speakers.json").read_text()) == {"p225": 0, "p229": 1}
-    entries = [json.loads(x) for s in ("train", "valid")
-               for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(x)
+        for s in ("train", "valid")
+        for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()
+    ]
     assert {e["id"]: e["speaker"] for e in entries}["p229_001"] == 1
 
 
@@ -184,8 +209,22 @@ def test_ljspeech_through_the_cli(tmp_path, make_wav, config_file):
     for uid in ("LJ001-0001", "LJ001-0002"):
         make_wav(root / "wavs" / f"{uid}.wav", 0.2, sr=22050)
     out = tmp_path / "out"
-    assert main(["preprocess", "--format", "ljspeech", "--data", str(root), "--out", str(out),
-                 "--config", str(config_file)]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--format",
+                "ljspeech",
+                "--data",
+                str(root),
+                "--out",
+                str(out),
+                "--config",
+                str(config_file),
+            ]
+        )
+        == 0
+    )
     assert list(_rejected(out)) == [str(root / "wavs" / "LJ001-0003.wav")]
 
 
@@ -202,8 +241,9 @@ def test_worker_processes_write_the_same_dataset(tiny_corpus, tiny_config, tmp_p
     parallel = preprocess(tiny_config, tiny_corpus, tmp_path / "parallel")
     assert (parallel.written, parallel.train) == (serial.written, serial.train)
     for name in ("train.jsonl", "valid.jsonl"):
-        assert ((tmp_path / "serial" / name).read_text().replace("serial", "parallel")
-                == (tmp_path / "parallel" / name).read_text())
+        assert (tmp_path / "serial" / name).read_text().replace("serial", "parallel") == (
+            tmp_path / "parallel" / name
+        ).read_text()
     for path in (tmp_path / "serial" / "mel").iterdir():
         assert np.array_equal(np.load(path), np.load(tmp_path / "parallel" / "mel" / path.name))
 
@@ -211,8 +251,9 @@ def test_worker_processes_write_the_same_dataset(tiny_corpus, tiny_config, tmp_p
 # -- external mels (fine-tuning on an acoustic model's predictions) ---------------------------
 
 
-def _external_mels(corpus: Path, cfg, folder: Path, shift: dict[str, int] | None = None,
-                   transpose: bool = False) -> dict[str, np.ndarray]:
+def _external_mels(
+    corpus: Path, cfg, folder: Path, shift: dict[str, int] | None = None, transpose: bool = False
+) -> dict[str, np.ndarray]:
     """A stand-in for an acoustic model's teacher-forced predictions: each clip's own log-mel
     plus an offset (so it differs from what preprocess computes), with ``shift[id]`` frames
     added (> 0, repeating the last) or removed (< 0). Written as ``folder/<id>.npy``."""
@@ -247,19 +288,24 @@ def test_external_mels_replace_the_computed_ones(tiny_corpus, tiny_config, tmp_p
             assert entry["mel_source"].endswith(f"{entry['id']}.npy")
 
 
-def test_a_difference_of_up_to_two_frames_is_trimmed_and_said(tiny_corpus, tiny_config,
-                                                               tmp_path):
+def test_a_difference_of_up_to_two_frames_is_trimmed_and_said(tiny_corpus, tiny_config, tmp_path):
     shift = {"clip0": 2, "clip1": -1, "clip2": -2}
     mels = _external_mels(tiny_corpus, tiny_config, tmp_path / "pred", shift, transpose=True)
     out = tmp_path / "data"
-    report = preprocess(tiny_config, tiny_corpus, out, mel_dir=tmp_path / "pred",
-                        mel_layout="frames,n_mels")
+    report = preprocess(
+        tiny_config, tiny_corpus, out, mel_dir=tmp_path / "pred", mel_layout="frames,n_mels"
+    )
     assert not report.rejected
     said = {k: v for k, v in report.conversions.items() if "trimmed" in k}
-    assert said == {"external mel and audio differ by 1-2 frames: mel trimmed": 1,
-                    "external mel and audio differ by 1-2 frames: audio trimmed": 2}
-    entries = {e["id"]: e for s in ("train", "valid")
-               for e in map(json.loads, (out / f"{s}.jsonl").read_text().splitlines())}
+    assert said == {
+        "external mel and audio differ by 1-2 frames: mel trimmed": 1,
+        "external mel and audio differ by 1-2 frames: audio trimmed": 2,
+    }
+    entries = {
+        e["id"]: e
+        for s in ("train", "valid")
+        for e in map(json.loads, (out / f"{s}.jsonl").read_text().splitlines())
+    }
     for uid, extra in shift.items():
         frames = mels[uid].shape[1] - max(extra, 0)  # the shorter side decides
         assert entries[uid]["frames"] == frames
@@ -268,7 +314,8 @@ def test_a_difference_of_up_to_two_frames_is_trimmed_and_said(tiny_corpus, tiny_
 
 
 def test_a_larger_frame_difference_or_a_missing_mel_is_refused_naming_the_file(
-        tiny_corpus, tiny_config, tmp_path):
+    tiny_corpus, tiny_config, tmp_path
+):
     _external_mels(tiny_corpus, tiny_config, tmp_path / "pred", {"clip3": 3})
     (tmp_path / "pred" / "clip4.npy").unlink()
     report = preprocess(tiny_config, tiny_corpus, tmp_path / "data", mel_dir=tmp_path / "pred")
@@ -286,23 +333,74 @@ def test_external_mels_in_another_convention_are_refused(tiny_corpus, tiny_confi
     assert len(report.rejected) == 1 and "clip0.npy: values down to" in report.rejected[0]
 
 
-def test_fine_tuning_on_external_mels_through_the_cli(tiny_corpus, tmp_path, config_file,
-                                                      capsys):
+def test_fine_tuning_on_external_mels_through_the_cli(tiny_corpus, tmp_path, config_file, capsys):
     """preprocess --mel-dir, then train-teacher --init-from a trained teacher: the run starts
     from its weights and trains on the external mels."""
     from wavedistill.store.checkpoint import load_checkpoint
 
     cfg = load_config(config_file)
     _external_mels(tiny_corpus, cfg, tmp_path / "pred")
-    assert main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "plain"),
-                 "--config", str(config_file)]) == 0
-    assert main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "ft"),
-                 "--config", str(config_file), "--mel-dir", str(tmp_path / "pred")]) == 0
-    assert main(["train-teacher", "--data", str(tmp_path / "plain"), "--out",
-                 str(tmp_path / "base"), "--config", str(config_file)]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--data",
+                str(tiny_corpus),
+                "--out",
+                str(tmp_path / "plain"),
+                "--config",
+                str(config_file),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "preprocess",
+                "--data",
+                str(tiny_corpus),
+                "--out",
+                str(tmp_path / "ft"),
+                "--config",
+                str(config_file),
+                "--mel-dir",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--data",
+                str(tmp_path / "plain"),
+                "--out",
+                str(tmp_path / "base"),
+                "--config",
+                str(config_file),
+            ]
+        )
+        == 0
+    )
     base = tmp_path / "base" / "checkpoints" / "best.pt"
-    assert main(["train-teacher", "--data", str(tmp_path / "ft"), "--out", str(tmp_path / "tuned"),
-                 "--config", str(config_file), "--init-from", str(base)]) == 0
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--data",
+                str(tmp_path / "ft"),
+                "--out",
+                str(tmp_path / "tuned"),
+                "--config",
+                str(config_file),
+                "--init-from",
+                str(base),
+            ]
+        )
+        == 0
+    )
     tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "best.pt")
     assert tuned["step"] == 2
     # the fine-tuned run's statistics are those of the external mels, not the recomputed ones
@@ -313,7 +411,16 @@ def test_fine_tuning_on_external_mels_through_the_cli(tiny_corpus, tmp_path, con
 
 
 def test_mel_dir_that_does_not_exist_is_one_line_and_exit_2(tiny_corpus, tmp_path, capsys):
-    code = main(["preprocess", "--data", str(tiny_corpus), "--out", str(tmp_path / "o"),
-                 "--mel-dir", str(tmp_path / "nope")])
+    code = main(
+        [
+            "preprocess",
+            "--data",
+            str(tiny_corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--mel-dir",
+            str(tmp_path / "nope"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--mel-dir" in err[0] and "nope" in err[0]

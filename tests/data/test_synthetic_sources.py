@@ -34,8 +34,9 @@ def innovations(x, source):
     """Residuals x_t - sum_i a_i(t) x_{t-i} for t >= p, by a plain loop."""
     a, _ = source.per_sample(len(x))
     p = source.order
-    return np.array([x[t] - sum(a[t, i] * x[t - 1 - i] for i in range(p))
-                     for t in range(p, len(x))])
+    return np.array(
+        [x[t] - sum(a[t, i] * x[t - 1 - i] for i in range(p)) for t in range(p, len(x))]
+    )
 
 
 def test_poles_give_a_stable_filter_with_those_roots():
@@ -78,7 +79,7 @@ def test_time_varying_path_log_density_equals_the_multivariate_normal_of_its_lin
     a, scale = source.per_sample(T)
     L = np.eye(T)
     for t in range(p, T):
-        L[t, t - p:t] = -a[t][::-1]
+        L[t, t - p : t] = -a[t][::-1]
     D = np.zeros((T, T))
     D[:p, :p] = stationary_covariance(a[0], scale[0], p)
     D[p:, p:] = np.diag(scale[p:] ** 2)
@@ -93,8 +94,11 @@ def test_logistic_innovation_density_and_entropy_are_the_logistic_ones():
     source = stationary_source("logistic", 16000, 200)
     s = source.scales[0]
     e = np.linspace(-0.2, 0.2, 11)
-    np.testing.assert_allclose(source.innovation_log_density(e, np.full(11, s)),
-                               stats.logistic(scale=s).logpdf(e), rtol=1e-12)
+    np.testing.assert_allclose(
+        source.innovation_log_density(e, np.full(11, s)),
+        stats.logistic(scale=s).logpdf(e),
+        rtol=1e-12,
+    )
     assert source.entropy_rate(100) == pytest.approx(stats.logistic(scale=s).entropy(), rel=1e-12)
 
 
@@ -138,8 +142,9 @@ def test_conditioned_folder_is_a_dataset_whose_source_json_recomputes_the_truth(
         uid = clip["id"]
         source = load_sources(out)[uid]
         assert isinstance(source, ARSource)
-        np.testing.assert_allclose(np.load(out / "mel" / f"{uid}.npy"),
-                                   encode_control(np.array(clip["control"])))
+        np.testing.assert_allclose(
+            np.load(out / "mel" / f"{uid}.npy"), encode_control(np.array(clip["control"]))
+        )
         # The 16-bit file scores as the float path plus log(bin width) per sample, and its
         # per-sample NLL is close to the stated 16-bit entropy rate.
         x = dequantize_16bit(np.load(out / "audio" / f"{uid}.npy")).astype(np.float64)
@@ -169,8 +174,21 @@ def test_same_seed_same_folder_and_bad_requests_are_user_errors(tmp_path):
 
 
 def test_make_synthetic_command_writes_the_folder(tmp_path, capsys):
-    rc = main(["make-synthetic", "--kind", "ar", "--out", str(tmp_path / "o"),
-               "--seconds", "0.5", "--clips", "2", "--seed", "1"])
+    rc = main(
+        [
+            "make-synthetic",
+            "--kind",
+            "ar",
+            "--out",
+            str(tmp_path / "o"),
+            "--seconds",
+            "0.5",
+            "--clips",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "o" / "source.json").exists()
     assert len(list((tmp_path / "o" / "wav").glob("*.wav"))) == 2

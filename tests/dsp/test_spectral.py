@@ -18,6 +18,7 @@ def stft_magnitude(x: torch.Tensor, n_fft: int, hop: int, win_length: int) -> to
     checked against."""
     return stft(x, n_fft, hop, win_length).abs()
 
+
 RESOLUTIONS = ([128, 256, 64], [32, 64, 16], [96, 256, 48])
 
 
@@ -35,10 +36,12 @@ def brute_force_magnitude(x: np.ndarray, n_fft: int, hop: int, win: int) -> np.n
     window = np.zeros(n_fft)
     n = np.arange(win)
     start = (n_fft - win) // 2
-    window[start:start + win] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win)
+    window[start : start + win] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win)
     frames = 1 + (len(padded) - n_fft) // hop
-    return np.stack([np.abs(np.fft.rfft(padded[f * hop:f * hop + n_fft] * window))
-                     for f in range(frames)], axis=1)
+    return np.stack(
+        [np.abs(np.fft.rfft(padded[f * hop : f * hop + n_fft] * window)) for f in range(frames)],
+        axis=1,
+    )
 
 
 @pytest.mark.parametrize("n_fft,hop,win", [(128, 32, 96), (64, 16, 64)])
@@ -82,8 +85,12 @@ def test_multi_resolution_is_the_mean_of_single_resolutions(noise):
         expected = np.mean([float(s.distances(other, noise)[name]) for s in singles])
         assert float(value) == pytest.approx(expected, rel=1e-12)
     assert float(multi(other, noise)) == pytest.approx(
-        float(multi.distances(other, noise)["spectral_convergence"]
-              + multi.distances(other, noise)["log_magnitude"]), rel=1e-12)
+        float(
+            multi.distances(other, noise)["spectral_convergence"]
+            + multi.distances(other, noise)["log_magnitude"]
+        ),
+        rel=1e-12,
+    )
 
 
 def test_power_loss_gradient_is_finite_at_silence(noise):

@@ -68,7 +68,8 @@ def test_loudness_difference_of_a_gain_is_its_decibels(speech):
 def test_log_spectral_distance_of_a_gain_is_its_decibels(speech, cfg):
     # Every bin differs by exactly 20 log10(g) dB while no bin hits the power floor.
     assert metrics.log_spectral_distance(speech, 0.5 * speech, cfg.audio) == pytest.approx(
-        20 * math.log10(2.0), rel=1e-6)
+        20 * math.log10(2.0), rel=1e-6
+    )
 
 
 def test_log_spectral_distance_matches_a_numpy_brute_force(speech, cfg):
@@ -81,10 +82,10 @@ def test_log_spectral_distance_matches_a_numpy_brute_force(speech, cfg):
         window = np.zeros(a.n_fft)
         start = (a.n_fft - a.win_length) // 2
         n = np.arange(a.win_length)
-        window[start:start + a.win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / a.win_length)
+        window[start : start + a.win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / a.win_length)
         rows = []
         for f in range(n_frames):
-            frame = padded[f * a.hop_length: f * a.hop_length + a.n_fft] * window
+            frame = padded[f * a.hop_length : f * a.hop_length + a.n_fft] * window
             power = np.abs(np.fft.rfft(frame)) ** 2
             rows.append(10 * np.log10(np.maximum(power, metrics.POWER_FLOOR)))
         return np.array(rows)
@@ -103,12 +104,15 @@ def test_digital_silence_has_the_floor_level_and_finite_distances(cfg):
 
 def test_the_metrics_know_no_training_objective():
     # signal code is a leaf: the objective uses the loudness measure, never the other way round
-    code = ("import sys, numpy as np, wavedistill.evaluation.metrics as m; x = np.full(64, 0.1); "
-            "m.level_db(x); m.loudness_difference_db(x, x); "
-            "print('wavedistill.objectives.distillation' in sys.modules)")
+    code = (
+        "import sys, numpy as np, wavedistill.evaluation.metrics as m; x = np.full(64, 0.1); "
+        "m.level_db(x); m.loudness_difference_db(x, x); "
+        "print('wavedistill.objectives.distillation' in sys.modules)"
+    )
     root = Path(metrics.__file__).resolve().parents[2]  # the package under test comes first
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=root)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
     assert result.stdout.strip() == "False"
 
 
@@ -131,8 +135,9 @@ def test_a_clip_too_short_for_the_stft_is_not_applicable(cfg):
 def test_mcd_is_zero_for_identical_clips_and_grows_with_noise(speech, cfg):
     pytest.importorskip("pysptk")
     assert metrics.mel_cepstral_distortion(speech, speech, cfg.audio) == 0.0
-    mcd = [metrics.mel_cepstral_distortion(speech, with_noise(speech, s), cfg.audio)
-           for s in SNRS_DB]
+    mcd = [
+        metrics.mel_cepstral_distortion(speech, with_noise(speech, s), cfg.audio) for s in SNRS_DB
+    ]
     assert strictly_increasing(mcd), mcd
 
 

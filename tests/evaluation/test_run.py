@@ -29,8 +29,15 @@ def write_checkpoint(path, kind, cfg, dataset):
     torch.manual_seed(0 if kind == "teacher" else 1)
     model = new_model(kind, cfg)
     stats = FeatureStats.load(dataset / "stats.npz")
-    return save_checkpoint(path, {"kind": kind, "config": config_to_dict(cfg),
-                                  "stats": stats.to_dict(), "model": model.state_dict()})
+    return save_checkpoint(
+        path,
+        {
+            "kind": kind,
+            "config": config_to_dict(cfg),
+            "stats": stats.to_dict(),
+            "model": model.state_dict(),
+        },
+    )
 
 
 @pytest.fixture
@@ -64,7 +71,8 @@ def test_teacher_report_gives_the_held_out_nll_and_figures(tmp_path, teacher_ckp
     out = tmp_path / "report"
     results = evaluate(teacher_ckpt, tiny_dataset, out, teacher_seconds=0.02)
     assert results["nll"]["bits_per_sample"] == pytest.approx(
-        direct_nll_bits(teacher_ckpt, tiny_dataset), rel=1e-5)
+        direct_nll_bits(teacher_ckpt, tiny_dataset), rel=1e-5
+    )
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["nll"]["bits_per_sample"] == results["nll"]["bits_per_sample"]
     assert "teacher" in stored["copy_synthesis"]
@@ -74,11 +82,25 @@ def test_teacher_report_gives_the_held_out_nll_and_figures(tmp_path, teacher_ckp
 
 
 def test_student_report_scores_copy_synthesis_teacher_samples_and_kl(
-        tmp_path, tiny_config, student_ckpt, teacher_ckpt, tiny_dataset):
+    tmp_path, tiny_config, student_ckpt, teacher_ckpt, tiny_dataset
+):
     out = tmp_path / "report"
-    code = main(["--quiet", "evaluate", "--checkpoint", str(student_ckpt), "--data",
-                 str(tiny_dataset), "--teacher", str(teacher_ckpt), "--out", str(out),
-                 "--teacher-seconds", "0.02"])
+    code = main(
+        [
+            "--quiet",
+            "evaluate",
+            "--checkpoint",
+            str(student_ckpt),
+            "--data",
+            str(tiny_dataset),
+            "--teacher",
+            str(teacher_ckpt),
+            "--out",
+            str(out),
+            "--teacher-seconds",
+            "0.02",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "metrics.json").read_text())
     clips = [e["id"] for e in read_jsonl(tiny_dataset / "valid.jsonl")]
@@ -88,7 +110,8 @@ def test_student_report_scores_copy_synthesis_teacher_samples_and_kl(
         assert set(scored["clips"]) == set(clips)
         for metric in ("stft_distance", "log_spectral_distance", "loudness_difference"):
             assert isinstance(scored["mean"][metric], float) and math.isfinite(
-                scored["mean"][metric]), (name, metric)
+                scored["mean"][metric]
+            ), (name, metric)
         for metric in ("mcd", "pesq_wb", "stoi"):
             assert metric in scored["mean"]
     assert math.isfinite(results["kl"]["nats_per_sample"])
@@ -110,14 +133,21 @@ def add_silent_clip(dataset, cfg):
     np.save(dataset / "audio" / "silent.npy", np.zeros(frames * hop, dtype=np.int16))
     mel = np.full((cfg.audio.n_mels, frames), math.log(cfg.audio.log_floor), dtype=np.float32)
     np.save(dataset / "mel" / "silent.npy", mel)
-    entry = {"id": "silent", "audio": "audio/silent.npy", "mel": "mel/silent.npy", "speaker": 0,
-             "samples": frames * hop, "frames": frames}
+    entry = {
+        "id": "silent",
+        "audio": "audio/silent.npy",
+        "mel": "mel/silent.npy",
+        "speaker": 0,
+        "samples": frames * hop,
+        "frames": frames,
+    }
     with open(dataset / "valid.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
-def test_a_silent_clip_is_scored_with_reasons_not_errors(tmp_path, tiny_config, student_ckpt,
-                                                           tiny_dataset):
+def test_a_silent_clip_is_scored_with_reasons_not_errors(
+    tmp_path, tiny_config, student_ckpt, tiny_dataset
+):
     add_silent_clip(tiny_dataset, tiny_config)
     results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", max_clips=10)
     scored = results["copy_synthesis"]["student"]
@@ -132,22 +162,27 @@ def test_a_silent_clip_is_scored_with_reasons_not_errors(tmp_path, tiny_config, 
         assert scored["mean"]["pesq_wb"] == pytest.approx(np.mean([c["pesq_wb"] for c in others]))
 
 
-def test_features_that_differ_from_the_checkpoint_are_refused(tmp_path, tiny_config,
-                                                              tiny_dataset):
+def test_features_that_differ_from_the_checkpoint_are_refused(tmp_path, tiny_config, tiny_dataset):
     cfg = make_tiny_config(audio={"n_mels": tiny_config.audio.n_mels + 4})
     other = config_to_dict(cfg)
     ckpt = tmp_path / "other.pt"
     torch.manual_seed(0)
     model = new_model("teacher", cfg)
     n = other["audio"]["n_mels"]
-    save_checkpoint(ckpt, {"kind": "teacher", "config": other, "model": model.state_dict(),
-                           "stats": {"mean": torch.zeros(n), "std": torch.ones(n)}})
+    save_checkpoint(
+        ckpt,
+        {
+            "kind": "teacher",
+            "config": other,
+            "model": model.state_dict(),
+            "stats": {"mean": torch.zeros(n), "std": torch.ones(n)},
+        },
+    )
     with pytest.raises(UserError, match=r"audio\.n_mels"):
         evaluate(ckpt, tiny_dataset, tmp_path / "report")
 
 
-def test_teacher_option_is_refused_for_a_teacher_checkpoint(tmp_path, teacher_ckpt,
-                                                            tiny_dataset):
+def test_teacher_option_is_refused_for_a_teacher_checkpoint(tmp_path, teacher_ckpt, tiny_dataset):
     with pytest.raises(UserError, match="--teacher is for students"):
         evaluate(teacher_ckpt, tiny_dataset, tmp_path / "report", teacher=teacher_ckpt)
 
@@ -181,20 +216,33 @@ def test_the_verdict_names_the_metrics_on_each_side():
     from wavedistill.evaluation.report import against_baseline, verdict
 
     def row(**means):
-        full = {"stft_distance": "n/a", "log_spectral_distance": "n/a",
-                "loudness_difference": "n/a", "mcd": "n/a", "pesq_wb": "n/a", "stoi": "n/a"}
+        full = {
+            "stft_distance": "n/a",
+            "log_spectral_distance": "n/a",
+            "loudness_difference": "n/a",
+            "mcd": "n/a",
+            "pesq_wb": "n/a",
+            "stoi": "n/a",
+        }
         return {"mean": {**full, **means}}
 
-    samples = {"student": row(stft_distance=0.8, log_spectral_distance=7.0,
-                              loudness_difference=-0.2, stoi=0.9),
-               "griffin_lim": row(stft_distance=0.9, log_spectral_distance=6.0,
-                                  loudness_difference=0.5, stoi=0.95)}
+    samples = {
+        "student": row(
+            stft_distance=0.8, log_spectral_distance=7.0, loudness_difference=-0.2, stoi=0.9
+        ),
+        "griffin_lim": row(
+            stft_distance=0.9, log_spectral_distance=6.0, loudness_difference=0.5, stoi=0.95
+        ),
+    }
     result = against_baseline(samples, "student")
-    assert result == {"beats": ["stft_distance", "loudness_difference"],
-                      "loses": ["log_spectral_distance", "stoi"]}
+    assert result == {
+        "beats": ["stft_distance", "loudness_difference"],
+        "loses": ["log_spectral_distance", "stoi"],
+    }
     sentence = verdict(samples)
-    assert sentence.startswith("The student beats Griffin-Lim on stft_distance, "
-                               "loudness_difference;")
+    assert sentence.startswith(
+        "The student beats Griffin-Lim on stft_distance, loudness_difference;"
+    )
     assert verdict({"student": samples["student"]}) is None
 
 
@@ -203,8 +251,10 @@ def test_the_teacher_curve_is_drawn_from_its_run_history(tmp_path, teacher_ckpt,
     (run / "checkpoints").mkdir(parents=True)
     ckpt = run / "checkpoints" / "best.pt"
     ckpt.write_bytes(teacher_ckpt.read_bytes())
-    lines = [{"step": 0, "minutes": 0.0, "nll_bits": 17.0}, {"step": 10, "minutes": 0.1,
-                                                             "nll_bits": 12.0}]
+    lines = [
+        {"step": 0, "minutes": 0.0, "nll_bits": 17.0},
+        {"step": 10, "minutes": 0.1, "nll_bits": 12.0},
+    ]
     (run / "validation.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "report"
     results = evaluate(ckpt, tiny_dataset, out, teacher_seconds=0.02, griffin_lim_iters=0)
@@ -212,15 +262,25 @@ def test_the_teacher_curve_is_drawn_from_its_run_history(tmp_path, teacher_ckpt,
     assert (out / "figures" / "teacher_nll.png").read_bytes()[:8] == PNG_MAGIC
     assert "figures/teacher_nll.png" in (out / "report.md").read_text()
     # no history beside the checkpoint: no curve, no error
-    assert evaluate(teacher_ckpt, tiny_dataset, tmp_path / "r2", teacher_seconds=0.02,
-                    griffin_lim_iters=0).get("nll_curve") is None
+    assert (
+        evaluate(
+            teacher_ckpt, tiny_dataset, tmp_path / "r2", teacher_seconds=0.02, griffin_lim_iters=0
+        ).get("nll_curve")
+        is None
+    )
 
 
-def test_split_all_scores_every_utterance_of_an_unseen_corpus(tmp_path, student_ckpt,
-                                                              tiny_dataset):
-    everyone = [e["id"] for split in ("train", "valid")
-                for e in read_jsonl(tiny_dataset / f"{split}.jsonl")]
-    results = evaluate(student_ckpt, tiny_dataset, tmp_path / "report", max_clips=100,
-                       griffin_lim_iters=0, split="all")
+def test_split_all_scores_every_utterance_of_an_unseen_corpus(tmp_path, student_ckpt, tiny_dataset):
+    everyone = [
+        e["id"] for split in ("train", "valid") for e in read_jsonl(tiny_dataset / f"{split}.jsonl")
+    ]
+    results = evaluate(
+        student_ckpt,
+        tiny_dataset,
+        tmp_path / "report",
+        max_clips=100,
+        griffin_lim_iters=0,
+        split="all",
+    )
     assert sorted(results["copy_synthesis"]["student"]["clips"]) == sorted(everyone)
     assert "whole folder" in (tmp_path / "report" / "report.md").read_text()

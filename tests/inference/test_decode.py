@@ -28,8 +28,9 @@ def synth() -> Synthesizer:
 
 def clip(path, frames: int, seed: int = 0, **kwargs):
     """A clip of ``frames`` whole frames of the shipped models (hop 200 at 16 kHz)."""
-    return write_clip(path, seconds=frames * HOP / SR, seed=seed,
-                      frequency=150.0 + 40.0 * seed, **kwargs)
+    return write_clip(
+        path, seconds=frames * HOP / SR, seed=seed, frequency=150.0 + 40.0 * seed, **kwargs
+    )
 
 
 def saved_features(synth: Synthesizer, wav, path) -> None:
@@ -83,8 +84,7 @@ def test_a_folder_is_decoded_file_by_file_and_a_corrupt_input_skipped(synth, tmp
     (corpus / "bad.wav").write_bytes(b"RIFF\x00\x00not a wave file")
     (corpus / "notes.txt").write_text("not an input")
 
-    code, stdout, stderr = run(capsys, "--input-dir", corpus, "--output", out,
-                               "--batch-size", 2)
+    code, stdout, stderr = run(capsys, "--input-dir", corpus, "--output", out, "--batch-size", 2)
     assert code == 1
     skipped = [line for line in stderr.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 1 and skipped[0].startswith("skipped bad:") and "bad.wav" in skipped[0]
@@ -92,8 +92,11 @@ def test_a_folder_is_decoded_file_by_file_and_a_corrupt_input_skipped(synth, tmp
     assert "wrote 3 file(s)" in summary and "skipped 1" in summary
     assert "real-time factor" in summary
     assert wavs(out) == {"a.wav", "sub/b.wav", "sub/deeper/c.wav"}
-    assert [len(pcm(out / n)) for n in ("a.wav", "sub/b.wav", "sub/deeper/c.wav")] == \
-        [16 * HOP, 24 * HOP, 20 * HOP]
+    assert [len(pcm(out / n)) for n in ("a.wav", "sub/b.wav", "sub/deeper/c.wav")] == [
+        16 * HOP,
+        24 * HOP,
+        20 * HOP,
+    ]
     # saved features give the audio of the clip they were computed from
     code, _, _ = run(capsys, "--input", source, "--output", tmp_path / "source-out.wav")
     assert code == 0
@@ -105,8 +108,9 @@ def test_batches_are_length_sorted(tmp_path, capsys, spy):
     frames = [5, 9, 7, 12, 6, 10, 8]
     for i, n in enumerate(frames):
         clip(tmp_path / "corpus" / f"u{i}.wav", n, seed=i)
-    code, _, _ = run(capsys, "--input-dir", tmp_path / "corpus", "--output", tmp_path / "out",
-                     "--batch-size", 3)
+    code, _, _ = run(
+        capsys, "--input-dir", tmp_path / "corpus", "--output", tmp_path / "out", "--batch-size", 3
+    )
     assert code == 0 and len(wavs(tmp_path / "out")) == 7
     assert [len(lengths) for lengths, _ in spy] == [3, 3, 1]
     flat = [n for lengths, _ in spy for n in lengths]
@@ -122,13 +126,17 @@ def test_a_clip_sounds_the_same_alone_or_batched(synth, tmp_path, spy):
     for size in (1, 4):
         out = tmp_path / f"out{size}"
         spy.clear()
-        report = decode_corpus(synth, out, input_dir=tmp_path / "corpus", batch_size=size,
-                               progress=False)
+        report = decode_corpus(
+            synth, out, input_dir=tmp_path / "corpus", batch_size=size, progress=False
+        )
         assert len(report.written) == 5 and not report.skipped
         assert max(len(lengths) for lengths, _ in spy) == size
         # the same length-sorted order in both runs: clip i of one is clip i of the other
-        runs[size] = ([n for lengths, _ in spy for n in lengths],
-                      [c for _, clips in spy for c in clips], out)
+        runs[size] = (
+            [n for lengths, _ in spy for n in lengths],
+            [c for _, clips in spy for c in clips],
+            out,
+        )
     (order1, alone, out1), (order4, batched, out4) = runs[1], runs[4]
     assert order1 == order4
     worst = max(float(np.abs(a - b).max()) for a, b in zip(alone, batched, strict=True))
@@ -142,8 +150,10 @@ def test_a_clip_sounds_the_same_alone_or_batched(synth, tmp_path, spy):
 
 def test_a_kaldi_scp_is_decoded_and_a_missing_entry_skipped(synth, tmp_path, capsys):
     kaldiio = pytest.importorskip("kaldiio")
-    sources = {f"utt{i}": clip(tmp_path / "wav" / f"utt{i}.wav", n, seed=i)
-               for i, n in enumerate([7, 12, 9])}
+    sources = {
+        f"utt{i}": clip(tmp_path / "wav" / f"utt{i}.wav", n, seed=i)
+        for i, n in enumerate([7, 12, 9])
+    }
     ark, scp = tmp_path / "feats.ark", tmp_path / "feats.scp"
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
         for utt, wav in sources.items():
@@ -182,9 +192,11 @@ def test_an_espnet_scp_of_npy_files_is_decoded(synth, tmp_path, capsys):
     assert pcm(tmp_path / "out" / "u1.wav").shape == (9 * HOP,)
 
 
-@pytest.mark.parametrize("content", [b"utt_without_a_path\n",
-                                     b"u1 \x00\x00\x00B\x00\x00\xa1\xff FM \x04\x07\n"],
-                         ids=["no-path", "binary"])  # binary: an ark given for its scp
+@pytest.mark.parametrize(
+    "content",
+    [b"utt_without_a_path\n", b"u1 \x00\x00\x00B\x00\x00\xa1\xff FM \x04\x07\n"],
+    ids=["no-path", "binary"],
+)  # binary: an ark given for its scp
 def test_a_malformed_scp_is_a_one_line_error(content, tmp_path, capsys):
     scp = tmp_path / "feats.scp"
     scp.write_bytes(content)
@@ -206,21 +218,30 @@ def test_an_scp_of_only_unreadable_entries_is_an_error(tmp_path, capsys):
 
 
 REFUSALS = {  # name: (arguments, a fragment of the one line)
-    "input-and-input-dir": (["--input", "{corpus}/a.wav", "--input-dir", "{corpus}",
-                             "--output", "{out}"], "one of --input"),
-    "batch-size-negative": (["--input-dir", "{corpus}", "--batch-size", "-1",
-                             "--output", "{out}"], "--batch-size"),
-    "wav-output-for-a-folder": (["--input-dir", "{corpus}", "--output", "{out}/x.wav"],
-                                "x.wav"),
+    "input-and-input-dir": (
+        ["--input", "{corpus}/a.wav", "--input-dir", "{corpus}", "--output", "{out}"],
+        "one of --input",
+    ),
+    "batch-size-negative": (
+        ["--input-dir", "{corpus}", "--batch-size", "-1", "--output", "{out}"],
+        "--batch-size",
+    ),
+    "wav-output-for-a-folder": (["--input-dir", "{corpus}", "--output", "{out}/x.wav"], "x.wav"),
     "output-is-a-file": (["--input-dir", "{corpus}", "--output", "{corpus}/plain"], "plain"),
     "empty-folder": (["--input-dir", "{empty}", "--output", "{out}"], "empty: no .wav"),
-    "missing-folder": (["--input-dir", "{tmp}/nowhere", "--output", "{out}"],
-                       "nowhere: no such folder"),
-    "seconds-with-input-dir": (["--input-dir", "{corpus}", "--seconds", "1",
-                                "--output", "{out}"], "--seconds"),
+    "missing-folder": (
+        ["--input-dir", "{tmp}/nowhere", "--output", "{out}"],
+        "nowhere: no such folder",
+    ),
+    "seconds-with-input-dir": (
+        ["--input-dir", "{corpus}", "--seconds", "1", "--output", "{out}"],
+        "--seconds",
+    ),
     "missing-scp": (["--scp", "{tmp}/nothing.scp", "--output", "{out}"], "nothing.scp"),
-    "two-inputs-one-name": (["--input-dir", "{twins}", "--output", "{out}"],
-                            "would both be written"),
+    "two-inputs-one-name": (
+        ["--input-dir", "{twins}", "--output", "{out}"],
+        "would both be written",
+    ),
 }
 
 
@@ -231,10 +252,17 @@ def test_contradictory_requests_are_one_line_errors(case, synth, tmp_path, capsy
     (corpus / "plain").write_text("a file, not a folder")
     empty.mkdir()
     saved_features(synth, clip(twins / "a.wav", 6), twins / "a.npy")
-    args, fragment = REFUSALS.get(case) or (["--input-dir", "{corpus}", "--batch-size", "0",
-                                             "--output", "{out}"], "--batch-size")
-    paths = {"corpus": corpus, "empty": empty, "twins": twins, "tmp": tmp_path,
-             "out": tmp_path / "out"}
+    args, fragment = REFUSALS.get(case) or (
+        ["--input-dir", "{corpus}", "--batch-size", "0", "--output", "{out}"],
+        "--batch-size",
+    )
+    paths = {
+        "corpus": corpus,
+        "empty": empty,
+        "twins": twins,
+        "tmp": tmp_path,
+        "out": tmp_path / "out",
+    }
     code, stdout, stderr = run(capsys, *(a.format(**paths) for a in args))
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and fragment in lines[0], stderr

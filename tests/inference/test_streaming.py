@@ -30,7 +30,7 @@ def pieces_of(mel: torch.Tensor, sizes: list[int]):
     """``mel`` cut into chunks of the given sizes, cycled."""
     i = k = 0
     while i < mel.shape[-1]:
-        yield mel[:, i:i + sizes[k % len(sizes)]]
+        yield mel[:, i : i + sizes[k % len(sizes)]]
         i += sizes[k % len(sizes)]
         k += 1
 
@@ -73,7 +73,7 @@ def test_audio_comes_out_as_soon_as_it_is_determined(synth, mel):
     def frames():
         for f in range(CLIP_FRAMES):
             arrived[0] = f + 1
-            yield mel[:, f:f + 1]
+            yield mel[:, f : f + 1]
 
     for piece in synth.stream(frames(), seed=0):
         out.append(len(piece))
@@ -112,8 +112,20 @@ def test_chunked_files_equal_one_shot_files(tmp_path, make_wav, capsys):
     one-shot run with the same seed (to one step of the 16-bit grid)."""
     clip = make_wav(tmp_path / "clip.wav", 1.2)
     assert main(["synthesize", "--input", str(clip), "--output", str(tmp_path / "a.wav")]) == 0
-    assert main(["synthesize", "--input", str(clip), "--output", str(tmp_path / "b.wav"),
-                 "--chunk-seconds", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--input",
+                str(clip),
+                "--output",
+                str(tmp_path / "b.wav"),
+                "--chunk-seconds",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     a, _ = sf.read(tmp_path / "a.wav", dtype="int16")
     b, _ = sf.read(tmp_path / "b.wav", dtype="int16")
     assert a.shape == b.shape

@@ -24,8 +24,9 @@ def make_head(output):
 
 
 def test_build_distribution_picks_the_head_and_its_floor_from_the_config():
-    cfg = TeacherConfig(num_mixtures=5, mol_log_scale_min=-12.0, gaussian_log_scale_min=-8.0,
-                        mu_law_levels=128)
+    cfg = TeacherConfig(
+        num_mixtures=5, mol_log_scale_min=-12.0, gaussian_log_scale_min=-8.0, mu_law_levels=128
+    )
     mol = build_distribution(TeacherConfig(**{**vars(cfg), "output": "mol"}))
     gauss = build_distribution(TeacherConfig(**{**vars(cfg), "output": "gaussian"}))
     cat = build_distribution(TeacherConfig(**{**vars(cfg), "output": "categorical"}))
@@ -58,7 +59,9 @@ def test_one_step_at_a_time_equals_the_whole_sequence(output):
     torch.manual_seed(0)
     head = make_head(output)
     params, x = torch.randn(1, head.num_params, 6), torch.rand(1, 6) * 2 - 1
-    stepwise = torch.cat([head.log_prob(params[..., t:t + 1], x[:, t:t + 1]) for t in range(6)], 1)
+    stepwise = torch.cat(
+        [head.log_prob(params[..., t : t + 1], x[:, t : t + 1]) for t in range(6)], 1
+    )
     torch.testing.assert_close(stepwise, head.log_prob(params, x))
 
 
@@ -95,8 +98,9 @@ def test_categorical_float64_log_prob_is_the_float64_log_softmax():
     params = torch.randn(2, 256, 11, dtype=torch.float64)
     x = torch.rand(2, 11, dtype=torch.float64) * 2 - 1
     want = torch.log_softmax(params, 1).gather(1, mu_law_quantize(x).unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(MuLawCategorical(256).log_prob(params, x), want,
-                               rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(
+        MuLawCategorical(256).log_prob(params, x), want, rtol=1e-15, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("output", HEADS)

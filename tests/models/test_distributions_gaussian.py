@@ -65,19 +65,19 @@ def test_probabilities_over_all_65536_levels_sum_to_one():
 # neighbourhood of the midpoint-rule switch w^2 (1 + z^2) = 1e-4
 BRUTE_FORCE_CASES = [
     (0.0, -3.0, 32768),
-    (0.3, -9.0, 42598),      # the floor, bin at the mode
-    (0.3, -12.0, 42598),     # below the floor: acts as the floor
-    (0.3, -9.0, 43000),      # tail: a few hundred standard deviations out
-    (0.5, -9.0, 3000),       # far left tail: CDFs underflow
-    (-0.5, -9.0, 60000),     # far right tail: CDFs round to 1
-    (0.9, -5.0, 0),          # first bin takes the left tail
-    (-0.9, -5.0, 65535),     # last bin takes the right tail
-    (1.0, -9.0, 65535),      # last bin, mode on its centre
-    (0.2, 2.0, 100),         # wide: midpoint rule
-    (0.2, 40.0, 33000),      # absurdly wide
-    (0.0, -5.8, 32868),      # w^2 (1 + z^2) just above 1e-4: CDF difference
-    (0.0, -5.8, 32848),      # just below: midpoint rule
-    (0.0, -4.0, 32768),      # switch region near the mode
+    (0.3, -9.0, 42598),  # the floor, bin at the mode
+    (0.3, -12.0, 42598),  # below the floor: acts as the floor
+    (0.3, -9.0, 43000),  # tail: a few hundred standard deviations out
+    (0.5, -9.0, 3000),  # far left tail: CDFs underflow
+    (-0.5, -9.0, 60000),  # far right tail: CDFs round to 1
+    (0.9, -5.0, 0),  # first bin takes the left tail
+    (-0.9, -5.0, 65535),  # last bin takes the right tail
+    (1.0, -9.0, 65535),  # last bin, mode on its centre
+    (0.2, 2.0, 100),  # wide: midpoint rule
+    (0.2, 40.0, 33000),  # absurdly wide
+    (0.0, -5.8, 32868),  # w^2 (1 + z^2) just above 1e-4: CDF difference
+    (0.0, -5.8, 32848),  # just below: midpoint rule
+    (0.0, -4.0, 32768),  # switch region near the mode
     (0.0, -4.7, 32768),
 ]
 
@@ -106,12 +106,17 @@ def test_float64_parameters_are_scored_in_float64(mean, log_scale, level):
 
 def test_log_ndtr_is_exact_in_both_tails():
     mpmath.mp.dps = 50
-    z = torch.tensor([-1e4, -300.0, -38.0, -5.0, -1.0, -0.5, 0.0, 3.0, 9.0, 30.0],
-                     dtype=torch.float64)
+    z = torch.tensor(
+        [-1e4, -300.0, -38.0, -5.0, -1.0, -0.5, 0.0, 3.0, 9.0, 30.0], dtype=torch.float64
+    )
     # right of 0 through log1p(-Q(z)): Phi(30) = 1 - 5e-198 is 1 at any sane precision
-    want = torch.tensor([float(mpmath.log(mpmath.ncdf(v)) if v < 0 else
-                               mpmath.log1p(-mpmath.ncdf(-v))) for v in z.tolist()],
-                        dtype=torch.float64)
+    want = torch.tensor(
+        [
+            float(mpmath.log(mpmath.ncdf(v)) if v < 0 else mpmath.log1p(-mpmath.ncdf(-v)))
+            for v in z.tolist()
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(log_ndtr(z), want, rtol=1e-12, atol=1e-300)
 
 
@@ -157,8 +162,9 @@ def test_gaussian_kl_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
     mu_q, log_s_q = torch.tensor([0.3, -1.0, 0.0]), torch.tensor([-1.0, 0.5, -3.0])
     mu_p, log_s_p = torch.tensor([0.0, -0.2, 0.01]), torch.tensor([-0.5, 0.0, -2.0])
-    x = mu_q.double() + log_s_q.double().exp() * torch.randn(400_000, 3, generator=g,
-                                                            dtype=torch.float64)
+    x = mu_q.double() + log_s_q.double().exp() * torch.randn(
+        400_000, 3, generator=g, dtype=torch.float64
+    )
     q = torch.distributions.Normal(mu_q.double(), log_s_q.double().exp())
     p = torch.distributions.Normal(mu_p.double(), log_s_p.double().exp())
     log_ratio = q.log_prob(x) - p.log_prob(x)

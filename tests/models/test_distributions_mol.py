@@ -25,8 +25,9 @@ def all_levels_log_prob(params, num_classes, log_scale_min=FLOOR):
     T = params.shape[-1]
     levels = torch.arange(num_classes)
     x = from_level(levels, num_classes).unsqueeze(1).expand(num_classes, T)
-    return discretized_mol_log_prob(params.expand(num_classes, -1, -1), x, num_classes,
-                                    log_scale_min)
+    return discretized_mol_log_prob(
+        params.expand(num_classes, -1, -1), x, num_classes, log_scale_min
+    )
 
 
 def random_params(K, T, seed, log_scale_range=(-14.0, 0.0)):
@@ -43,7 +44,7 @@ def mp_truth(params, level, num_classes, log_scale_min=FLOOR):
     mpmath.mp.dps = 80
     K = params.shape[1] // 3
     p = params[0, :, 0].tolist()
-    logits, means, log_scales = p[:K], p[K:2 * K], p[2 * K:]
+    logits, means, log_scales = p[:K], p[K : 2 * K], p[2 * K :]
     x = mpmath.mpf(2 * level) / (num_classes - 1) - 1  # the exact level value
     h = mpmath.mpf(1) / (num_classes - 1)
     norm = sum(mpmath.exp(mpmath.mpf(v)) for v in logits)
@@ -86,18 +87,18 @@ def test_probabilities_sum_to_one_at_the_scale_floor_between_grid_points():
 
 # (logits, means, log_scales, level): edge bins, the floor, far tails, very wide components
 BRUTE_FORCE_CASES = [
-    ([0.0], [0.0], [-3.0], 32768),                 # bin near the mode
-    ([0.0], [0.3], [-14.0], 42598),                # tiny scale, bin at the mode
-    ([0.0], [0.3], [-20.0], 42597),                # below the floor: acts as the floor
-    ([0.0], [0.5], [-14.0], 3000),                 # tiny scale, far left tail: CDFs underflow
-    ([0.0], [-0.5], [-14.0], 60000),               # tiny scale, far right tail: CDFs hit 1
-    ([0.0], [0.9], [-6.0], 0),                     # first bin takes the left tail
-    ([0.0], [-0.9], [-6.0], 65535),                # last bin takes the right tail
-    ([0.0], [0.999], [-14.0], 65535),              # last bin, mode inside it
-    ([0.0], [-1.0], [-14.0], 0),                   # first bin, mode on its centre
-    ([0.0], [0.2], [4.0], 100),                    # very wide: difference below float eps
-    ([0.0], [0.2], [40.0], 33000),                 # absurdly wide: width underflows
-    ([0.0], [0.3], [-14.0], 45000),                # tiny scale, near right tail
+    ([0.0], [0.0], [-3.0], 32768),  # bin near the mode
+    ([0.0], [0.3], [-14.0], 42598),  # tiny scale, bin at the mode
+    ([0.0], [0.3], [-20.0], 42597),  # below the floor: acts as the floor
+    ([0.0], [0.5], [-14.0], 3000),  # tiny scale, far left tail: CDFs underflow
+    ([0.0], [-0.5], [-14.0], 60000),  # tiny scale, far right tail: CDFs hit 1
+    ([0.0], [0.9], [-6.0], 0),  # first bin takes the left tail
+    ([0.0], [-0.9], [-6.0], 65535),  # last bin takes the right tail
+    ([0.0], [0.999], [-14.0], 65535),  # last bin, mode inside it
+    ([0.0], [-1.0], [-14.0], 0),  # first bin, mode on its centre
+    ([0.0], [0.2], [4.0], 100),  # very wide: difference below float eps
+    ([0.0], [0.2], [40.0], 33000),  # absurdly wide: width underflows
+    ([0.0], [0.3], [-14.0], 45000),  # tiny scale, near right tail
     ([1.0, -2.0, 0.5], [-0.7, 0.1, 0.8], [-9.0, -12.0, -2.0], 39322),
     ([3.0, 0.0], [0.0, 0.0], [-14.0, -1.0], 32768),
     ([0.0, 0.0], [-0.99, 0.99], [-13.0, -13.0], 1),  # next to an edge, mass far away
@@ -158,8 +159,9 @@ def test_sample_histogram_matches_log_prob():
     n, cells = 100_000, 64
     draws = head.sample(params.expand(1, -1, n), torch.Generator().manual_seed(3))
     assert draws.shape == (1, n) and draws.abs().max() <= 1
-    counts = torch.bincount(((draws + 1) / 2 * 65535).round().long().view(-1) // 1024,
-                            minlength=cells).double()
+    counts = torch.bincount(
+        ((draws + 1) / 2 * 65535).round().long().view(-1) // 1024, minlength=cells
+    ).double()
     probs = all_levels_log_prob(params, 65536)[:, 0].double().exp().view(cells, -1).sum(1)
     expected = n * probs
     chi2 = ((counts - expected) ** 2 / expected.clamp_min(1e-9))[expected > 5].sum().item()
@@ -201,7 +203,8 @@ def test_log_density_floor_can_be_raised_by_the_caller():
     x = torch.zeros(1, 1)
     assert head.log_density(params, x).item() == pytest.approx(12.0 - 2 * math.log(2), abs=1e-5)
     assert head.log_density(params, x, log_scale_min=-7.0).item() == pytest.approx(
-        7.0 - 2 * math.log(2), abs=1e-5)
+        7.0 - 2 * math.log(2), abs=1e-5
+    )
 
 
 # -- precision in float32 and float64 against a 50-digit reference -------------------------------
@@ -232,20 +235,38 @@ def precision_fixture(K=3, N=65536):
     for _ in range(60):  # ordinary parameters
         cols.append(torch.cat([randn() * 2, rand() * 2.4 - 1.2, rand() * 14 + FLOOR]))
         levels.append(int(torch.randint(0, N, (), generator=g)))
-    for mean, log_s in [(0.9, -6.0), (-0.9, -6.0), (0.999, FLOOR), (-1.0, FLOOR),
-                        (0.5, FLOOR), (-0.5, FLOOR), (0.0, 0.5), (-0.99998, -13.5)]:
+    for mean, log_s in [
+        (0.9, -6.0),
+        (-0.9, -6.0),
+        (0.999, FLOOR),
+        (-1.0, FLOOR),
+        (0.5, FLOOR),
+        (-0.5, FLOOR),
+        (0.0, 0.5),
+        (-0.99998, -13.5),
+    ]:
         for level in (0, N - 1):  # edge bins
-            cols.append(torch.tensor([0.0, 1.0, -1.0, mean, mean + 0.3, mean - 0.3,
-                                      log_s, log_s + 1.0, log_s + 2.0], dtype=torch.float64))
+            cols.append(
+                torch.tensor(
+                    [0.0, 1.0, -1.0, mean, mean + 0.3, mean - 0.3, log_s, log_s + 1.0, log_s + 2.0],
+                    dtype=torch.float64,
+                )
+            )
             levels.append(level)
     for log_s in (-5.8, -5.78, -3.0, 0.0, 4.0):  # wide: each side of the series switch
         for level in (20000, 40000):  # in base.log1mexp, at 2h/s = 1e-2, and beyond
-            cols.append(torch.tensor([0.0, 1.0, -1.0, 0.21, 0.2, 0.4, log_s, log_s, log_s],
-                                     dtype=torch.float64))
+            cols.append(
+                torch.tensor(
+                    [0.0, 1.0, -1.0, 0.21, 0.2, 0.4, log_s, log_s, log_s], dtype=torch.float64
+                )
+            )
             levels.append(level)
     for mean in (0.3, 0.3 + 0.4 / (N - 1)):  # one bin holds nearly all the mass
-        cols.append(torch.tensor([30.0, 0.0, 0.0, mean, mean, mean, FLOOR, FLOOR, FLOOR],
-                                 dtype=torch.float64))
+        cols.append(
+            torch.tensor(
+                [30.0, 0.0, 0.0, mean, mean, mean, FLOOR, FLOOR, FLOOR], dtype=torch.float64
+            )
+        )
         levels.append(round((mean + 1) * (N - 1) / 2))
     return torch.stack(cols, dim=1).unsqueeze(0), torch.tensor(levels)
 
@@ -257,7 +278,7 @@ def mp_log_prob(column, level, N=65536, floor=FLOOR):
     lost."""
     mpmath.mp.dps = 50
     K = len(column) // 3
-    logits, means, log_scales = (column[i * K:(i + 1) * K] for i in range(3))
+    logits, means, log_scales = (column[i * K : (i + 1) * K] for i in range(3))
     x = mpmath.mpf(2 * level - (N - 1)) / (N - 1)  # the exact level value
     h = mpmath.mpf(1) / (N - 1)
     sig = lambda t: 1 / (1 + mpmath.exp(-t))  # noqa: E731
@@ -285,8 +306,10 @@ def test_log_prob_keeps_the_input_dtype_and_its_precision(dtype):
     x = (levels.double() * (2 / 65535) - 1).to(dtype).view(1, -1)
     got = discretized_mol_log_prob(params, x, 65536, FLOOR)
     assert got.dtype == dtype
-    want = torch.tensor([mp_log_prob(params[0, :, t].tolist(), int(levels[t]))
-                         for t in range(levels.numel())], dtype=torch.float64)
+    want = torch.tensor(
+        [mp_log_prob(params[0, :, t].tolist(), int(levels[t])) for t in range(levels.numel())],
+        dtype=torch.float64,
+    )
     assert want.min() < -1e6 and want.max() > -1e-6  # the fixture spans the far tails and ~0
     err = (got[0].double() - want).abs()
     # measured: float64 within 2e-15 |log p| (+1e-22 where log p ~ 0); float32 within

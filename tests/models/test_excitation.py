@@ -61,13 +61,13 @@ def test_unvoiced_frames_are_exactly_silent_away_from_the_ramps():
     out = harmonic_excitation(f0, voiced, SR, HOP, 0.0)
     # centres f * HOP: samples between the centres of frames 5 and 9 have both neighbours
     # unvoiced; frames 4 -> 5 and 9 -> 10 ramp over one hop
-    quiet = out[0, :, 5 * HOP:9 * HOP + 1]
+    quiet = out[0, :, 5 * HOP : 9 * HOP + 1]
     assert torch.equal(quiet, torch.zeros_like(quiet))
     gate = out[0, 1]
-    ramp = gate[4 * HOP:5 * HOP + 1]
+    ramp = gate[4 * HOP : 5 * HOP + 1]
     assert float(ramp[0]) == 1.0 and float(ramp[-1]) == 0.0
     assert torch.all(torch.diff(ramp) < 0)  # a ramp, not a jump
-    assert float(out[0, 0, :4 * HOP].abs().max()) > 0.05  # voiced frames carry harmonics
+    assert float(out[0, 0, : 4 * HOP].abs().max()) > 0.05  # voiced frames carry harmonics
 
 
 @pytest.mark.parametrize("f0", [310.0, 450.0, 1234.0])
@@ -123,9 +123,18 @@ def student_with_source(dtype=torch.float64, out_std=0.1, initial_scale=0.5, see
     from wavedistill.models.student import IAFStudent
 
     torch.manual_seed(seed)
-    student = IAFStudent(N_MELS, [2, 3], 4, 3, 2, "logistic", upsample_factors=[4, 4],
-                         synthesis_tile=32, initial_scale=initial_scale,
-                         excitation=voiced_source(N_MELS, 16))
+    student = IAFStudent(
+        N_MELS,
+        [2, 3],
+        4,
+        3,
+        2,
+        "logistic",
+        upsample_factors=[4, 4],
+        synthesis_tile=32,
+        initial_scale=initial_scale,
+        excitation=voiced_source(N_MELS, 16),
+    )
     for flow in student.flows:
         torch.nn.init.normal_(flow.output.weight, std=out_std)
         torch.nn.init.normal_(flow.input_conv.weight, std=1.0)  # the excitation matters
@@ -169,20 +178,34 @@ def test_spans_with_the_whole_clips_excitation_equal_one_pass(chunk_frames):
     z = student.sample_noise((2, 11 * 16), torch.Generator().manual_seed(5))
     one = student.synthesize_from_noise(z, mel)
     source = student.excitation(mel)  # its phase runs from the clip's first sample
-    spans = [student.synthesize_span(z, mel, f0, min(11, f0 + chunk_frames), source=source)
-             for f0 in range(0, 11, chunk_frames)]
+    spans = [
+        student.synthesize_span(z, mel, f0, min(11, f0 + chunk_frames), source=source)
+        for f0 in range(0, 11, chunk_frames)
+    ]
     torch.testing.assert_close(torch.cat(spans, dim=1), one, rtol=1e-5, atol=1e-5)
 
 
 def make_teacher(source: str = "harmonic", output: str = "mol"):
     from wavedistill.models.teacher import WaveNetTeacher
 
-    cfg = config_from_dict({
-        "audio": {"hop_length": 8, "n_mels": N_MELS},
-        "data": {"segment_length": 128},
-        "teacher": {"output": output, "layers": 6, "stacks": 2, "residual_channels": 4,
-                    "gate_channels": 6, "skip_channels": 5, "num_mixtures": 2,
-                    "upsample_factors": [2, 4], "source": source, "source_harmonics": 6}})
+    cfg = config_from_dict(
+        {
+            "audio": {"hop_length": 8, "n_mels": N_MELS},
+            "data": {"segment_length": 128},
+            "teacher": {
+                "output": output,
+                "layers": 6,
+                "stacks": 2,
+                "residual_channels": 4,
+                "gate_channels": 6,
+                "skip_channels": 5,
+                "num_mixtures": 2,
+                "upsample_factors": [2, 4],
+                "source": source,
+                "source_harmonics": 6,
+            },
+        }
+    )
     torch.manual_seed(0)
     teacher = WaveNetTeacher.from_config(cfg).eval()
     with torch.no_grad():
@@ -202,21 +225,24 @@ def test_the_teachers_cached_steps_equal_its_parallel_pass_with_an_excitation():
     mel = torch.randn(2, N_MELS, 10, generator=g)
     assert float(teacher.excitation(mel)[:, 0].abs().max()) > 0
     audio = teacher.distribution.sample(
-        torch.randn(2, teacher.distribution.num_params, 80, generator=g), g)
+        torch.randn(2, teacher.distribution.num_params, 80, generator=g), g
+    )
     with torch.no_grad():
         parallel = teacher(audio, mel)
-    torch.testing.assert_close(teacher_forced_params(teacher, audio, mel), parallel,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        teacher_forced_params(teacher, audio, mel), parallel, rtol=0, atol=1e-5
+    )
 
 
 def test_cached_and_naive_sampling_agree_with_an_excitation():
     from wavedistill.models.sampling import generate
 
     teacher = make_teacher().double()
-    mel = torch.randn(2, N_MELS, 6, generator=torch.Generator().manual_seed(2),
-                      dtype=torch.float64)
-    runs = [generate(teacher, mel, generator=torch.Generator().manual_seed(7), method=m)
-            for m in ("cached", "naive")]
+    mel = torch.randn(2, N_MELS, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    runs = [
+        generate(teacher, mel, generator=torch.Generator().manual_seed(7), method=m)
+        for m in ("cached", "naive")
+    ]
     assert torch.equal(runs[0], runs[1])
 
 
@@ -232,8 +258,11 @@ def test_the_student_inherits_the_teachers_predictor_frozen():
     teacher = make_teacher()
     student = student_with_source(torch.float32)
     inherit_predictor(student, teacher)
-    for (k, a), (_, b) in zip(student.excitation.predictor.state_dict().items(),
-                              teacher.excitation.predictor.state_dict().items(), strict=True):
+    for (k, a), (_, b) in zip(
+        student.excitation.predictor.state_dict().items(),
+        teacher.excitation.predictor.state_dict().items(),
+        strict=True,
+    ):
         assert torch.equal(a, b), k
     assert not any(p.requires_grad for p in student.excitation.parameters())
     with pytest.raises(UserError, match="source"):

@@ -30,7 +30,7 @@ def conditioning_at(cond: Conditioning, t: int) -> torch.Tensor:
     out = None
     if cond.frames is not None:
         f, o = divmod(t, cond.filter.shape[0])
-        out = cond.frames[:, :, f:f + 1] * cond.filter[o]
+        out = cond.frames[:, :, f : f + 1] * cond.filter[o]
     if cond.bias is not None:
         out = cond.bias if out is None else out + cond.bias
     assert out is not None, "empty conditioning"
@@ -67,8 +67,8 @@ def test_causal_conv_step_equals_batch_output():
     x = torch.randn(2, 3, 30)
     full = conv(x)
     for t in (conv.window - 1, 17, 29):
-        window = x[..., t - conv.window + 1:t + 1]
-        torch.testing.assert_close(conv_step(conv, window), full[..., t:t + 1])
+        window = x[..., t - conv.window + 1 : t + 1]
+        torch.testing.assert_close(conv_step(conv, window), full[..., t : t + 1])
 
 
 def test_dilation_cycle_doubles_and_repeats():
@@ -118,7 +118,8 @@ def test_a_frozen_module_still_counts_all_its_parameters():
 @pytest.mark.parametrize("skip_channels", [0, 3])
 @pytest.mark.parametrize("kernel_size,layers,cycle", [(2, 6, 3), (3, 4, 2), (3, 5, 5)])
 def test_stack_is_causal_and_its_receptive_field_is_the_gradient_support(
-        skip_channels, kernel_size, layers, cycle):
+    skip_channels, kernel_size, layers, cycle
+):
     torch.manual_seed(0)
     stack = WaveNetStack(4, 6, skip_channels, kernel_size, dilation_cycle(layers, cycle))
     T = stack.receptive_field + 20
@@ -165,8 +166,14 @@ def test_upsampler_frame_drives_exactly_its_hop_of_samples():
 
 def tiny_conditioner(context=1, num_speakers=0):
     torch.manual_seed(0)
-    cond = Conditioner(out_channels=12, n_mels=5, upsample_factors=[2, 3], context=context,
-                       num_speakers=num_speakers, speaker_dim=4)
+    cond = Conditioner(
+        out_channels=12,
+        n_mels=5,
+        upsample_factors=[2, 3],
+        context=context,
+        num_speakers=num_speakers,
+        speaker_dim=4,
+    )
     with torch.no_grad():
         for w in cond.upsampler.stages:
             w.normal_()
@@ -187,7 +194,7 @@ def test_conditioning_of_one_sample_equals_the_dense_conditioning():
     cond = tiny_conditioner(num_speakers=3)(torch.randn(2, 5, 4), torch.tensor([0, 2]))
     dense_all = dense(cond, 24)
     for t in (0, 5, 6, 13, 23):
-        torch.testing.assert_close(conditioning_at(cond, t), dense_all[..., t:t + 1])
+        torch.testing.assert_close(conditioning_at(cond, t), dense_all[..., t : t + 1])
     layer = cond.channels(6, 12)
     torch.testing.assert_close(dense(layer, 24), dense_all[:, 6:12])
 

@@ -72,12 +72,23 @@ def test_metrics_are_exact_on_a_known_prediction():
 def teacher_with_source():
     from wavedistill.models.teacher import WaveNetTeacher
 
-    cfg = config_from_dict({
-        "audio": {"hop_length": 8, "n_mels": N_MELS},
-        "data": {"segment_length": 64},
-        "teacher": {"layers": 2, "stacks": 1, "residual_channels": 4, "gate_channels": 6,
-                    "skip_channels": 5, "num_mixtures": 2, "upsample_factors": [2, 4],
-                    "source": "harmonic", "pitch_channels": 8}})
+    cfg = config_from_dict(
+        {
+            "audio": {"hop_length": 8, "n_mels": N_MELS},
+            "data": {"segment_length": 64},
+            "teacher": {
+                "layers": 2,
+                "stacks": 1,
+                "residual_channels": 4,
+                "gate_channels": 6,
+                "skip_channels": 5,
+                "num_mixtures": 2,
+                "upsample_factors": [2, 4],
+                "source": "harmonic",
+                "pitch_channels": 8,
+            },
+        }
+    )
     torch.manual_seed(0)
     return WaveNetTeacher.from_config(cfg)
 

@@ -18,9 +18,13 @@ HOP, N_MELS, SPEAKERS = 8, 5, 3
 
 
 @torch.inference_mode()
-def teacher_forced_params(teacher, audio: Tensor, mel: Tensor | None = None,
-                          speaker: Tensor | None = None,
-                          precision: str | None = None) -> Tensor:
+def teacher_forced_params(
+    teacher,
+    audio: Tensor,
+    mel: Tensor | None = None,
+    speaker: Tensor | None = None,
+    precision: str | None = None,
+) -> Tensor:
     """The cached path run on true previous samples: ``audio (B, T)`` -> params ``(B, P, T)``.
 
     Equals ``teacher(audio, mel, speaker)`` to float precision (``precision`` as in
@@ -34,22 +38,40 @@ def teacher_forced_params(teacher, audio: Tensor, mel: Tensor | None = None,
     x = inputs.new_zeros(B, 1, 1)
     for t in range(T):
         params, state = step(fused, state, x)
-        out[:, :, t:t + 1] = params
-        x = inputs[:, :, t:t + 1]
+        out[:, :, t : t + 1] = params
+        x = inputs[:, :, t : t + 1]
     return out
 
 
-
-def make_teacher(output: str = "mol", kernel_size: int = 3, mel: bool = True,
-                 speakers: int = 0, layers: int = 6, stacks: int = 2) -> WaveNetTeacher:
+def make_teacher(
+    output: str = "mol",
+    kernel_size: int = 3,
+    mel: bool = True,
+    speakers: int = 0,
+    layers: int = 6,
+    stacks: int = 2,
+) -> WaveNetTeacher:
     """A tiny teacher with random weights large enough that every layer matters."""
-    cfg = tiny_config({
-        "audio": {"hop_length": HOP, "n_mels": N_MELS},
-        "data": {"segment_length": 16 * HOP},
-        "teacher": {"output": output, "layers": layers, "stacks": stacks,
-                    "kernel_size": kernel_size, "residual_channels": 4, "gate_channels": 6,
-                    "skip_channels": 5, "num_mixtures": 2, "upsample_factors": [2, 4],
-                    "use_mel": mel, "num_speakers": speakers, "mu_law_levels": 16}})
+    cfg = tiny_config(
+        {
+            "audio": {"hop_length": HOP, "n_mels": N_MELS},
+            "data": {"segment_length": 16 * HOP},
+            "teacher": {
+                "output": output,
+                "layers": layers,
+                "stacks": stacks,
+                "kernel_size": kernel_size,
+                "residual_channels": 4,
+                "gate_channels": 6,
+                "skip_channels": 5,
+                "num_mixtures": 2,
+                "upsample_factors": [2, 4],
+                "use_mel": mel,
+                "num_speakers": speakers,
+                "mu_law_levels": 16,
+            },
+        }
+    )
     torch.manual_seed(0)
     teacher = WaveNetTeacher.from_config(cfg).eval()
     with torch.no_grad():
@@ -75,8 +97,9 @@ CONDITIONS = [(True, 0), (False, 0), (True, SPEAKERS), (False, SPEAKERS)]
 @pytest.mark.parametrize("output", HEADS)
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("mel,speakers", CONDITIONS)
-def test_incremental_parameters_equal_the_parallel_pass(monkeypatch, output, kernel_size, mel,
-                                                        speakers):
+def test_incremental_parameters_equal_the_parallel_pass(
+    monkeypatch, output, kernel_size, mel, speakers
+):
     monkeypatch.setattr(generation, "_MIN_STEPS_BETWEEN_SHIFTS", 16)  # compact within the clip
     teacher = make_teacher(output, kernel_size, mel, speakers)
     mel_in, speaker, audio = inputs(teacher, batch=2, frames=10)
@@ -87,36 +110,41 @@ def test_incremental_parameters_equal_the_parallel_pass(monkeypatch, output, ker
     torch.testing.assert_close(incremental, parallel, rtol=0, atol=1e-5)
 
 
-def test_history_compaction_keeps_the_result_exact_when_it_happens_every_few_steps(
-        monkeypatch):
+def test_history_compaction_keeps_the_result_exact_when_it_happens_every_few_steps(monkeypatch):
     # the fewest columns the layout allows: every layer compacts every (k - 1) d steps
     monkeypatch.setattr(generation, "_MIN_STEPS_BETWEEN_SHIFTS", 1)
     teacher = make_teacher("mol", kernel_size=3, layers=8, stacks=2)
     mel, speaker, audio = inputs(teacher, batch=1, frames=12)
     with torch.no_grad():
         parallel = teacher(audio, mel, speaker)
-    torch.testing.assert_close(teacher_forced_params(teacher, audio, mel, speaker), parallel,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        teacher_forced_params(teacher, audio, mel, speaker), parallel, rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("min_dilation", [1, 2])
 def test_past_taps_computed_in_blocks_of_d_steps_equal_the_parallel_pass(
-        monkeypatch, kernel_size, min_dilation):
+    monkeypatch, kernel_size, min_dilation
+):
     # large teachers block every wide layer; force it on a tiny one, with frequent compaction
     monkeypatch.setattr(generation, "_BLOCK_MIN_WEIGHTS", 0)
     monkeypatch.setattr(generation, "_BLOCK_MIN_DILATION", min_dilation)
     monkeypatch.setattr(generation, "_MIN_STEPS_BETWEEN_SHIFTS", 8)
     teacher = make_teacher("mol", kernel_size, speakers=SPEAKERS)
-    assert all(lw.past is not None for lw in fuse_teacher(teacher).layers
-               if lw.dilation >= min_dilation)
+    assert all(
+        lw.past is not None for lw in fuse_teacher(teacher).layers if lw.dilation >= min_dilation
+    )
     mel, speaker, audio = inputs(teacher, batch=2, frames=12)
     with torch.no_grad():
         parallel = teacher(audio, mel, speaker)
     for precision, atol in ((None, 1e-5), ("bfloat16", 0.05 * parallel.abs().max())):
         torch.testing.assert_close(
             teacher_forced_params(teacher, audio, mel, speaker, precision=precision),
-            parallel, rtol=0, atol=atol)
+            parallel,
+            rtol=0,
+            atol=atol,
+        )
 
 
 def test_clips_of_a_batch_are_independent():
@@ -124,7 +152,7 @@ def test_clips_of_a_batch_are_independent():
     mel, speaker, audio = inputs(teacher, batch=3, frames=6)
     together = teacher_forced_params(teacher, audio, mel, speaker)
     for i in range(3):
-        alone = teacher_forced_params(teacher, audio[i:i + 1], mel[i:i + 1], speaker[i:i + 1])
+        alone = teacher_forced_params(teacher, audio[i : i + 1], mel[i : i + 1], speaker[i : i + 1])
         torch.testing.assert_close(alone[0], together[i], rtol=0, atol=1e-6)
 
 
@@ -151,8 +179,10 @@ def test_cached_and_naive_sampling_draw_the_same_audio_from_one_seed(output, mel
     teacher = make_teacher(output, kernel_size=3, mel=mel, speakers=speakers).double()
     mel_in, speaker, _ = inputs(teacher, batch=2, frames=10, dtype=torch.float64)
     kwargs = dict(mel=mel_in, speaker=speaker, num_samples=None if mel else 10 * HOP, batch=2)
-    runs = [generate(teacher, generator=torch.Generator().manual_seed(7), method=m, **kwargs)
-            for m in ("cached", "naive")]
+    runs = [
+        generate(teacher, generator=torch.Generator().manual_seed(7), method=m, **kwargs)
+        for m in ("cached", "naive")
+    ]
     assert runs[0].shape == (2, 10 * HOP) and runs[0].dtype == torch.float32
     assert torch.equal(runs[0], runs[1])
     assert runs[0].abs().max() <= 1.0
@@ -162,8 +192,10 @@ def test_a_span_shorter_than_the_mel_draws_the_same_audio_both_ways():
     # 29 samples of a 10-frame mel: the naive passes still read whole frames
     teacher = make_teacher("mol").double()
     mel, _, _ = inputs(teacher, batch=2, frames=10, dtype=torch.float64)
-    runs = [generate(teacher, mel, num_samples=29, generator=torch.Generator().manual_seed(3),
-                     method=m) for m in ("cached", "naive")]
+    runs = [
+        generate(teacher, mel, num_samples=29, generator=torch.Generator().manual_seed(3), method=m)
+        for m in ("cached", "naive")
+    ]
     assert runs[0].shape == (2, 29)
     assert torch.equal(runs[0], runs[1])
 
@@ -211,14 +243,17 @@ def test_naive_window_includes_the_receptive_field_and_the_mel_context():
         assert t < f1 * hop and (f1 == 25 or (f1 - context) * hop > t)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(method="beam"), "method"),
-    (dict(num_samples=None), "num_samples"),
-    (dict(num_samples=0), "num_samples"),
-    (dict(num_samples=10, precision="float16"), "precision"),
-    (dict(num_samples=10, method="naive", precision="bfloat16"), "cached"),
-    (dict(num_samples=10, batch=0), "batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(method="beam"), "method"),
+        (dict(num_samples=None), "num_samples"),
+        (dict(num_samples=0), "num_samples"),
+        (dict(num_samples=10, precision="float16"), "precision"),
+        (dict(num_samples=10, method="naive", precision="bfloat16"), "cached"),
+        (dict(num_samples=10, batch=0), "batch"),
+    ],
+)
 def test_bad_requests_are_user_errors(kwargs, message):
     teacher = make_teacher("mol", mel=False)
     with pytest.raises(UserError, match=message):

@@ -21,15 +21,34 @@ HOP = 16
 N_MELS = 4
 
 
-def make_student(flow_layers=(2, 3), channels=4, kernel_size=3, cycle=2, noise="logistic",
-                 num_speakers=0, tile=32, dtype=torch.float32, seed=0, out_std=0.3,
-                 initial_scale=0.1) -> IAFStudent:
+def make_student(
+    flow_layers=(2, 3),
+    channels=4,
+    kernel_size=3,
+    cycle=2,
+    noise="logistic",
+    num_speakers=0,
+    tile=32,
+    dtype=torch.float32,
+    seed=0,
+    out_std=0.3,
+    initial_scale=0.1,
+) -> IAFStudent:
     """A tiny student whose flows have output weights of a trained scale (not the near-identity
     initialisation), so every dependence is visible."""
     torch.manual_seed(seed)
-    student = IAFStudent(N_MELS, list(flow_layers), channels, kernel_size, cycle, noise,
-                         upsample_factors=[4, 4], num_speakers=num_speakers,
-                         synthesis_tile=tile, initial_scale=initial_scale)
+    student = IAFStudent(
+        N_MELS,
+        list(flow_layers),
+        channels,
+        kernel_size,
+        cycle,
+        noise,
+        upsample_factors=[4, 4],
+        num_speakers=num_speakers,
+        synthesis_tile=tile,
+        initial_scale=initial_scale,
+    )
     for flow in student.flows:
         torch.nn.init.normal_(flow.output.weight, std=out_std)
     return student.to(dtype)
@@ -177,8 +196,13 @@ def test_spans_of_a_clip_equal_its_one_shot_synthesis(chunk_frames):
     mel = torch.randn(2, N_MELS, 11)
     z = student.sample_noise((2, 11 * HOP), torch.Generator().manual_seed(5))
     one_shot = student.synthesize_from_noise(z, mel)
-    chunked = torch.cat([student.synthesize_span(z, mel, f0, min(11, f0 + chunk_frames))
-                         for f0 in range(0, 11, chunk_frames)], dim=1)
+    chunked = torch.cat(
+        [
+            student.synthesize_span(z, mel, f0, min(11, f0 + chunk_frames))
+            for f0 in range(0, 11, chunk_frames)
+        ],
+        dim=1,
+    )
     assert chunked.shape == one_shot.shape == (2, 11 * HOP)
     torch.testing.assert_close(chunked, one_shot, rtol=1e-5, atol=1e-5)
 
@@ -204,14 +228,16 @@ def test_defaults_are_the_parallel_wavenet_layout():
 
 
 def test_a_fresh_student_starts_near_its_initial_scale():
-    cfg = config_from_dict({"student": {"flow_layers": [2, 2, 2], "channels": 8,
-                                        "initial_scale": 0.05}})
+    cfg = config_from_dict(
+        {"student": {"flow_layers": [2, 2, 2], "channels": 8, "initial_scale": 0.05}}
+    )
     torch.manual_seed(0)
     student = IAFStudent.from_config(cfg)
     z = student.sample_noise((1, 400))
     _, mu_tot, log_s_tot = student(z, torch.randn(1, 80, 2))
-    torch.testing.assert_close(log_s_tot, torch.full_like(log_s_tot, math.log(0.05)),
-                               atol=0.1, rtol=0)
+    torch.testing.assert_close(
+        log_s_tot, torch.full_like(log_s_tot, math.log(0.05)), atol=0.1, rtol=0
+    )
     assert mu_tot.abs().max() < 0.05
 
 
@@ -250,8 +276,7 @@ def test_bad_conditioning_is_a_user_error():
 
 # -- the fused path at scale, batched, and its weight cache --------------------------------------
 
-PARALLEL_WAVENET = {"flow_layers": (10, 10, 10, 30), "channels": 64, "cycle": 10,
-                    "out_std": 0.03}
+PARALLEL_WAVENET = {"flow_layers": (10, 10, 10, 30), "channels": 64, "cycle": 10, "out_std": 0.03}
 
 
 def fused_x(student: IAFStudent, z, mel, speaker=None) -> torch.Tensor:
@@ -262,8 +287,7 @@ def fused_x(student: IAFStudent, z, mel, speaker=None) -> torch.Tensor:
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("device_path", ["cpu", "gpu"])
-def test_fused_path_equals_forward_for_the_parallel_wavenet_layout(batch, device_path,
-                                                                   monkeypatch):
+def test_fused_path_equals_forward_for_the_parallel_wavenet_layout(batch, device_path, monkeypatch):
     # 60 layers of 64 channels with dilations up to 512: taps reach across several tiles
     # (128 steps of 16-sample frames, split by the batch) and into the left padding
     if device_path == "gpu":  # what a GPU runs: conditioning upsampled apart, addmm products
@@ -285,8 +309,8 @@ def test_a_batch_synthesises_each_clip_as_alone():
     speaker = torch.tensor([2, 0, 1, 2])
     together = student.synthesize_from_noise(z, mel, speaker)
     for i in range(4):
-        alone = student.synthesize_from_noise(z[i:i + 1], mel[i:i + 1], speaker[i:i + 1])
-        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-5, atol=1e-5)
+        alone = student.synthesize_from_noise(z[i : i + 1], mel[i : i + 1], speaker[i : i + 1])
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_a_batch_is_one_computation_not_a_loop_over_clips(monkeypatch):
@@ -294,8 +318,9 @@ def test_a_batch_is_one_computation_not_a_loop_over_clips(monkeypatch):
     student = make_student(flow_layers=(2, 3), tile=10_000)
     calls = []
     product = fused_module._linear_sigmoid
-    monkeypatch.setattr(fused_module, "_linear_sigmoid",
-                        lambda *args: calls.append(args[0].shape) or product(*args))
+    monkeypatch.setattr(
+        fused_module, "_linear_sigmoid", lambda *args: calls.append(args[0].shape) or product(*args)
+    )
     for batch in (1, 4):
         calls.clear()
         z, mel = inputs(student, batch, 5)
@@ -310,8 +335,9 @@ def test_fused_weights_are_cached_and_follow_every_parameter_change():
     flow = student.flows[0]
 
     def check():
-        torch.testing.assert_close(fused_x(student, z, mel), student(z, mel)[0],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            fused_x(student, z, mel), student(z, mel)[0], rtol=1e-5, atol=1e-5
+        )
 
     check()
     layers = fused_module._fused_layers(flow, torch.float32)

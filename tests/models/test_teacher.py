@@ -15,15 +15,34 @@ from wavedistill.objectives.likelihood import MaximumLikelihood
 HOP = 4  # upsample factors [2, 2]
 
 
-def tiny_teacher(output="mol", n_mels=3, kernel_size=2, layers=4, stacks=2, context=1,
-                 num_speakers=0, levels=16, seed=0):
+def tiny_teacher(
+    output="mol",
+    n_mels=3,
+    kernel_size=2,
+    layers=4,
+    stacks=2,
+    context=1,
+    num_speakers=0,
+    levels=16,
+    seed=0,
+):
     torch.manual_seed(seed)
     head = build_distribution(TeacherConfig(output=output, num_mixtures=2, mu_law_levels=levels))
-    model = WaveNetTeacher(head, layers=layers, stacks=stacks, kernel_size=kernel_size,
-                           residual_channels=4, gate_channels=6, skip_channels=5,
-                           n_mels=n_mels, upsample_factors=[2, 2], conditioning_context=context,
-                           num_speakers=num_speakers, speaker_dim=3,
-                           mu_law_levels=levels if output == "categorical" else None)
+    model = WaveNetTeacher(
+        head,
+        layers=layers,
+        stacks=stacks,
+        kernel_size=kernel_size,
+        residual_channels=4,
+        gate_channels=6,
+        skip_channels=5,
+        n_mels=n_mels,
+        upsample_factors=[2, 2],
+        conditioning_context=context,
+        num_speakers=num_speakers,
+        speaker_dim=3,
+        mu_law_levels=levels if output == "categorical" else None,
+    )
     with torch.no_grad():  # non-trivial upsampling filters, so mel dependencies are visible
         if model.conditioner.upsampler is not None:
             for w in model.conditioner.upsampler.stages:
@@ -53,9 +72,11 @@ def test_receptive_field_counts_dilations():
 @pytest.mark.parametrize("use_mel", [False, True])
 @pytest.mark.parametrize("kernel_size,layers,stacks", [(2, 4, 2), (2, 6, 1), (3, 4, 2), (3, 6, 3)])
 def test_params_at_t_depend_on_exactly_the_receptive_field_before_t(
-        kernel_size, layers, stacks, use_mel):
-    model = tiny_teacher(n_mels=3 if use_mel else 0, kernel_size=kernel_size, layers=layers,
-                         stacks=stacks)
+    kernel_size, layers, stacks, use_mel
+):
+    model = tiny_teacher(
+        n_mels=3 if use_mel else 0, kernel_size=kernel_size, layers=layers, stacks=stacks
+    )
     rf = hand_receptive_field(layers, stacks, kernel_size)
     assert model.receptive_field == rf == model.stack.receptive_field
     frames = (rf + 12) // HOP + 1
@@ -81,8 +102,10 @@ def test_mel_frames_act_no_earlier_than_their_own_samples(context):
         assert max(frames) == min(t // HOP + context, 5), f"t={t}"
 
 
-@pytest.mark.parametrize("output,levels", [("categorical", 16), ("mol", NUM_CLASSES_16BIT),
-                                           ("gaussian", NUM_CLASSES_16BIT)])
+@pytest.mark.parametrize(
+    "output,levels",
+    [("categorical", 16), ("mol", NUM_CLASSES_16BIT), ("gaussian", NUM_CLASSES_16BIT)],
+)
 def test_log_prob_sums_to_one_over_every_value_of_one_step(output, levels):
     """End to end: fix x_<t, put each possible value at step t, sum p over the batch."""
     model = tiny_teacher(output=output, levels=levels)
@@ -121,22 +144,39 @@ def test_parameter_count_matches_hand_count():
     R, G, S, k, L, n_mels, P = 4, 6, 5, 2, 4, 3, 6  # mol with 2 mixtures: P = 3 * 2
     model = tiny_teacher(kernel_size=k, layers=L, context=1, num_speakers=2)
     expected = (
-        R + R  # input 1x1 (1 -> R)
+        R
+        + R  # input 1x1 (1 -> R)
         + L * (G * R * k + G)  # dilated convs
-        + (L - 1) * ((G // 2) * (R + S) + R + S) + (G // 2) * S + S  # residual+skip 1x1s
+        + (L - 1) * ((G // 2) * (R + S) + R + S)
+        + (G // 2) * S
+        + S  # residual+skip 1x1s
         + n_mels * n_mels * 3  # context conv over +-1 frame, no bias
         + n_mels * L * G  # frame-rate projection to every layer's gates, no bias
-        + 2 + 2  # upsampling filters
-        + 2 * 3 + 3 * L * G  # speaker embedding and its projection
-        + S * S + S + S * P + P  # head
+        + 2
+        + 2  # upsampling filters
+        + 2 * 3
+        + 3 * L * G  # speaker embedding and its projection
+        + S * S
+        + S
+        + S * P
+        + P  # head
     )
     assert model.num_parameters == expected
 
 
 def test_from_config_builds_the_configured_model():
-    cfg = load_config(None, ["teacher.layers=6", "teacher.stacks=2", "teacher.residual_channels=8",
-                             "teacher.gate_channels=8", "teacher.skip_channels=8",
-                             "teacher.output=categorical", "teacher.mu_law_levels=32"])
+    cfg = load_config(
+        None,
+        [
+            "teacher.layers=6",
+            "teacher.stacks=2",
+            "teacher.residual_channels=8",
+            "teacher.gate_channels=8",
+            "teacher.skip_channels=8",
+            "teacher.output=categorical",
+            "teacher.mu_law_levels=32",
+        ],
+    )
     model = WaveNetTeacher.from_config(cfg)
     assert model.receptive_field == hand_receptive_field(6, 2, cfg.teacher.kernel_size)
     assert model.distribution.num_params == 32

@@ -30,14 +30,23 @@ from wavedistill.objectives.distillation import (
 
 # smaller than the shared tiny config: the Monte Carlo checks draw many times
 SMALLER = {
-    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
-              "n_mels": 8},
+    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256, "n_mels": 8},
     "data": {"segment_length": 512, "batch_size": 2},
-    "teacher": {"layers": 2, "stacks": 1, "residual_channels": 4, "gate_channels": 8,
-                "skip_channels": 4, "num_mixtures": 2},
+    "teacher": {
+        "layers": 2,
+        "stacks": 1,
+        "residual_channels": 4,
+        "gate_channels": 8,
+        "skip_channels": 4,
+        "num_mixtures": 2,
+    },
     "student": {"flow_layers": [2, 1], "channels": 4, "dilation_cycle": 2},
-    "distill": {"num_draws": 8, "power_fft_sizes": [128, 64], "power_hop_sizes": [32, 16],
-                "power_win_lengths": [128, 64]},
+    "distill": {
+        "num_draws": 8,
+        "power_fft_sizes": [128, 64],
+        "power_hop_sizes": [32, 16],
+        "power_win_lengths": [128, 64],
+    },
 }
 
 
@@ -56,8 +65,11 @@ def batch_for(cfg, batch=2, frames=8, seed=0):
     T = frames * cfg.audio.hop_length
     t = torch.arange(T) / cfg.audio.sample_rate
     audio = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(batch, T, generator=g)
-    return {"audio": audio, "mel": torch.randn(batch, cfg.audio.n_mels, frames, generator=g),
-            "speaker": torch.zeros(batch, dtype=torch.long)}
+    return {
+        "audio": audio,
+        "mel": torch.randn(batch, cfg.audio.n_mels, frames, generator=g),
+        "speaker": torch.zeros(batch, dtype=torch.long),
+    }
 
 
 def on_host(result):
@@ -72,7 +84,10 @@ def assert_within(estimate: torch.Tensor, expected: float, sigmas: float = 4.0) 
     estimate = estimate.detach()
     stderr = float(estimate.std() / math.sqrt(estimate.numel()))
     assert abs(float(estimate.mean()) - expected) < sigmas * stderr, (
-        float(estimate.mean()), expected, stderr)
+        float(estimate.mean()),
+        expected,
+        stderr,
+    )
 
 
 # -- the estimators ------------------------------------------------------------------------------
@@ -81,8 +96,9 @@ def assert_within(estimate: torch.Tensor, expected: float, sigmas: float = 4.0) 
 @pytest.mark.parametrize("noise", ["logistic", "gaussian"])
 def test_closed_form_entropy_equals_monte_carlo_negative_log_density(noise):
     # H = E[sum_t log s_tot,t] + T h against -E log q(x), q scored through the exact inverse
-    cfg = small_config(audio={"hop_length": 16, "n_mels": 4},
-                      student={"noise": noise, "upsample_factors": [4, 4]})
+    cfg = small_config(
+        audio={"hop_length": 16, "n_mels": 4}, student={"noise": noise, "upsample_factors": [4, 4]}
+    )
     torch.manual_seed(0)
     student = IAFStudent.from_config(cfg).double()
     for flow in student.flows:
@@ -111,12 +127,16 @@ def test_monte_carlo_cross_entropy_is_unbiased_against_numerical_integration():
     means = torch.tensor([-0.05, 0.02, 0.1], dtype=torch.float64)
     log_scales = torch.tensor([-3.0, -4.0, -2.5], dtype=torch.float64)
     mu_s, log_s_s = 0.03, -3.2
-    grid = torch.linspace(mu_s - 40 * math.exp(log_s_s), mu_s + 40 * math.exp(log_s_s), 400001,
-                          dtype=torch.float64)
+    grid = torch.linspace(
+        mu_s - 40 * math.exp(log_s_s), mu_s + 40 * math.exp(log_s_s), 400001, dtype=torch.float64
+    )
     u = (grid - mu_s) / math.exp(log_s_s)
     p_student = torch.exp(-u - 2 * torch.nn.functional.softplus(-u) - log_s_s)
-    integral = float(-torch.trapezoid(
-        p_student * logistic_mixture_log_pdf(grid, logits, means, log_scales), grid))
+    integral = float(
+        -torch.trapezoid(
+            p_student * logistic_mixture_log_pdf(grid, logits, means, log_scales), grid
+        )
+    )
 
     repeats, draws = 4000, 8
     head = DiscretizedLogisticMixture(3, log_scale_min=-14.0)
@@ -142,8 +162,9 @@ def test_gaussian_closed_form_kl_equals_its_monte_carlo_estimate():
     log_s = torch.full((1, repeats), log_s_s)
     ce, _ = mc_cross_entropy(head, params, draw_values(mu, log_s, eps), -9.0)
     mc_kl = ce - entropy_per_step(log_s, "gaussian")
-    kl, reg = gaussian_kl_per_step(mu, log_s, torch.full_like(mu, mu_t),
-                                   torch.full_like(mu, log_s_t), 4.0)
+    kl, reg = gaussian_kl_per_step(
+        mu, log_s, torch.full_like(mu, mu_t), torch.full_like(mu, log_s_t), 4.0
+    )
     assert_within(mc_kl[0].double(), float(kl[0, 0]))
     assert float(reg[0, 0]) == pytest.approx(4.0 * 0.5**2)
 
@@ -190,8 +211,18 @@ def test_loss_logs_every_term_and_weights_them():
     teacher, student = models(cfg)
     torch.manual_seed(1)
     loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
-    assert {"kl", "cross_entropy", "entropy", "power", "contrastive", "loudness_gap_db",
-            "ce_stderr", "ce_stderr_rel", "teacher_floor_rate", "student_floor_rate"} <= set(logs)
+    assert {
+        "kl",
+        "cross_entropy",
+        "entropy",
+        "power",
+        "contrastive",
+        "loudness_gap_db",
+        "ce_stderr",
+        "ce_stderr_rel",
+        "teacher_floor_rate",
+        "student_floor_rate",
+    } <= set(logs)
     assert logs["kl"] == pytest.approx(logs["cross_entropy"] - logs["entropy"], rel=1e-5)
     assert float(loss.detach()) == pytest.approx(2.0 * logs["kl"] + 0.5 * logs["power"], rel=1e-5)
     assert all(math.isfinite(v) for v in logs.values())
@@ -205,8 +236,11 @@ def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
     batch = batch_for(cfg)
     torch.manual_seed(1)
     loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch))
-    expected = 1.0 * logs["kl"] + 0.5 * logs["power"] + 3.0 * (
-        logs["spectral_convergence"] + logs["log_magnitude"])
+    expected = (
+        1.0 * logs["kl"]
+        + 0.5 * logs["power"]
+        + 3.0 * (logs["spectral_convergence"] + logs["log_magnitude"])
+    )
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     # the logged terms are the evaluation's distance of the same student sample
     torch.manual_seed(1)
@@ -214,8 +248,7 @@ def test_stft_weight_adds_the_copy_synthesis_distance_it_logs():
     x, _, _ = student(z, batch["mel"], batch["speaker"])
     with torch.no_grad():
         d = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio).distances(x, batch["audio"])
-    assert logs["spectral_convergence"] == pytest.approx(float(d["spectral_convergence"]),
-                                                         rel=1e-5)
+    assert logs["spectral_convergence"] == pytest.approx(float(d["spectral_convergence"]), rel=1e-5)
 
 
 def test_mel_weight_adds_the_l1_distance_of_the_feature_functions_log_mel():
@@ -272,8 +305,9 @@ def test_gaussian_teacher_uses_the_closed_form_with_its_regulariser():
     torch.manual_seed(3)
     loss, logs = on_host(Distillation(teacher, cfg).loss(student, batch_for(cfg)))
     assert logs["ce_stderr"] == 0.0 and logs["gaussian_reg"] > 0
-    assert float(loss.detach()) == pytest.approx(logs["kl"] + logs["gaussian_reg"] + logs["power"],
-                                        rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(
+        logs["kl"] + logs["gaussian_reg"] + logs["power"], rel=1e-5
+    )
 
 
 def test_floor_rates_report_how_often_each_floor_binds():
@@ -305,8 +339,11 @@ def test_the_student_noise_check_runs_once_per_student_and_still_refuses(monkeyp
     objective = Distillation(teacher, cfg)
     checked = []
     check = Distillation._check_noise
-    monkeypatch.setattr(Distillation, "_check_noise",
-                        lambda self, model: checked.append(model) or check(self, model))
+    monkeypatch.setattr(
+        Distillation,
+        "_check_noise",
+        lambda self, model: checked.append(model) or check(self, model),
+    )
     batch = batch_for(cfg)
     for _ in range(3):
         objective.loss(student, batch)
@@ -323,8 +360,7 @@ def test_loudness_gap_of_a_gain_is_its_decibels():
     ref = batch_for(small_config())["audio"]
     for gain in (0.1, 0.5, 2.0):
         gap = loudness_gap_db(gain * ref, ref)
-        torch.testing.assert_close(gap, torch.full((2,), 20 * math.log10(gain)), atol=1e-4,
-                                   rtol=0)
+        torch.testing.assert_close(gap, torch.full((2,), 20 * math.log10(gain)), atol=1e-4, rtol=0)
 
 
 # -- refused configurations ----------------------------------------------------------------------
@@ -332,13 +368,19 @@ def test_loudness_gap_of_a_gain_is_its_decibels():
 
 def test_incompatible_teacher_names_every_differing_audio_key():
     teacher_cfg = small_config()
-    student_cfg = small_config(audio={"sample_rate": 22050, "n_mels": 10, "hop_length": 32},
-                              data={"segment_length": 512})
+    student_cfg = small_config(
+        audio={"sample_rate": 22050, "n_mels": 10, "hop_length": 32}, data={"segment_length": 512}
+    )
     with pytest.raises(UserError) as info:
         check_teacher_compatible(teacher_cfg, student_cfg)
     message = str(info.value)
-    for key in ("audio.sample_rate", "audio.n_mels", "audio.hop_length",
-                "teacher.upsample_factors", "student.upsample_factors"):
+    for key in (
+        "audio.sample_rate",
+        "audio.n_mels",
+        "audio.hop_length",
+        "teacher.upsample_factors",
+        "student.upsample_factors",
+    ):
         assert key in message
     assert "\n" not in message
     check_teacher_compatible(teacher_cfg, teacher_cfg)  # compatible: no error
@@ -374,5 +416,4 @@ def test_segments_shorter_than_the_largest_power_fft_are_refused():
     teacher, _ = models(cfg)
     with pytest.raises(UserError, match=r"data.segment_length \(64\).*128"):
         Distillation(teacher, cfg)
-    Distillation(teacher, small_config(data={"segment_length": 64},
-                                      distill={"power_weight": 0.0}))
+    Distillation(teacher, small_config(data={"segment_length": 64}, distill={"power_weight": 0.0}))

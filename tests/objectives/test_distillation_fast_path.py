@@ -83,8 +83,9 @@ def test_mixture_log_density_equals_the_textbook_formula_with_its_gradients(draw
     shape = (2, draws, 7) if draws else (2, 7)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda p, v: mol_log_density(p, v, -2.5), (params, x))
-    torch.testing.assert_close(mol_log_density(params, x, -2.5),
-                               textbook_mol_log_density(params, x, -2.5))
+    torch.testing.assert_close(
+        mol_log_density(params, x, -2.5), textbook_mol_log_density(params, x, -2.5)
+    )
 
 
 def test_speaker_ids_are_checked_on_the_cpu_only():
@@ -101,18 +102,37 @@ def test_speaker_ids_are_checked_on_the_cpu_only():
 def step_config(output: str):
     """:func:`conftest.tiny_config` at 8 mels with 3 speakers and the given teacher head."""
     gaussian = output == "gaussian"
-    return tiny_config({
-        "audio": {"n_mels": 8},
-        "teacher": {"output": output, "layers": 4, "stacks": 2, "residual_channels": 16,
-                    "gate_channels": 32, "skip_channels": 16, "num_mixtures": 3,
-                    "upsample_factors": [4, 16], "num_speakers": 3},
-        "student": {"flow_layers": [3, 2], "channels": 8, "dilation_cycle": 3,
-                    "upsample_factors": [4, 16], "num_speakers": 3,
-                    "noise": "gaussian" if gaussian else "logistic"},
-        "distill": {"num_draws": 16, "contrastive_weight": 0.3,
-                    "power_fft_sizes": [256, 128], "power_hop_sizes": [64, 32],
-                    "power_win_lengths": [256, 128]},
-    })
+    return tiny_config(
+        {
+            "audio": {"n_mels": 8},
+            "teacher": {
+                "output": output,
+                "layers": 4,
+                "stacks": 2,
+                "residual_channels": 16,
+                "gate_channels": 32,
+                "skip_channels": 16,
+                "num_mixtures": 3,
+                "upsample_factors": [4, 16],
+                "num_speakers": 3,
+            },
+            "student": {
+                "flow_layers": [3, 2],
+                "channels": 8,
+                "dilation_cycle": 3,
+                "upsample_factors": [4, 16],
+                "num_speakers": 3,
+                "noise": "gaussian" if gaussian else "logistic",
+            },
+            "distill": {
+                "num_draws": 16,
+                "contrastive_weight": 0.3,
+                "power_fft_sizes": [256, 128],
+                "power_hop_sizes": [64, 32],
+                "power_win_lengths": [256, 128],
+            },
+        }
+    )
 
 
 def loss_and_gradients(output: str):
@@ -126,9 +146,11 @@ def loss_and_gradients(output: str):
     T = cfg.data.segment_length
     t = torch.arange(T) / cfg.audio.sample_rate
     audio = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(2, T, generator=g)
-    batch = {"audio": audio,
-             "mel": torch.randn(2, cfg.audio.n_mels, T // 64, generator=g),
-             "speaker": torch.tensor([0, 2])}
+    batch = {
+        "audio": audio,
+        "mel": torch.randn(2, cfg.audio.n_mels, T // 64, generator=g),
+        "speaker": torch.tensor([0, 2]),
+    }
     torch.manual_seed(2)  # the step's noise and draws
     loss, logs = Distillation(teacher, cfg).loss(student, batch)
     loss.backward()

@@ -19,14 +19,23 @@ from wavedistill.objectives.distillation import Distillation
 from wavedistill.objectives.likelihood import MaximumLikelihood
 
 TINY = {
-    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256,
-              "n_mels": 8},
+    "audio": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "win_length": 256, "n_mels": 8},
     "data": {"segment_length": 512, "batch_size": 2},
-    "teacher": {"layers": 2, "stacks": 1, "residual_channels": 4, "gate_channels": 8,
-                "skip_channels": 4, "num_mixtures": 2},
+    "teacher": {
+        "layers": 2,
+        "stacks": 1,
+        "residual_channels": 4,
+        "gate_channels": 8,
+        "skip_channels": 4,
+        "num_mixtures": 2,
+    },
     "student": {"flow_layers": [2, 1], "channels": 4, "dilation_cycle": 2},
-    "distill": {"num_draws": 4, "power_fft_sizes": [128], "power_hop_sizes": [32],
-                "power_win_lengths": [128]},
+    "distill": {
+        "num_draws": 4,
+        "power_fft_sizes": [128],
+        "power_hop_sizes": [32],
+        "power_win_lengths": [128],
+    },
 }
 
 
@@ -37,16 +46,22 @@ def tiny_config():
 def batch_for(cfg, frames=8):
     g = torch.Generator().manual_seed(0)
     T = frames * cfg.audio.hop_length
-    return {"audio": 0.1 * torch.randn(2, T, generator=g),
-            "mel": torch.randn(2, cfg.audio.n_mels, frames, generator=g)}
+    return {
+        "audio": 0.1 * torch.randn(2, T, generator=g),
+        "mel": torch.randn(2, cfg.audio.n_mels, frames, generator=g),
+    }
 
 
 def objectives():
     cfg = tiny_config()
     torch.manual_seed(0)
     teacher, student = WaveNetTeacher.from_config(cfg), IAFStudent.from_config(cfg)
-    return cfg, teacher, student, {"teacher": MaximumLikelihood(media_samples=128),
-                                   "student": Distillation(teacher, cfg)}
+    return (
+        cfg,
+        teacher,
+        student,
+        {"teacher": MaximumLikelihood(media_samples=128), "student": Distillation(teacher, cfg)},
+    )
 
 
 def test_both_objectives_are_objectives():

@@ -38,11 +38,20 @@ def teacher_payload(seed: int = 0) -> dict:
     model = WaveNetTeacher.from_config(cfg)
     ema = {k: v + 1.0 for k, v in model.state_dict().items()}  # distinguishable from raw
     n_mels = cfg.audio.n_mels
-    return {"kind": "teacher", "config": config_to_dict(cfg),
-            "stats": FeatureStats(torch.linspace(-1, 1, n_mels), torch.ones(n_mels)).to_dict(),
-            "model": model.state_dict(), "ema": ema, "optimizer": {}, "scheduler": {},
-            "step": 7, "rng": [capture_rng_state()], "data_state": {"epoch": 1, "position": 2},
-            "best_valid": 12.5, "speakers": {"default": 0}}
+    return {
+        "kind": "teacher",
+        "config": config_to_dict(cfg),
+        "stats": FeatureStats(torch.linspace(-1, 1, n_mels), torch.ones(n_mels)).to_dict(),
+        "model": model.state_dict(),
+        "ema": ema,
+        "optimizer": {},
+        "scheduler": {},
+        "step": 7,
+        "rng": [capture_rng_state()],
+        "data_state": {"epoch": 1, "position": 2},
+        "best_valid": 12.5,
+        "speakers": {"default": 0},
+    }
 
 
 @pytest.fixture
@@ -92,10 +101,12 @@ class _ShellPayload(_TouchPayload):
         return (os.system, (f"touch '{self.marker}'",))
 
 
-@pytest.mark.parametrize("payload_class, named", [(_TouchPayload, "getattr"),
-                                                  (_ShellPayload, "system")])
-def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, payload_class,
-                                                                        named):
+@pytest.mark.parametrize(
+    "payload_class, named", [(_TouchPayload, "getattr"), (_ShellPayload, "system")]
+)
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(
+    tmp_path, payload_class, named
+):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
     payload = teacher_payload()
@@ -106,14 +117,17 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "no such checkpoint file"),
-    ("empty", "not a readable checkpoint"),
-    ("truncated", "not a readable checkpoint"),
-    ("garbage", "not a readable checkpoint"),
-    ("foreign", "not a wavedistill checkpoint"),
-    ("incomplete", "incomplete checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "no such checkpoint file"),
+        ("empty", "not a readable checkpoint"),
+        ("truncated", "not a readable checkpoint"),
+        ("garbage", "not a readable checkpoint"),
+        ("foreign", "not a wavedistill checkpoint"),
+        ("incomplete", "incomplete checkpoint"),
+    ],
+)
 def test_unusable_files_are_refused_with_one_line_naming_the_file(saved, damage, message):
     path = saved.with_name("damaged.pt")
     data = saved.read_bytes()
@@ -183,8 +197,12 @@ def test_describe_names_kind_step_receptive_field_and_parameters(saved):
 
 
 def _draws():
-    return (torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)],
-            np.random.randn(1).tolist())
+    return (
+        torch.rand(3).tolist(),
+        np.random.rand(3).tolist(),
+        [random.random() for _ in range(3)],
+        np.random.randn(1).tolist(),
+    )
 
 
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
@@ -212,7 +230,8 @@ def test_latest_is_the_highest_step_and_pruning_keeps_the_newest_and_best(tmp_pa
     deleted = prune_checkpoints(folder, keep_last=2)
     assert sorted(p.name for p in deleted) == [step_name(5), step_name(40)]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["best.pt", step_name(999999), step_name(1000000)])
+        ["best.pt", step_name(999999), step_name(1000000)]
+    )
     assert latest_checkpoint(tmp_path / "nowhere") is None
 
 

@@ -75,8 +75,14 @@ def tiny_checkpoint(root) -> tuple[Path, dict[str, torch.Tensor]]:
     """A tiny student checkpoint whose EMA weights differ from its raw weights; and the EMA
     weights."""
     raw, ema = tiny_student(seed=0), tiny_student(seed=1)
-    payload = {"kind": "student", "config": config_to_dict(raw.cfg), "stats": raw.stats.to_dict(),
-               "model": raw.model.state_dict(), "ema": ema.model.state_dict(), "step": 7}
+    payload = {
+        "kind": "student",
+        "config": config_to_dict(raw.cfg),
+        "stats": raw.stats.to_dict(),
+        "model": raw.model.state_dict(),
+        "ema": ema.model.state_dict(),
+        "step": 7,
+    }
     return save_checkpoint(root / "tiny.pt", payload), ema.model.state_dict()
 
 
@@ -84,8 +90,21 @@ def tiny_checkpoint(root) -> tuple[Path, dict[str, torch.Tensor]]:
 def tiny_export(root, tiny_checkpoint) -> Path:
     """``wavedistill export --onnx --torchscript`` of the tiny checkpoint."""
     out = root / "tiny-bundle"
-    assert main(["--quiet", "export", "--checkpoint", str(tiny_checkpoint[0]), "--out", str(out),
-                 "--onnx", "--torchscript"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "export",
+                "--checkpoint",
+                str(tiny_checkpoint[0]),
+                "--out",
+                str(out),
+                "--onnx",
+                "--torchscript",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -114,8 +133,7 @@ def test_a_student_bundle_synthesises_bit_identically_to_its_checkpoint(student_
     mel = original.features(clip)
     assert torch.equal(exported.features(clip), mel)
     mels = [mel, mel[:, :9]]
-    for a, b in zip(original.generate(mels, seed=5), exported.generate(mels, seed=5),
-                    strict=True):
+    for a, b in zip(original.generate(mels, seed=5), exported.generate(mels, seed=5), strict=True):
         assert np.array_equal(a, b)
     assert np.abs(a).max() > 0  # not trivially equal
 
@@ -157,6 +175,7 @@ def test_loading_a_bundle_never_unpickles(student_bundle, clip, monkeypatch):
         def call(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"{name} called")
+
         return call
 
     monkeypatch.setattr(torch, "load", refuse("torch.load"))
@@ -175,8 +194,9 @@ def test_loading_a_bundle_never_unpickles(student_bundle, clip, monkeypatch):
 def test_export_writes_the_ema_weights_and_the_step(tiny_export, tiny_checkpoint):
     from safetensors.torch import load_file
 
-    assert BUNDLE | {"student.onnx", "student.torchscript.pt"} == \
-        {p.name for p in tiny_export.iterdir()}
+    assert BUNDLE | {"student.onnx", "student.torchscript.pt"} == {
+        p.name for p in tiny_export.iterdir()
+    }
     _, ema = tiny_checkpoint
     weights = load_file(tiny_export / "model.safetensors")
     assert all(torch.equal(weights[k], ema[k]) for k in ema)
@@ -189,10 +209,14 @@ def test_export_writes_the_ema_weights_and_the_step(tiny_export, tiny_checkpoint
 
 
 @pytest.mark.parametrize("source", ["bundle", "checkpoint", "name"])
-def test_from_pretrained_takes_a_bundle_a_checkpoint_or_a_shipped_name(source, student_bundle,
-                                                                       clip):
-    given = {"bundle": student_bundle, "checkpoint": shipped("alice-student").path,
-             "name": "alice-student"}[source]
+def test_from_pretrained_takes_a_bundle_a_checkpoint_or_a_shipped_name(
+    source, student_bundle, clip
+):
+    given = {
+        "bundle": student_bundle,
+        "checkpoint": shipped("alice-student").path,
+        "name": "alice-student",
+    }[source]
     synth = Synthesizer.from_pretrained(given)
     reference = Synthesizer.from_pretrained(student_bundle)
     mel = reference.features(clip)
@@ -231,9 +255,9 @@ def cache_repo(cache: Path, repo_id: str, bundle: Path) -> Path:
     return snapshot
 
 
-def test_from_pretrained_reads_a_hub_repo_from_the_cache_offline(hub_cache, student_bundle,
-                                                                 clip, tmp_path, capsys,
-                                                                 monkeypatch):
+def test_from_pretrained_reads_a_hub_repo_from_the_cache_offline(
+    hub_cache, student_bundle, clip, tmp_path, capsys, monkeypatch
+):
     snapshot = cache_repo(hub_cache, "someone/alice-vocoder", student_bundle)
     synth = Synthesizer.from_pretrained("someone/alice-vocoder")
     assert Path(synth.loaded.source) == snapshot
@@ -242,20 +266,35 @@ def test_from_pretrained_reads_a_hub_repo_from_the_cache_offline(hub_cache, stud
     assert np.array_equal(synth.generate([mel], seed=4)[0], reference.generate([mel], seed=4)[0])
     # and on the command line
     monkeypatch.chdir(tmp_path)  # no local folder named "someone"
-    code, out, _ = run(capsys, "synthesize", "--checkpoint", "someone/alice-vocoder",
-                       "--input", clip, "--output", tmp_path / "hub.wav")
+    code, out, _ = run(
+        capsys,
+        "synthesize",
+        "--checkpoint",
+        "someone/alice-vocoder",
+        "--input",
+        clip,
+        "--output",
+        tmp_path / "hub.wav",
+    )
     assert code == 0 and (tmp_path / "hub.wav").is_file()
 
 
-def test_an_uncached_hub_repo_offline_is_a_one_line_error(hub_cache, tmp_path, capsys,
-                                                          monkeypatch):
+def test_an_uncached_hub_repo_offline_is_a_one_line_error(hub_cache, tmp_path, capsys, monkeypatch):
     with pytest.raises(UserError) as info:
         Synthesizer.from_pretrained("someone/not-downloaded")
     message = str(info.value)
     assert "someone/not-downloaded" in message and "\n" not in message
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "synthesize", "--checkpoint", "someone/not-downloaded",
-                       "--input", tmp_path / "a.wav", "--output", tmp_path / "o.wav")
+    code, _, err = run(
+        capsys,
+        "synthesize",
+        "--checkpoint",
+        "someone/not-downloaded",
+        "--input",
+        tmp_path / "a.wav",
+        "--output",
+        tmp_path / "o.wav",
+    )
     assert code == 2 and "someone/not-downloaded" in one_line(err)
 
 
@@ -277,37 +316,52 @@ DAMAGE = {  # name: (damage done to a copy of the student bundle, file the error
     "no-stats": (lambda b: (b / "stats.json").unlink(), "stats.json"),
     "no-weights": (lambda b: (b / "model.safetensors").unlink(), "model.safetensors"),
     "no-config": (lambda b: (b / "config.yaml").unlink(), "config.yaml"),
-    "garbage-weights": (lambda b: (b / "model.safetensors").write_bytes(b"\x00" * 64),
-                        "model.safetensors"),
-    "truncated-weights": (lambda b: (b / "model.safetensors").write_bytes(
-        (b / "model.safetensors").read_bytes()[:5000]), "model.safetensors"),
-    "bundle-json-not-json": (lambda b: (b / "bundle.json").write_text("{not json"),
-                             "bundle.json"),
+    "garbage-weights": (
+        lambda b: (b / "model.safetensors").write_bytes(b"\x00" * 64),
+        "model.safetensors",
+    ),
+    "truncated-weights": (
+        lambda b: (b / "model.safetensors").write_bytes(
+            (b / "model.safetensors").read_bytes()[:5000]
+        ),
+        "model.safetensors",
+    ),
+    "bundle-json-not-json": (lambda b: (b / "bundle.json").write_text("{not json"), "bundle.json"),
     "bundle-json-a-list": (lambda b: (b / "bundle.json").write_text("[1, 2]"), "bundle.json"),
-    "other-format": (lambda b: _json(b / "bundle.json", format="some-other-format"),
-                     "bundle.json"),
+    "other-format": (lambda b: _json(b / "bundle.json", format="some-other-format"), "bundle.json"),
     "unknown-kind": (lambda b: _json(b / "bundle.json", kind="vocoder"), "bundle.json"),
     "bad-step": (lambda b: _json(b / "bundle.json", step="many"), "bundle.json"),
     "kind-mismatch": (lambda b: _json(b / "bundle.json", kind="teacher"), "model.safetensors"),
     "stats-not-json": (lambda b: (b / "stats.json").write_text("mean: 1"), "stats.json"),
     "stats-no-std": (lambda b: (b / "stats.json").write_text('{"mean": [0.0]}'), "stats.json"),
-    "stats-wrong-size": (lambda b: _json(b / "stats.json", mean=[0.0] * 20, std=[1.0] * 20),
-                         "stats.json"),
+    "stats-wrong-size": (
+        lambda b: _json(b / "stats.json", mean=[0.0] * 20, std=[1.0] * 20),
+        "stats.json",
+    ),
     "stats-zero-std": (lambda b: _json(b / "stats.json", std=[0.0] * 80), "stats.json"),
-    "config-invalid": (lambda b: _config(b / "config.yaml", "audio", "hop_length", -200),
-                       "config.yaml"),
-    "config-unknown-key": (lambda b: _config(b / "config.yaml", "student", "layerz", 3),
-                           "config.yaml"),
-    "config-not-yaml": (lambda b: (b / "config.yaml").write_text("audio: [unclosed"),
-                        "config.yaml"),
-    "weights-of-another-size": (lambda b: _config(b / "config.yaml", "student", "channels", 8),
-                                "model.safetensors"),
+    "config-invalid": (
+        lambda b: _config(b / "config.yaml", "audio", "hop_length", -200),
+        "config.yaml",
+    ),
+    "config-unknown-key": (
+        lambda b: _config(b / "config.yaml", "student", "layerz", 3),
+        "config.yaml",
+    ),
+    "config-not-yaml": (
+        lambda b: (b / "config.yaml").write_text("audio: [unclosed"),
+        "config.yaml",
+    ),
+    "weights-of-another-size": (
+        lambda b: _config(b / "config.yaml", "student", "channels", 8),
+        "model.safetensors",
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
-def test_a_damaged_bundle_is_a_one_line_error_naming_the_file(damage, student_bundle, clip,
-                                                              tmp_path, capsys):
+def test_a_damaged_bundle_is_a_one_line_error_naming_the_file(
+    damage, student_bundle, clip, tmp_path, capsys
+):
     bundle = tmp_path / "bundle"
     shutil.copytree(student_bundle, bundle)
     change, culprit = DAMAGE[damage]
@@ -317,16 +371,25 @@ def test_a_damaged_bundle_is_a_one_line_error_naming_the_file(damage, student_bu
     message = str(info.value)
     assert culprit in message and "\n" not in message, message
     out = tmp_path / "out.wav"
-    code, _, err = run(capsys, "synthesize", "--checkpoint", bundle, "--input", clip,
-                       "--output", out)
+    code, _, err = run(
+        capsys, "synthesize", "--checkpoint", bundle, "--input", clip, "--output", out
+    )
     assert code == 2 and culprit in one_line(err) and not out.exists()
 
 
 def test_a_bundle_of_the_wrong_kind_is_refused(student_bundle, tmp_path, capsys):
     with pytest.raises(UserError, match="is a student bundle; a teacher is needed"):
         load_model(student_bundle, expected_kind="teacher")
-    code, _, err = run(capsys, "distill", "--teacher", student_bundle, "--data", tmp_path,
-                       "--out", tmp_path / "run")
+    code, _, err = run(
+        capsys,
+        "distill",
+        "--teacher",
+        student_bundle,
+        "--data",
+        tmp_path,
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 2 and "a teacher is needed" in one_line(err)
     assert not (tmp_path / "run").exists()
 
@@ -335,11 +398,27 @@ def test_a_bundle_of_the_wrong_kind_is_refused(student_bundle, tmp_path, capsys)
 
 
 def test_synthesize_takes_a_bundle_folder(student_bundle, clip, tmp_path, capsys):
-    code, out, _ = run(capsys, "synthesize", "--checkpoint", student_bundle, "--input", clip,
-                       "--output", tmp_path / "bundle.wav")
+    code, out, _ = run(
+        capsys,
+        "synthesize",
+        "--checkpoint",
+        student_bundle,
+        "--input",
+        clip,
+        "--output",
+        tmp_path / "bundle.wav",
+    )
     assert code == 0 and "bundle.wav" in out
-    code, _, _ = run(capsys, "synthesize", "--checkpoint", "alice-student", "--input", clip,
-                     "--output", tmp_path / "shipped.wav")
+    code, _, _ = run(
+        capsys,
+        "synthesize",
+        "--checkpoint",
+        "alice-student",
+        "--input",
+        clip,
+        "--output",
+        tmp_path / "shipped.wav",
+    )
     assert code == 0
     a, sr = sf.read(tmp_path / "bundle.wav", dtype="int16")
     b, _ = sf.read(tmp_path / "shipped.wav", dtype="int16")
@@ -350,9 +429,20 @@ def test_evaluate_takes_a_bundle_folder(tiny_dataset, tmp_path, capsys):
     student = tiny_student()
     student.stats = FeatureStats.load(tiny_dataset / "stats.npz")
     bundle = export_bundle(student, tmp_path / "bundle")
-    code, out, _ = run(capsys, "evaluate", "--checkpoint", bundle, "--data", tiny_dataset,
-                       "--out", tmp_path / "report", "--max-clips", 1,
-                       "--griffin-lim-iters", 0)
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        bundle,
+        "--data",
+        tiny_dataset,
+        "--out",
+        tmp_path / "report",
+        "--max-clips",
+        1,
+        "--griffin-lim-iters",
+        0,
+    )
     assert code == 0 and "report written" in out
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["kind"] == "student" and report["checkpoint"] == str(bundle)
@@ -409,9 +499,11 @@ def _check_runtimes(loaded: LoadedModel, onnx_path: Path, script_path: Path) -> 
         assert torch.allclose(eager, fused, atol=1e-5, rtol=0)
         assert eager[0].abs().max() > 1e-3 and not torch.allclose(eager[0], eager[1])
         onnx_out = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
-        errors += [float((scripted - eager).abs().max()),
-                   float(np.abs(onnx_out - eager.numpy()).max()),
-                   float(np.abs(onnx_out - fused.numpy()).max())]
+        errors += [
+            float((scripted - eager).abs().max()),
+            float(np.abs(onnx_out - eager.numpy()).max()),
+            float(np.abs(onnx_out - fused.numpy()).max()),
+        ]
     assert max(errors) < 1e-4, errors
     return errors
 
@@ -419,8 +511,7 @@ def _check_runtimes(loaded: LoadedModel, onnx_path: Path, script_path: Path) -> 
 def test_onnx_and_torchscript_match_the_eager_student(tiny_export):
     pytest.importorskip("onnx")
     loaded = load_model(tiny_export)
-    _check_runtimes(loaded, tiny_export / "student.onnx",
-                    tiny_export / "student.torchscript.pt")
+    _check_runtimes(loaded, tiny_export / "student.onnx", tiny_export / "student.torchscript.pt")
     z, mel = _inputs(4, False)
     with pytest.raises(RuntimeError):  # noise one frame short of the mel: refused, not cut
         torch.jit.load(str(tiny_export / "student.torchscript.pt"))(z[:, :-TINY_HOP], mel)
@@ -438,8 +529,10 @@ def test_a_multi_speaker_student_exports_with_its_speaker_input(tmp_path):
     # the speaker input is used: the same noise and mel, another speaker, other audio
     z, mel, _ = _inputs(4, True)
     z, mel = z[:1], mel[:1]
-    a, b = (session.run(None, {"z": z.numpy(), "mel": mel.numpy(),
-                               "speaker": np.array([s])})[0] for s in (0, 1))
+    a, b = (
+        session.run(None, {"z": z.numpy(), "mel": mel.numpy(), "speaker": np.array([s])})[0]
+        for s in (0, 1)
+    )
     assert np.abs(a - b).max() > 1e-4
 
 

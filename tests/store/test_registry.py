@@ -69,8 +69,9 @@ def test_the_shipped_teacher_samples_a_short_span():
 
 def test_synthesize_without_checkpoint_uses_the_shipped_student(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["--quiet", "synthesize", "--input", str(held_out_clip()),
-                 "--output", str(out)]) == 0
+    assert (
+        main(["--quiet", "synthesize", "--input", str(held_out_clip()), "--output", str(out)]) == 0
+    )
     written = out / f"{held_out_clip().stem}.wav"
     audio, sr = sf.read(written)
     assert sr == 16000 and len(audio) > 0
@@ -104,30 +105,61 @@ def test_info_describes_a_shipped_model_by_name_with_its_real_parameter_count(ca
 
 def test_synthesize_takes_a_shipped_model_by_name(tmp_path):
     out = tmp_path / "a.wav"
-    assert main(["--quiet", "synthesize", "--checkpoint", "alice-student", "--input",
-                 str(held_out_clip()), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "synthesize",
+                "--checkpoint",
+                "alice-student",
+                "--input",
+                str(held_out_clip()),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert sf.info(out).samplerate == 16000
 
 
-@pytest.mark.parametrize("teacher, says", [
-    (None, "none: not a dataset folder"),
-    ("alice-teacher", "none: not a dataset folder"),
-    ("nobody-teacher", "nobody-teacher: no such checkpoint, bundle folder or shipped model"),
-])
+@pytest.mark.parametrize(
+    "teacher, says",
+    [
+        (None, "none: not a dataset folder"),
+        ("alice-teacher", "none: not a dataset folder"),
+        ("nobody-teacher", "nobody-teacher: no such checkpoint, bundle folder or shipped model"),
+    ],
+)
 def test_evaluate_loads_shipped_models_by_name(tmp_path, capsys, teacher, says):
     """Both models load by name before the dataset is looked at: the run gets as far as the
     dataset check (the missing folder) unless a name is unknown."""
     args = ["--teacher", teacher] if teacher else []
-    assert main(["evaluate", "--checkpoint", "alice-student", *args, "--data",
-                 str(tmp_path / "none"), "--out", str(tmp_path / "report")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                "alice-student",
+                *args,
+                "--data",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 2
+    )
     assert says in capsys.readouterr().err
 
 
 def test_an_unknown_reference_is_one_line_naming_it(tmp_path, capsys):
     assert main(["info", "nobody-student"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "nobody-student: no such checkpoint, bundle folder or " \
-        "shipped model" in err
+    assert (
+        err.count("\n") == 1
+        and "nobody-student: no such checkpoint, bundle folder or shipped model" in err
+    )
 
 
 def test_an_unknown_shipped_name_is_refused_with_the_list():
@@ -135,18 +167,25 @@ def test_an_unknown_shipped_name_is_refused_with_the_list():
         shipped("nobody")
 
 
-def test_an_inference_copy_keeps_the_ema_weights_and_drops_training_state(
-        tmp_path, tiny_config):
+def test_an_inference_copy_keeps_the_ema_weights_and_drops_training_state(tmp_path, tiny_config):
     from wavedistill.store.loading import new_model
 
     torch.manual_seed(0)
     model = new_model("student", tiny_config)
     ema = {k: 0.9 * v for k, v in model.state_dict().items()}  # differs from the raw weights
     n = tiny_config.audio.n_mels
-    src = save_checkpoint(tmp_path / "full.pt", {
-        "kind": "student", "config": config_to_dict(tiny_config), "model": model.state_dict(),
-        "ema": ema, "optimizer": {"state": {}, "param_groups": []}, "step": 7,
-        "stats": {"mean": torch.zeros(n), "std": torch.ones(n)}})
+    src = save_checkpoint(
+        tmp_path / "full.pt",
+        {
+            "kind": "student",
+            "config": config_to_dict(tiny_config),
+            "model": model.state_dict(),
+            "ema": ema,
+            "optimizer": {"state": {}, "param_groups": []},
+            "step": 7,
+            "stats": {"mean": torch.zeros(n), "std": torch.ones(n)},
+        },
+    )
     copy = load_checkpoint(inference_copy(src, tmp_path / "slim.pt"))
     assert copy["step"] == 7 and copy.get("optimizer") is None and copy["ema"] is None
     for key, value in ema.items():

@@ -40,11 +40,14 @@ def heads_and_params(n: int, lowest_log_scale: float, seed: int = 0):
     offset = (torch.rand(n, generator=g) - 0.5) * 8 * H
     gaussian = torch.stack([offset, log_scale])[None]  # (1, 2, n)
     K = 3
-    mixture = torch.cat([torch.randn(K, n, generator=g),
-                         offset + (torch.rand(K, n, generator=g) - 0.5) * 4 * H,
-                         log_scale + torch.rand(K, n, generator=g)])[None]  # (1, 3K, n)
-    return [(DiscretizedGaussian(-16.0), gaussian),
-            (DiscretizedLogisticMixture(K, -16.0), mixture)]
+    mixture = torch.cat(
+        [
+            torch.randn(K, n, generator=g),
+            offset + (torch.rand(K, n, generator=g) - 0.5) * 4 * H,
+            log_scale + torch.rand(K, n, generator=g),
+        ]
+    )[None]  # (1, 3K, n)
+    return [(DiscretizedGaussian(-16.0), gaussian), (DiscretizedLogisticMixture(K, -16.0), mixture)]
 
 
 def dequantized_log_density(head, params, centre):
@@ -57,11 +60,14 @@ def dequantized_log_density(head, params, centre):
 
 # Far from 0 a float32 value resolves a bin only to ~0.2 %, too coarse for the quadrature
 # under a density narrower than a bin: there the scales start at the bin width.
-@pytest.mark.parametrize(("level", "lowest_log_scale"),
-                         [(32768, -14.0), (40960, -10.0), (0, -10.0), (65535, -10.0)],
-                         ids=["next to 0", "interior", "low edge", "high edge"])
-def test_dequantized_log_density_never_exceeds_the_discrete_log_probability(level,
-                                                                            lowest_log_scale):
+@pytest.mark.parametrize(
+    ("level", "lowest_log_scale"),
+    [(32768, -14.0), (40960, -10.0), (0, -10.0), (65535, -10.0)],
+    ids=["next to 0", "interior", "low edge", "high edge"],
+)
+def test_dequantized_log_density_never_exceeds_the_discrete_log_probability(
+    level, lowest_log_scale
+):
     n, value = 64, level_value(level)
     for head, params in heads_and_params(n, lowest_log_scale):
         centred = params.clone()

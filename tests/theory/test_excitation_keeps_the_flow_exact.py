@@ -29,13 +29,33 @@ from wavedistill.objectives.distillation import (
 
 HOP, N_MELS, FRAMES = 4, 4, 3
 T = HOP * FRAMES
-CFG = {"audio": {"sample_rate": 2000, "hop_length": HOP, "n_fft": 16, "win_length": 16,
-                 "n_mels": N_MELS, "fmax": 1000.0},
-       "data": {"segment_length": 16 * HOP, "pitch_fmin": 150.0, "pitch_fmax": 400.0},
-       "teacher": {"output": "gaussian", "layers": 4, "stacks": 2, "residual_channels": 8,
-                   "gate_channels": 16, "skip_channels": 8, "source": "harmonic"},
-       "student": {"flow_layers": [2, 2], "channels": 8, "dilation_cycle": 2,
-                   "noise": "gaussian", "source": "harmonic"}}
+CFG = {
+    "audio": {
+        "sample_rate": 2000,
+        "hop_length": HOP,
+        "n_fft": 16,
+        "win_length": 16,
+        "n_mels": N_MELS,
+        "fmax": 1000.0,
+    },
+    "data": {"segment_length": 16 * HOP, "pitch_fmin": 150.0, "pitch_fmax": 400.0},
+    "teacher": {
+        "output": "gaussian",
+        "layers": 4,
+        "stacks": 2,
+        "residual_channels": 8,
+        "gate_channels": 16,
+        "skip_channels": 8,
+        "source": "harmonic",
+    },
+    "student": {
+        "flow_layers": [2, 2],
+        "channels": 8,
+        "dilation_cycle": 2,
+        "noise": "gaussian",
+        "source": "harmonic",
+    },
+}
 
 
 def voiced(model):
@@ -127,10 +147,10 @@ def test_monte_carlo_kl_equals_the_gaussian_closed_form(models):
         mu_t, log_s_t = teacher.distribution.location_scale(params, floor)
         closed, _ = gaussian_kl_per_step(mu_s, log_s_s, mu_t, log_s_t, 0.0)
         n = 200_000
-        eps = torch.randn(1, n, T, generator=torch.Generator().manual_seed(7),
-                          dtype=torch.float64)
-        ce, stderr = mc_cross_entropy(teacher.distribution, params,
-                                      draw_values(mu_s, log_s_s, eps), floor)
+        eps = torch.randn(1, n, T, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        ce, stderr = mc_cross_entropy(
+            teacher.distribution, params, draw_values(mu_s, log_s_s, eps), floor
+        )
         mc = ce - entropy_per_step(log_s_s, "gaussian")
     total_stderr = float(stderr.pow(2).sum().sqrt())
     assert float(mc.sum()) == pytest.approx(float(closed.sum()), abs=4 * total_stderr)

@@ -24,8 +24,14 @@ from wavedistill.models.teacher import WaveNetTeacher
 HOP = 4
 CONFIG = {
     "audio": {"hop_length": HOP, "n_fft": 16, "win_length": 16, "n_mels": 4},
-    "teacher": {"output": "gaussian", "layers": 2, "stacks": 1, "residual_channels": 4,
-                "gate_channels": 8, "skip_channels": 4},
+    "teacher": {
+        "output": "gaussian",
+        "layers": 2,
+        "stacks": 1,
+        "residual_channels": 4,
+        "gate_channels": 8,
+        "skip_channels": 4,
+    },
     "student": {"flow_layers": [2, 2], "channels": 4, "dilation_cycle": 2},
 }
 
@@ -90,14 +96,17 @@ def test_teacher_sampling_takes_one_network_pass_per_sample(teacher, frames, mon
 @pytest.mark.parametrize("frames", [2, 4])
 def test_teacher_reference_sampler_takes_one_parallel_pass_per_sample(teacher, frames):
     counter = PassCounter(teacher.stack)
-    generate(teacher, torch.randn(1, 4, frames), method="naive",
-             generator=torch.Generator().manual_seed(0))
+    generate(
+        teacher,
+        torch.randn(1, 4, frames),
+        method="naive",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert counter.calls == frames * HOP
 
 
 @pytest.mark.parametrize("frames", [2, 4])
-def test_student_synthesis_of_a_clip_takes_one_pass_of_every_flow(student, frames,
-                                                                  monkeypatch):
+def test_student_synthesis_of_a_clip_takes_one_pass_of_every_flow(student, frames, monkeypatch):
     # the shipped path: one fused pass per flow, each over the whole clip at once; the flow
     # modules themselves never run
     passes = count_calls(monkeypatch, student_module, "fused_flow")
@@ -110,8 +119,9 @@ def test_student_synthesis_of_a_clip_takes_one_pass_of_every_flow(student, frame
 
 
 @pytest.mark.parametrize("chunks", [1, 2])
-def test_chunked_student_synthesis_takes_one_pass_of_every_flow_per_chunk(student, chunks,
-                                                                          monkeypatch):
+def test_chunked_student_synthesis_takes_one_pass_of_every_flow_per_chunk(
+    student, chunks, monkeypatch
+):
     passes = count_calls(monkeypatch, student_module, "fused_flow")
     frames = 4
     mel, step = torch.randn(1, 4, frames), frames // chunks

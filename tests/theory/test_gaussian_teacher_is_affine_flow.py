@@ -23,9 +23,19 @@ T = 24
 @pytest.fixture
 def teacher():
     torch.manual_seed(0)
-    cfg = config_from_dict({"teacher": {"output": "gaussian", "use_mel": False, "layers": 4,
-                                        "stacks": 2, "residual_channels": 8,
-                                        "gate_channels": 16, "skip_channels": 8}})
+    cfg = config_from_dict(
+        {
+            "teacher": {
+                "output": "gaussian",
+                "use_mel": False,
+                "layers": 4,
+                "stacks": 2,
+                "residual_channels": 8,
+                "gate_channels": 16,
+                "skip_channels": 8,
+            }
+        }
+    )
     model = WaveNetTeacher.from_config(cfg).eval()
     with torch.no_grad():  # scales that move with the past: a non-trivial flow
         model.head[-1].weight.mul_(5.0)

@@ -38,15 +38,26 @@ def fitted_teacher(source, steps: int = 40) -> tuple[WaveNetTeacher, WaveNetTeac
     """A tiny Gaussian-head teacher before and after ``steps`` Adam steps of maximum
     likelihood on paths of ``source``."""
     torch.manual_seed(0)
-    cfg = config_from_dict({"teacher": {"output": "gaussian", "use_mel": False, "layers": 2,
-                                        "stacks": 1, "residual_channels": 8,
-                                        "gate_channels": 16, "skip_channels": 8}})
+    cfg = config_from_dict(
+        {
+            "teacher": {
+                "output": "gaussian",
+                "use_mel": False,
+                "layers": 2,
+                "stacks": 1,
+                "residual_channels": 8,
+                "gate_channels": 16,
+                "skip_channels": 8,
+            }
+        }
+    )
     teacher = WaveNetTeacher.from_config(cfg)
     initial = WaveNetTeacher.from_config(cfg)
     initial.load_state_dict(teacher.state_dict())
     rng = np.random.default_rng(0)
-    data = torch.tensor(np.stack([source.generate(1024, rng) for _ in range(8)]),
-                        dtype=torch.float32)
+    data = torch.tensor(
+        np.stack([source.generate(1024, rng) for _ in range(8)]), dtype=torch.float32
+    )
     optimizer = torch.optim.Adam(teacher.parameters(), lr=3e-3)
     for _ in range(steps):
         loss, _ = MaximumLikelihood().loss(teacher, {"audio": data})

@@ -28,9 +28,12 @@ T = FRAMES * HOP
 
 def make_student(noise: str) -> IAFStudent:
     torch.manual_seed(0)
-    cfg = config_from_dict({
-        "audio": {"hop_length": HOP, "n_fft": 16, "win_length": 16, "n_mels": 4},
-        "student": {"flow_layers": [2, 2], "channels": 8, "dilation_cycle": 2, "noise": noise}})
+    cfg = config_from_dict(
+        {
+            "audio": {"hop_length": HOP, "n_fft": 16, "win_length": 16, "n_mels": 4},
+            "student": {"flow_layers": [2, 2], "channels": 8, "dilation_cycle": 2, "noise": noise},
+        }
+    )
     student = IAFStudent.from_config(cfg).eval()
     for flow in student.flows:  # log-scales that move with the past: a non-trivial identity
         torch.nn.init.normal_(flow.output.weight, std=0.3)

@@ -18,8 +18,9 @@ WORLD_SIZE = 2
 
 
 def _config(batch_size: int) -> Config:
-    return tiny_config(data={"batch_size": batch_size},
-                       train={"steps": 2, "checkpoint_every": 2, "valid_every": 2})
+    return tiny_config(
+        data={"batch_size": batch_size}, train={"steps": 2, "checkpoint_every": 2, "valid_every": 2}
+    )
 
 
 def _free_port() -> int:
@@ -32,8 +33,13 @@ def _rank_main(rank: int, port: int, config: Config, data_dir, out_dir, results_
     """One process of the run, set up as ``torchrun`` would set it up."""
     from wavedistill.training.runs import train_teacher
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+    )
     torch.set_num_threads(1)
     trainer = train_teacher(config, data_dir, out_dir, device="cpu")
     torch.save(trainer.model.state_dict(), results_dir / f"rank{rank}.pt")
@@ -46,10 +52,13 @@ def runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("distributed")
     write_tiny_dataset(root)
-    mp.spawn(_rank_main, nprocs=WORLD_SIZE, join=True,
-             args=(_free_port(), _config(2), root / "data", root / "ddp", root))
-    single = train_teacher(_config(2 * WORLD_SIZE), root / "data",
-                           root / "single", device="cpu")
+    mp.spawn(
+        _rank_main,
+        nprocs=WORLD_SIZE,
+        join=True,
+        args=(_free_port(), _config(2), root / "data", root / "ddp", root),
+    )
+    single = train_teacher(_config(2 * WORLD_SIZE), root / "data", root / "single", device="cpu")
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     return root, ranks, single.model.state_dict()
 
@@ -77,4 +86,6 @@ def test_only_rank_zero_writes_and_its_checkpoint_holds_every_ranks_rng(runs):
         assert torch.equal(ckpt["model"][name], tensor)
     assert len(list((root / "ddp" / "tb").iterdir())) == 1
     assert sorted(p.name for p in (root / "ddp" / "checkpoints").iterdir()) == [
-        "best.pt", "step-000002.pt"]
+        "best.pt",
+        "step-000002.pt",
+    ]

@@ -46,8 +46,16 @@ def teacher_trainer(cfg, data_dir, out_dir, objective=None) -> Trainer:
 
     torch.manual_seed(cfg.train.seed)
     model = WaveNetTeacher.from_config(cfg)
-    return Trainer("teacher", model, objective or MaximumLikelihood(), cfg,
-                   open_data_folder(data_dir, cfg), out_dir, Processes(), torch.device("cpu"))
+    return Trainer(
+        "teacher",
+        model,
+        objective or MaximumLikelihood(),
+        cfg,
+        open_data_folder(data_dir, cfg),
+        out_dir,
+        Processes(),
+        torch.device("cpu"),
+    )
 
 
 class NonFiniteOn:
@@ -96,8 +104,9 @@ def test_cosine_decay_falls_from_one_to_zero_at_the_last_step():
 
 
 def test_optimizer_learning_rate_follows_the_schedule_step_by_step():
-    train = TrainConfig(learning_rate=0.01, warmup_steps=3, decay="exponential",
-                        decay_rate=0.5, decay_steps=2)
+    train = TrainConfig(
+        learning_rate=0.01, warmup_steps=3, decay="exponential", decay_rate=0.5, decay_steps=2
+    )
     optimizer, scheduler = make_optimizer(torch.nn.Linear(2, 2), train)
     for step in range(8):
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * lr_factor(step, train))
@@ -185,11 +194,15 @@ def test_stopped_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(d
     resumed = train_teacher(cfg(5), dataset, tmp_path / "b", resume=True)
     assert resumed.step == straight.step == 5
     assert resumed.train_data.state() == straight.train_data.state() == {"epoch": 2, "position": 1}
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(
+        straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    for a, b in zip(straight.ema.model.state_dict().values(),
-                    resumed.ema.model.state_dict().values(), strict=True):
+    for a, b in zip(
+        straight.ema.model.state_dict().values(),
+        resumed.ema.model.state_dict().values(),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     moments = [s["exp_avg_sq"] for s in straight.optimizer.state_dict()["state"].values()]
     resumed_moments = [s["exp_avg_sq"] for s in resumed.optimizer.state_dict()["state"].values()]
@@ -210,8 +223,14 @@ def test_run_folder_holds_config_last_checkpoints_best_and_tensorboard_events(da
     assert best["stats"]["mean"].shape == (TINY_CONFIG["audio"]["n_mels"],)
     events = EventAccumulator(str(out / "tb")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/nll_bits", "train/learning_rate", "train/grad_norm",
-            "train/samples_per_s", "valid/nll_bits"} <= tags
+    assert {
+        "train/loss",
+        "train/nll_bits",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "valid/nll_bits",
+    } <= tags
     # the untrained model is validated first: the curve starts where training started
     assert [e.step for e in events.Scalars("valid/nll_bits")] == [0, 2, 4]
 
@@ -220,8 +239,9 @@ def test_best_checkpoint_holds_the_lowest_validation_value(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    train_teacher(tiny_cfg(steps=3, valid_every=1, checkpoint_every=100, learning_rate=0.01),
-                  dataset, out)
+    train_teacher(
+        tiny_cfg(steps=3, valid_every=1, checkpoint_every=100, learning_rate=0.01), dataset, out
+    )
     scalars = EventAccumulator(str(out / "tb")).Reload().Scalars("valid/nll_bits")
     assert scalars[0].step == 0  # the starting point, which no checkpoint holds
     values = [e.value for e in scalars[1:]]
@@ -257,11 +277,13 @@ def test_init_from_takes_weights_only(dataset, tmp_path):
     trainer = teacher_trainer(tiny_cfg(steps=2), dataset, tmp_path / "b")
     trainer.init_from(latest_checkpoint(tmp_path / "a"))
     assert trainer.step == 0 and not trainer.optimizer.state
-    for a, b in zip(source.model.state_dict().values(), trainer.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(
+        source.model.state_dict().values(), trainer.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b)
-    for a, b in zip(trainer.model.state_dict().values(), trainer.ema.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(
+        trainer.model.state_dict().values(), trainer.ema.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -283,8 +305,10 @@ def test_init_from_takes_an_exported_bundle(dataset, tmp_path):
     from wavedistill.store.loading import random_model
 
     n_mels = tiny_cfg().audio.n_mels
-    student = dataclasses.replace(random_model("student", tiny_cfg(), "random"),
-                                  stats=FeatureStats(torch.zeros(n_mels), torch.ones(n_mels)))
+    student = dataclasses.replace(
+        random_model("student", tiny_cfg(), "random"),
+        stats=FeatureStats(torch.zeros(n_mels), torch.ones(n_mels)),
+    )
     student_bundle = export_bundle(student, tmp_path / "student")
     with pytest.raises(UserError, match="student bundle; a teacher is needed"):
         trainer.init_from(student_bundle)
@@ -362,8 +386,9 @@ def test_media_steps_write_audio_and_mel_figures_without_moving_training_rng(dat
     runs = {}
     for every in (0, 1):
         objective = RecordingRNG()
-        teacher_trainer(tiny_cfg(steps=2, audio_every=every), dataset, tmp_path / str(every),
-                        objective).run()
+        teacher_trainer(
+            tiny_cfg(steps=2, audio_every=every), dataset, tmp_path / str(every), objective
+        ).run()
         runs[every] = objective.rng_at_loss
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     events = EventAccumulator(str(tmp_path / "1" / "tb"), size_guidance={"audio": 0, "images": 0})
@@ -399,34 +424,43 @@ def teacher_ckpt(dataset, tmp_path_factory):
     torch.manual_seed(0)
     stats = FeatureStats.load(dataset / "stats.npz")
     shifted = FeatureStats(stats.mean + 0.5, stats.std * 2.0)
-    payload = {"kind": "teacher", "config": config_to_dict(cfg), "stats": shifted.to_dict(),
-               "model": new_model("teacher", cfg).state_dict()}
+    payload = {
+        "kind": "teacher",
+        "config": config_to_dict(cfg),
+        "stats": shifted.to_dict(),
+        "model": new_model("teacher", cfg).state_dict(),
+    }
     return save_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt", payload)
 
 
 def student_cfg(**train):
     # teacher.layers is ignored: the teacher checkpoint's own section is recorded
-    return tiny_config(train={"valid_every": 100, "checkpoint_every": 100, **train},
-                       teacher={"layers": 8})
+    return tiny_config(
+        train={"valid_every": 100, "checkpoint_every": 100, **train}, teacher={"layers": 8}
+    )
 
 
-def test_stopped_and_resumed_distillation_ends_with_the_same_student(dataset, teacher_ckpt,
-                                                                     tmp_path):
+def test_stopped_and_resumed_distillation_ends_with_the_same_student(
+    dataset, teacher_ckpt, tmp_path
+):
     # The student draws noise from the global generator at every step, so this holds only if
     # the RNG states travel in the checkpoint.
     from wavedistill.training.runs import train_student
 
     straight = train_student(student_cfg(steps=3), teacher_ckpt, dataset, tmp_path / "a")
     train_student(student_cfg(steps=1), teacher_ckpt, dataset, tmp_path / "b")
-    resumed = train_student(student_cfg(steps=3), teacher_ckpt, dataset, tmp_path / "b",
-                            resume=True)
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
-                    strict=True):
+    resumed = train_student(
+        student_cfg(steps=3), teacher_ckpt, dataset, tmp_path / "b", resume=True
+    )
+    for a, b in zip(
+        straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_student_checkpoints_carry_the_teachers_statistics_and_config(dataset, teacher_ckpt,
-                                                                       tmp_path):
+def test_student_checkpoints_carry_the_teachers_statistics_and_config(
+    dataset, teacher_ckpt, tmp_path
+):
     from wavedistill.training.runs import train_student
 
     train_student(student_cfg(steps=1), teacher_ckpt, dataset, tmp_path / "run")
@@ -443,15 +477,20 @@ def test_distillation_refuses_a_student_checkpoint_as_teacher(dataset, teacher_c
 
     train_student(student_cfg(steps=1), teacher_ckpt, dataset, tmp_path / "s")
     with pytest.raises(UserError, match="is a student checkpoint; a teacher checkpoint is needed"):
-        train_student(student_cfg(steps=1), tmp_path / "s" / "checkpoints" / "best.pt", dataset,
-                      tmp_path / "run")
+        train_student(
+            student_cfg(steps=1),
+            tmp_path / "s" / "checkpoints" / "best.pt",
+            dataset,
+            tmp_path / "run",
+        )
 
 
 def test_a_wall_time_budget_stops_after_the_step_that_passes_it_and_saves(dataset, tmp_path):
     out = tmp_path / "run"
     # a budget of ~0 minutes: the first step passes it, and is the last
-    trainer = train_teacher(tiny_cfg(steps=50, max_minutes=1e-9, valid_every=100,
-                                     checkpoint_every=100), dataset, out)
+    trainer = train_teacher(
+        tiny_cfg(steps=50, max_minutes=1e-9, valid_every=100, checkpoint_every=100), dataset, out
+    )
     assert trainer.step == 1
     assert latest_checkpoint(out).name == "step-000001.pt"
     assert (out / "checkpoints" / "best.pt").is_file()
@@ -511,8 +550,10 @@ def objective_and_model(kind: str):
     torch.manual_seed(0)
     teacher = WaveNetTeacher.from_config(cfg)
     frames = cfg.data.segment_length // cfg.audio.hop_length
-    batch = {"audio": 0.1 * torch.randn(2, cfg.data.segment_length),
-             "mel": torch.randn(2, cfg.audio.n_mels, frames)}
+    batch = {
+        "audio": 0.1 * torch.randn(2, cfg.data.segment_length),
+        "mel": torch.randn(2, cfg.audio.n_mels, frames),
+    }
     if kind == "teacher":
         return MaximumLikelihood(), teacher, batch
     return Distillation(teacher, cfg), IAFStudent.from_config(cfg), batch
@@ -524,13 +565,15 @@ def test_objective_logs_are_detached_device_tensors_read_by_no_step(kind, host_r
     host_reads.clear()
     loss, logs = objective.loss(model, batch)
     assert not host_reads
-    assert logs and all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
-                        for v in logs.values())
+    assert logs and all(
+        isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in logs.values()
+    )
     assert loss.requires_grad
 
 
 def test_steps_wait_only_to_decide_a_skip_and_a_log_line_reads_all_means_at_once(
-        dataset, tmp_path, host_reads):
+    dataset, tmp_path, host_reads
+):
     from wavedistill.training.loop import _Meter
 
     trainer = teacher_trainer(tiny_cfg(), dataset, tmp_path / "run")

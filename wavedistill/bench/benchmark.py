@@ -109,8 +109,16 @@ class Settings:
     clip: Path = BUNDLED_CLIP  # the speech whose log-mel conditions every model
 
     @classmethod
-    def checked(cls, seconds: float, naive_steps: int, batch: int, repeats: int,
-                device: str | torch.device, dtype: str, clip: Path | None = None) -> Settings:
+    def checked(
+        cls,
+        seconds: float,
+        naive_steps: int,
+        batch: int,
+        repeats: int,
+        device: str | torch.device,
+        dtype: str,
+        clip: Path | None = None,
+    ) -> Settings:
         """Settings from plain values; a value out of range is a one-line UserError naming
         the command-line flag. ``dtype``: ``"float32"`` or ``"bfloat16"``; ``clip`` None: the
         bundled clip."""
@@ -119,8 +127,7 @@ class Settings:
         if naive_steps < 1:
             raise UserError(f"--naive-steps must be at least 1, got {naive_steps}")
         if batch < 1 or repeats < 1:
-            raise UserError(f"--batch and --repeats must be at least 1, got {batch} and "
-                            f"{repeats}")
+            raise UserError(f"--batch and --repeats must be at least 1, got {batch} and {repeats}")
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
         dev = torch.device(device)
@@ -128,9 +135,15 @@ class Settings:
             raise UserError(f"--device {device}: CUDA is not available on this machine")
         # bf16 where the device computes it natively; emulated, it would take minutes
         resolve_dtype(dtype, dev)
-        return cls(seconds=seconds, naive_steps=naive_steps, batch=batch, repeats=repeats,
-                   device=dev, dtype=getattr(torch, dtype),
-                   clip=Path(clip) if clip is not None else BUNDLED_CLIP)
+        return cls(
+            seconds=seconds,
+            naive_steps=naive_steps,
+            batch=batch,
+            repeats=repeats,
+            device=dev,
+            dtype=getattr(torch, dtype),
+            clip=Path(clip) if clip is not None else BUNDLED_CLIP,
+        )
 
     def precision(self):
         """bf16 autocast for ``bfloat16``; float32 runs as is."""
@@ -146,24 +159,34 @@ def clip_features(cfg: Config, clip: Path = BUNDLED_CLIP) -> tuple[torch.Tensor,
     """The clip's audio ``(T,)`` at ``audio.sample_rate``, cut to whole frames, and its
     un-normalised log-mel ``(n_mels, T / hop)``."""
     if not clip.is_file():
-        raise UserError(f"{clip}: no such clip to condition the benchmark on; give --clip "
-                        "(any speech recording)")
+        raise UserError(
+            f"{clip}: no such clip to condition the benchmark on; give --clip "
+            "(any speech recording)"
+        )
     audio = torch.from_numpy(load_audio(clip, cfg.audio.sample_rate))
     usable = whole_frames(len(audio), cfg.audio)
     if usable is None:
-        raise UserError(f"{clip}: too short to condition the benchmark on ({len(audio)} "
-                        f"samples; needs at least {shortest_clip(cfg.audio)})")
+        raise UserError(
+            f"{clip}: too short to condition the benchmark on ({len(audio)} "
+            f"samples; needs at least {shortest_clip(cfg.audio)})"
+        )
     return audio[:usable], log_mel(audio[:usable], cfg.audio)
 
 
 def tile(x: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
     """``x[..., offset:]`` repeated along the last axis and cut to ``length``: ``(..., length)``."""
     reps = math.ceil((length + offset) / x.shape[-1])
-    return torch.cat([x] * reps, dim=-1)[..., offset:offset + length]
+    return torch.cat([x] * reps, dim=-1)[..., offset : offset + length]
 
 
-def benchmark_batch(cfg: Config, stats: FeatureStats | None, frames: int, batch: int,
-                    device: torch.device, clip: Path = BUNDLED_CLIP) -> dict[str, torch.Tensor]:
+def benchmark_batch(
+    cfg: Config,
+    stats: FeatureStats | None,
+    frames: int,
+    batch: int,
+    device: torch.device,
+    clip: Path = BUNDLED_CLIP,
+) -> dict[str, torch.Tensor]:
     """Real speech for a benchmark: ``{"audio": (B, frames * hop), "mel": (B, n_mels, frames)
     normalised, "speaker": (B,) zeros}``. Rows start at different frames of the tiled clip so a
     batch holds different inputs. ``stats`` None normalises by the clip's own statistics."""
@@ -174,23 +197,26 @@ def benchmark_batch(cfg: Config, stats: FeatureStats | None, frames: int, batch:
     hop, stride = cfg.audio.hop_length, max(1, mel.shape[-1] // max(batch, 1))
     mels = [tile(mel, frames, b * stride) for b in range(batch)]
     audios = [tile(audio, frames * hop, b * stride * hop) for b in range(batch)]
-    return {"audio": torch.stack(audios).to(device),
-            "mel": stats.normalize(torch.stack(mels)).to(device),
-            "speaker": torch.zeros(batch, dtype=torch.long, device=device)}
+    return {
+        "audio": torch.stack(audios).to(device),
+        "mel": stats.normalize(torch.stack(mels)).to(device),
+        "speaker": torch.zeros(batch, dtype=torch.long, device=device),
+    }
 
 
-def loaded_batch(loaded: LoadedModel, frames: int, settings: Settings
-                 ) -> dict[str, torch.Tensor]:
+def loaded_batch(loaded: LoadedModel, frames: int, settings: Settings) -> dict[str, torch.Tensor]:
     """:func:`benchmark_batch` of ``frames`` frames with the model's config and statistics."""
-    return benchmark_batch(loaded.cfg, loaded.stats, frames, settings.batch, settings.device,
-                           settings.clip)
+    return benchmark_batch(
+        loaded.cfg, loaded.stats, frames, settings.batch, settings.device, settings.clip
+    )
 
 
 # -- models ----------------------------------------------------------------------------------
 
 
-def load_kind(kind: ModelKind, checkpoint: str | Path | None, config: Path | None,
-              device: torch.device) -> LoadedModel | None:
+def load_kind(
+    kind: ModelKind, checkpoint: str | Path | None, config: Path | None, device: torch.device
+) -> LoadedModel | None:
     """The model of one kind from a checkpoint, or from a config with random weights (seeded,
     no statistics), or None when neither is given."""
     if checkpoint is not None and config is not None:
@@ -205,9 +231,16 @@ def load_kind(kind: ModelKind, checkpoint: str | Path | None, config: Path | Non
 # -- measuring -------------------------------------------------------------------------------
 
 
-def measure(fn: Callable[[], Any], samples_per_call: int, flops: FlopCount,
-            loaded: LoadedModel, settings: Settings, peak_gflops: float,
-            warmup: Callable[[], Any] | None = None, autocast: bool = True) -> dict[str, Any]:
+def measure(
+    fn: Callable[[], Any],
+    samples_per_call: int,
+    flops: FlopCount,
+    loaded: LoadedModel,
+    settings: Settings,
+    peak_gflops: float,
+    warmup: Callable[[], Any] | None = None,
+    autocast: bool = True,
+) -> dict[str, Any]:
     """Time ``fn`` (after one untimed call of ``warmup``, by default ``fn`` itself) and report
     the per-model fields of the JSON. ``autocast``: run under the run's precision (False when
     ``fn`` sets its own)."""
@@ -268,17 +301,29 @@ def measure_teacher(teacher: LoadedModel, settings: Settings, peak: float) -> di
 
     def run(frames_used: int = frames):
         m = mel[..., :frames_used] if mel is not None else None
-        return generate(teacher.model, m, speaker,
-                        num_samples=frames_used * teacher.cfg.audio.hop_length,
-                        generator=_generator(settings), precision=precision)
+        return generate(
+            teacher.model,
+            m,
+            speaker,
+            num_samples=frames_used * teacher.cfg.audio.hop_length,
+            generator=_generator(settings),
+            precision=precision,
+        )
 
     # The warm-up only needs every code path once: one frame is enough.
-    return measure(run, settings.batch * num_samples, teacher_flops(teacher.cfg), teacher,
-                   settings, peak, warmup=lambda: run(1), autocast=False)
+    return measure(
+        run,
+        settings.batch * num_samples,
+        teacher_flops(teacher.cfg),
+        teacher,
+        settings,
+        peak,
+        warmup=lambda: run(1),
+        autocast=False,
+    )
 
 
-def measure_teacher_naive(teacher: LoadedModel, settings: Settings, peak: float
-                          ) -> dict[str, Any]:
+def measure_teacher_naive(teacher: LoadedModel, settings: Settings, peak: float) -> dict[str, Any]:
     """``settings.naive_steps`` steps of the naive sampler in the steady state, the past being
     the bundled clip's audio; under autocast for bfloat16."""
     steps, frames = steady_naive_steps(teacher.model, settings.naive_steps)
@@ -288,12 +333,12 @@ def measure_teacher_naive(teacher: LoadedModel, settings: Settings, peak: float
         audio = audio[:, :frames]  # unconditional: the clip is ``frames`` samples long
 
     def run(count: int = len(steps)):
-        sample_naive_steps(teacher.model, mel, speaker, audio, steps[:count],
-                           _generator(settings))
+        sample_naive_steps(teacher.model, mel, speaker, audio, steps[:count], _generator(settings))
 
     flops = naive_teacher_flops(teacher.cfg, teacher.model, steps, frames)
-    return measure(run, settings.batch * len(steps), flops, teacher, settings, peak,
-                   warmup=lambda: run(1))
+    return measure(
+        run, settings.batch * len(steps), flops, teacher, settings, peak, warmup=lambda: run(1)
+    )
 
 
 # -- training throughput ---------------------------------------------------------------------
@@ -309,8 +354,9 @@ def trainable(model: torch.nn.Module):
         model.eval().requires_grad_(False)
 
 
-def measure_step(model: torch.nn.Module, objective, batch: dict[str, torch.Tensor],
-                 settings: Settings) -> dict[str, Any]:
+def measure_step(
+    model: torch.nn.Module, objective, batch: dict[str, torch.Tensor], settings: Settings
+) -> dict[str, Any]:
     """Samples/s of one optimiser step (forward, backward, Adam) of ``objective`` on ``batch``."""
     with trainable(model):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -325,9 +371,14 @@ def measure_step(model: torch.nn.Module, objective, batch: dict[str, torch.Tenso
         with PeakMemory(settings.device) as memory:
             timing = time_call(step, settings.device, settings.repeats)
     samples = batch["audio"].numel()
-    return {"samples_per_s": samples / timing.median, "seconds_per_step": timing.median,
-            "spread": timing.spread, "batch": batch["audio"].shape[0],
-            "segment_length": batch["audio"].shape[1], "peak_rss_mb": memory.rss_mb}
+    return {
+        "samples_per_s": samples / timing.median,
+        "seconds_per_step": timing.median,
+        "spread": timing.spread,
+        "batch": batch["audio"].shape[0],
+        "segment_length": batch["audio"].shape[1],
+        "peak_rss_mb": memory.rss_mb,
+    }
 
 
 def training_batch(loaded: LoadedModel, settings: Settings) -> dict[str, torch.Tensor]:
@@ -338,14 +389,16 @@ def training_batch(loaded: LoadedModel, settings: Settings) -> dict[str, torch.T
     return loaded_batch(loaded, cfg.data.segment_length // cfg.audio.hop_length, settings)
 
 
-def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
-                     settings: Settings) -> dict[str, Any]:
+def measure_training(
+    teacher: LoadedModel | None, student: LoadedModel | None, settings: Settings
+) -> dict[str, Any]:
     """Training throughput: the teacher's maximum-likelihood step and the distillation step
     (the student's KL + power loss against the frozen teacher)."""
     out: dict[str, Any] = {}
     if teacher is not None:
-        out["teacher_step"] = measure_step(teacher.model, MaximumLikelihood(),
-                                           training_batch(teacher, settings), settings)
+        out["teacher_step"] = measure_step(
+            teacher.model, MaximumLikelihood(), training_batch(teacher, settings), settings
+        )
     if teacher is not None and student is not None:
         check_teacher_compatible(teacher.cfg, student.cfg)
         objective = Distillation(teacher.model, student.cfg)
@@ -357,18 +410,25 @@ def measure_training(teacher: LoadedModel | None, student: LoadedModel | None,
 # -- the run ---------------------------------------------------------------------------------
 
 
-def benchmark(settings: Settings, *, teacher: str | Path | None = None,
-              student: str | Path | None = None,
-              teacher_config: Path | None = None, student_config: Path | None = None,
-              threads: int | None = None, training: bool = False) -> dict[str, Any]:
+def benchmark(
+    settings: Settings,
+    *,
+    teacher: str | Path | None = None,
+    student: str | Path | None = None,
+    teacher_config: Path | None = None,
+    student_config: Path | None = None,
+    threads: int | None = None,
+    training: bool = False,
+) -> dict[str, Any]:
     """Measure the models given as checkpoints (``teacher``, ``student``) or as configs with
     random weights (``*_config``); the JSON document as a dict. ``threads`` holds for the run
     only (a notebook calling this keeps its own setting)."""
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
     if teacher is None and teacher_config is None and student is None and student_config is None:
-        raise UserError("nothing to measure: give --teacher/--teacher-config and/or "
-                        "--student/--student-config")
+        raise UserError(
+            "nothing to measure: give --teacher/--teacher-config and/or --student/--student-config"
+        )
     teacher_model = load_kind("teacher", teacher, teacher_config, settings.device)
     student_model = load_kind("student", student, student_config, settings.device)
     previous = torch.get_num_threads()
@@ -379,8 +439,12 @@ def benchmark(settings: Settings, *, teacher: str | Path | None = None,
         torch.set_num_threads(previous)
 
 
-def run_benchmark(teacher: LoadedModel | None, student: LoadedModel | None, settings: Settings,
-                  training: bool = False) -> dict[str, Any]:
+def run_benchmark(
+    teacher: LoadedModel | None,
+    student: LoadedModel | None,
+    settings: Settings,
+    training: bool = False,
+) -> dict[str, Any]:
     """Measure every given model on the same device; the JSON document as a dict."""
     peak = matmul_peak_gflops(settings.device, settings.dtype)
     models: dict[str, Any] = {}
@@ -424,8 +488,16 @@ def device_name(device: torch.device) -> str:
 # -- the report ------------------------------------------------------------------------------
 
 
-TABLE_HEADER = ("model", "samples/s", "RTF", "MFLOP/sample", "GFLOP/s", "% peak", "spread",
-                "peak RSS MB")
+TABLE_HEADER = (
+    "model",
+    "samples/s",
+    "RTF",
+    "MFLOP/sample",
+    "GFLOP/s",
+    "% peak",
+    "spread",
+    "peak RSS MB",
+)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -435,24 +507,37 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [TABLE_HEADER]
     for name, m in report["models"].items():
         rate = m["samples_per_s"]
-        rows.append((name, f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}", f"{m['rtf']:.3g}",
-                     f"{m['flops_per_sample'] / 1e6:.3f}", f"{m['achieved_gflops']:.2f}",
-                     f"{100 * m['fraction_of_peak']:.1f}%", f"{100 * m['spread']:.1f}%",
-                     f"{m['peak_rss_mb']:,.0f}"))
+        rows.append(
+            (
+                name,
+                f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}",
+                f"{m['rtf']:.3g}",
+                f"{m['flops_per_sample'] / 1e6:.3f}",
+                f"{m['achieved_gflops']:.2f}",
+                f"{100 * m['fraction_of_peak']:.1f}%",
+                f"{100 * m['spread']:.1f}%",
+                f"{m['peak_rss_mb']:,.0f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
-    lines = [f"device {report['device']}, {report['threads']} thread(s), {report['dtype']}, "
-             f"batch {report['batch']}; matmul peak {peak:.1f} GFLOP/s"]
+    lines = [
+        f"device {report['device']}, {report['threads']} thread(s), {report['dtype']}, "
+        f"batch {report['batch']}; matmul peak {peak:.1f} GFLOP/s"
+    ]
     for row in rows:
         cells = [row[0].ljust(widths[0])]
         cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     if report["speedup_student_over_teacher"] is not None:
-        lines.append(f"student / teacher (cached) speed-up: "
-                     f"{report['speedup_student_over_teacher']:,.1f}x")
+        lines.append(
+            f"student / teacher (cached) speed-up: {report['speedup_student_over_teacher']:,.1f}x"
+        )
     for name, m in report.get("training", {}).items():
-        lines.append(f"training {name}: {m['samples_per_s']:,.0f} samples/s "
-                     f"(batch {m['batch']} x {m['segment_length']} samples, "
-                     f"spread {100 * m['spread']:.1f}%)")
+        lines.append(
+            f"training {name}: {m['samples_per_s']:,.0f} samples/s "
+            f"(batch {m['batch']} x {m['segment_length']} samples, "
+            f"spread {100 * m['spread']:.1f}%)"
+        )
     return "\n".join(lines)
 
 

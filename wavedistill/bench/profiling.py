@@ -95,15 +95,15 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1
-              ) -> Timing:
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times, each timed between two
     synchronisations of ``device``."""
     return time_round_robin({"call": fn}, device, repeats, warmup)["call"]
 
 
-def time_round_robin(calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
-                     warmup: int = 1) -> dict[str, Timing]:
+def time_round_robin(
+    calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1
+) -> dict[str, Timing]:
     """Each call ``warmup`` times untimed, then ``repeats`` rounds in which the calls take turns,
     each timed as in :func:`time_call`. Taking turns makes a machine busy with other work slow
     them alike, so their ratios stay meaningful."""
@@ -172,8 +172,13 @@ class PeakMemory:
 # -- the device's peak -----------------------------------------------------------------------
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 5,
-                       size: int | None = None, budget_s: float = 4.0) -> float:
+def matmul_peak_gflops(
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int = 5,
+    size: int | None = None,
+    budget_s: float = 4.0,
+) -> float:
     """GFLOP/s of a square matrix product (2 n^3 FLOPs) in its fastest repeat: a peak is what
     the device reaches, and a busy machine only ever slows it down.
 
@@ -246,8 +251,9 @@ def teacher_flops(cfg: Config) -> FlopCount:
     return FlopCount(parts)
 
 
-def naive_teacher_flops(cfg: Config, teacher: torch.nn.Module, steps: range, frames: int
-                        ) -> FlopCount:
+def naive_teacher_flops(
+    cfg: Config, teacher: torch.nn.Module, steps: range, frames: int
+) -> FlopCount:
     """FLOPs per sample of the naive sampler drawing ``steps`` of a clip of ``frames`` frames
     (samples without mel) with ``teacher`` (built from ``cfg``): every step reruns the parallel
     pass, frame-rate conditioning included, over the sampler's own window
@@ -256,15 +262,21 @@ def naive_teacher_flops(cfg: Config, teacher: torch.nn.Module, steps: range, fra
     hop, _ = naive_hop_and_context(teacher)
     windows = naive_windows(teacher, steps, frames)
     mean_window = sum((f1 - f0) * hop for f0, f1 in windows) / len(steps)
-    return FlopCount({name: value * mean_window
-                      for name, value in teacher_flops(cfg).parts.items()})
+    return FlopCount(
+        {name: value * mean_window for name, value in teacher_flops(cfg).parts.items()}
+    )
 
 
 def student_flops(student: IAFStudent) -> FlopCount:
     """FLOPs per sample of an :class:`~wavedistill.models.student.IAFStudent`'s one-pass synthesis,
     read off its modules (what is counted: see the module docstring)."""
-    parts = {"input_1x1": 0.0, "dilated_convs": 0.0, "conditioning_add": 0.0,
-             "residual_1x1": 0.0, "output_1x1": 0.0}
+    parts = {
+        "input_1x1": 0.0,
+        "dilated_convs": 0.0,
+        "conditioning_add": 0.0,
+        "residual_1x1": 0.0,
+        "output_1x1": 0.0,
+    }
     for flow in student.flows:
         C, k = flow.input_conv.out_channels, flow.stack.kernel_size
         G, L = flow.stack.gate_channels, len(flow.stack.blocks)

@@ -40,16 +40,35 @@ _HALF_RANGE = (LEVELS_16BIT - 1) / 2  # 32767.5: level k sits at k / 32767.5 - 1
 # File extensions of the formats libsndfile reads, keyed by soundfile's format name.
 # Header-less RAW is left out: it cannot be read without being told its encoding.
 _FORMAT_EXTENSIONS = {
-    "WAV": (".wav",), "WAVEX": (".wav",), "RF64": (".rf64",), "W64": (".w64",),
-    "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",),
-    "AIFF": (".aiff", ".aif", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",),
-    "NIST": (".nist", ".sph"), "IRCAM": (".sf", ".ircam"), "VOC": (".voc",),
-    "PAF": (".paf",), "SVX": (".svx", ".iff"), "MAT4": (".mat",), "MAT5": (".mat",),
-    "PVF": (".pvf",), "XI": (".xi",), "HTK": (".htk",), "SDS": (".sds",), "AVR": (".avr",),
-    "SD2": (".sd2",), "WVE": (".wve",), "MPC2K": (".mpc",),
+    "WAV": (".wav",),
+    "WAVEX": (".wav",),
+    "RF64": (".rf64",),
+    "W64": (".w64",),
+    "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"),
+    "MP3": (".mp3",),
+    "AIFF": (".aiff", ".aif", ".aifc"),
+    "AU": (".au", ".snd"),
+    "CAF": (".caf",),
+    "NIST": (".nist", ".sph"),
+    "IRCAM": (".sf", ".ircam"),
+    "VOC": (".voc",),
+    "PAF": (".paf",),
+    "SVX": (".svx", ".iff"),
+    "MAT4": (".mat",),
+    "MAT5": (".mat",),
+    "PVF": (".pvf",),
+    "XI": (".xi",),
+    "HTK": (".htk",),
+    "SDS": (".sds",),
+    "AVR": (".avr",),
+    "SD2": (".sd2",),
+    "WVE": (".wve",),
+    "MPC2K": (".mpc",),
 }
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    ext for name in sf.available_formats() for ext in _FORMAT_EXTENSIONS.get(name, ()))
+    ext for name in sf.available_formats() for ext in _FORMAT_EXTENSIONS.get(name, ())
+)
 
 
 def is_audio_file(path: str | Path) -> bool:
@@ -129,14 +148,17 @@ def write_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: i
     write_wav_stream(path, [audio], sample_rate, size=44 + 2 * len(audio))
 
 
-def write_wav_stream(path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int,
-                     size: int | None = None) -> int:
+def write_wav_stream(
+    path: str | Path, pieces: Iterable[np.ndarray], sample_rate: int, size: int | None = None
+) -> int:
     """Write mono audio arriving in pieces (each (n,) in [-1, 1]) as one 16-bit PCM WAV,
     atomically, holding one piece at a time. Returns the samples written. ``size``: the
     file's bytes where known (for the message of a full disk)."""
     written = 0
-    with atomic_path(path, size) as tmp, sf.SoundFile(tmp, "w", sample_rate, 1, subtype="PCM_16",
-                                                format="WAV") as out:
+    with (
+        atomic_path(path, size) as tmp,
+        sf.SoundFile(tmp, "w", sample_rate, 1, subtype="PCM_16", format="WAV") as out,
+    ):
         for piece in pieces:
             out.write(quantize_16bit(np.asarray(piece, dtype=np.float32)))
             written += len(piece)

@@ -54,12 +54,15 @@ def _check_unique(utterances: list[Utterance], root: Path) -> list[Utterance]:
     seen: dict[str, Path] = {}
     for utt in utterances:
         if utt.id in seen:
-            raise UserError(f"{root}: {seen[utt.id]} and {utt.path} both give utterance id "
-                            f"'{utt.id}'; keep one of them")
+            raise UserError(
+                f"{root}: {seen[utt.id]} and {utt.path} both give utterance id "
+                f"'{utt.id}'; keep one of them"
+            )
         seen[utt.id] = utt.path
     if not utterances:
-        raise UserError(f"{root}: no audio files found (looked for "
-                        f"{', '.join(sorted(AUDIO_EXTENSIONS))})")
+        raise UserError(
+            f"{root}: no audio files found (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
     return utterances
 
 
@@ -68,8 +71,11 @@ def read_folder(root: str | Path) -> list[Utterance]:
     to ``root`` without its extension (``sub/clip``). One speaker."""
     root = Path(root)
     _require_dir(root, "format folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_file(p)
-                   and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and is_audio_file(p) and not p.name.startswith(".")
+    )
     utts = [Utterance(p.relative_to(root).with_suffix("").as_posix(), p) for p in files]
     return _check_unique(utts, root)
 
@@ -148,9 +154,11 @@ def read_wav_scp(source: str | Path) -> list[Utterance]:
     utts = []
     for lineno, uid, rest in _read_table(scp):
         if rest.endswith("|"):
-            raise UserError(f"{scp}:{lineno}: utterance '{uid}' is a piped command; wavedistill "
-                            f"reads audio files only, so write the audio out first "
-                            f"(e.g. with wav-copy scp:wav.scp ark,scp:...) and list the files")
+            raise UserError(
+                f"{scp}:{lineno}: utterance '{uid}' is a piped command; wavedistill "
+                f"reads audio files only, so write the audio out first "
+                f"(e.g. with wav-copy scp:wav.scp ark,scp:...) and list the files"
+            )
         path = Path(rest)
         if speakers is not None and uid not in speakers:
             raise UserError(f"{scp.parent / 'utt2spk'}: no speaker for utterance '{uid}'")
@@ -195,8 +203,13 @@ def _split_score(uid: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_utterances(utterances: list, valid_fraction: float, valid_min: int, seed: int,
-                     key: Callable = lambda u: u.id) -> tuple[list, list]:
+def split_utterances(
+    utterances: list,
+    valid_fraction: float,
+    valid_min: int,
+    seed: int,
+    key: Callable = lambda u: u.id,
+) -> tuple[list, list]:
     """Deterministic (train, valid) split, each keeping the input order.
 
     An item is held out when the hash of (seed, id) falls below ``valid_fraction``, so its
@@ -250,9 +263,17 @@ class SegmentDataset(torch.utils.data.Dataset):
     one yields ``{"id", "corrupt": (file, reason)}`` instead, which :func:`collate` sets aside
     for the caller to report."""
 
-    def __init__(self, data_dir: str | Path, split: str, cfg: Config,
-                 stats: FeatureStats | None = None, *, full_utterances: bool = False,
-                 seed: int | None = None, check: bool = True):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        cfg: Config,
+        stats: FeatureStats | None = None,
+        *,
+        full_utterances: bool = False,
+        seed: int | None = None,
+        check: bool = True,
+    ):
         self.data_dir = Path(data_dir)
         self.hop = cfg.audio.hop_length
         self.stats = stats
@@ -265,8 +286,10 @@ class SegmentDataset(torch.utils.data.Dataset):
     def _read_entries(self, split: str) -> list[dict]:
         manifest = self.data_dir / f"{split}.jsonl"
         if not manifest.exists():
-            raise UserError(f"{manifest}: no such manifest; is {self.data_dir} a folder written "
-                            f"by `wavedistill preprocess`?")
+            raise UserError(
+                f"{manifest}: no such manifest; is {self.data_dir} a folder written "
+                f"by `wavedistill preprocess`?"
+            )
         return read_jsonl(manifest)
 
     def _usable(self, entries: list[dict]) -> list[dict]:
@@ -274,12 +297,18 @@ class SegmentDataset(torch.utils.data.Dataset):
             return entries
         kept = [e for e in entries if e["samples"] >= self.segment_length]
         if len(kept) < len(entries):
-            log.warning("%s: %d of %d utterances are shorter than data.segment_length (%d) and are "
-                        "skipped", self.data_dir, len(entries) - len(kept), len(entries),
-                        self.segment_length)
+            log.warning(
+                "%s: %d of %d utterances are shorter than data.segment_length (%d) and are skipped",
+                self.data_dir,
+                len(entries) - len(kept),
+                len(entries),
+                self.segment_length,
+            )
         if entries and not kept:
-            raise UserError(f"{self.data_dir}: no utterance is at least data.segment_length "
-                            f"({self.segment_length}) samples long")
+            raise UserError(
+                f"{self.data_dir}: no utterance is at least data.segment_length "
+                f"({self.segment_length}) samples long"
+            )
         return kept
 
     def set_epoch(self, epoch: int) -> None:
@@ -308,15 +337,19 @@ class SegmentDataset(torch.utils.data.Dataset):
         # Memory-mapped: a segment reads only its own bytes, however long the utterance.
         pcm = np.load(self.data_dir / entry["audio"], mmap_mode="r")
         mel = np.load(self.data_dir / entry["mel"], mmap_mode="r")
-        audio = dequantize_16bit(np.array(pcm[first * self.hop: (first + frames) * self.hop]))
-        mel = torch.from_numpy(np.array(mel[:, first: first + frames], dtype=np.float32))
+        audio = dequantize_16bit(np.array(pcm[first * self.hop : (first + frames) * self.hop]))
+        mel = torch.from_numpy(np.array(mel[:, first : first + frames], dtype=np.float32))
         if self.stats is not None:
             mel = self.stats.normalize(mel)
-        item = {"id": entry["id"], "audio": torch.from_numpy(audio), "mel": mel,
-                "speaker": int(entry["speaker"])}
+        item = {
+            "id": entry["id"],
+            "audio": torch.from_numpy(audio),
+            "mel": mel,
+            "speaker": int(entry["speaker"]),
+        }
         if "f0" in entry:  # F0 labels (preprocess with data.pitch=true): Hz, 0 = unvoiced
             f0 = np.load(self.data_dir / entry["f0"], mmap_mode="r")
-            item["f0"] = torch.from_numpy(np.array(f0[first: first + frames], dtype=np.float32))
+            item["f0"] = torch.from_numpy(np.array(f0[first : first + frames], dtype=np.float32))
         return item
 
 
@@ -344,9 +377,13 @@ def _batch(items: list[dict]) -> dict:
     for i, it in enumerate(items):
         audio[i, : lengths[i]] = it["audio"]
         mel[i, :, : it["mel"].shape[-1]] = it["mel"]
-    batch = {"id": [it["id"] for it in items], "audio": audio, "mel": mel,
-             "speaker": torch.tensor([it["speaker"] for it in items], dtype=torch.int64),
-             "lengths": torch.tensor(lengths, dtype=torch.int64)}
+    batch = {
+        "id": [it["id"] for it in items],
+        "audio": audio,
+        "mel": mel,
+        "speaker": torch.tensor([it["speaker"] for it in items], dtype=torch.int64),
+        "lengths": torch.tensor(lengths, dtype=torch.int64),
+    }
     if all("f0" in it for it in items):
         f0 = torch.zeros(len(items), frames)
         for i, it in enumerate(items):

@@ -54,12 +54,15 @@ class MelConvention:
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
-            raise UserError(f"--mel-layout must be one of {', '.join(LAYOUTS)}, "
-                            f"got {self.layout!r}")
+            raise UserError(
+                f"--mel-layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}"
+            )
         if self.normalized and self.stats is not None:
-            raise UserError("--stats and --no-normalize exclude each other: --stats undoes "
-                            "another toolkit's normalisation, --no-normalize takes features "
-                            "normalised with the model's own statistics")
+            raise UserError(
+                "--stats and --no-normalize exclude each other: --stats undoes "
+                "another toolkit's normalisation, --no-normalize takes features "
+                "normalised with the model's own statistics"
+            )
 
 
 PLAIN = MelConvention()  # this package's own (n_mels, F) un-normalised features
@@ -72,16 +75,22 @@ def arrange(name: str, array: np.ndarray, n_mels: int, layout: str = "auto") -> 
     if layout == "auto":
         fits = [lay for lay in LAYOUTS[1:] if _fits(shape, n_mels, lay)]
         if not fits:
-            raise UserError(f"{name}: features of shape {shape} fit no layout of {n_mels} mel "
-                            "channels: expected (n_mels, frames), (frames, n_mels) or "
-                            "(1, n_mels, frames)")
+            raise UserError(
+                f"{name}: features of shape {shape} fit no layout of {n_mels} mel "
+                "channels: expected (n_mels, frames), (frames, n_mels) or "
+                "(1, n_mels, frames)"
+            )
         if len(fits) > 1:
-            raise UserError(f"{name}: features of shape {shape} are ambiguous ({' or '.join(fits)}"
-                            "); give --mel-layout")
+            raise UserError(
+                f"{name}: features of shape {shape} are ambiguous ({' or '.join(fits)}"
+                "); give --mel-layout"
+            )
         layout = fits[0]
     elif not _fits(shape, n_mels, layout):
-        raise UserError(f"{name}: features of shape {shape} do not have --mel-layout {layout} "
-                        f"with {n_mels} mel channels")
+        raise UserError(
+            f"{name}: features of shape {shape} do not have --mel-layout {layout} "
+            f"with {n_mels} mel channels"
+        )
     if layout == "frames,n_mels":
         return np.ascontiguousarray(array.T)
     return array.reshape(n_mels, -1)
@@ -111,14 +120,18 @@ def read_stats(path: str | Path) -> FeatureStats:
     if not path.is_file():
         raise UserError(f"{path}: no such statistics file")
     if path.suffix.lower() in (".h5", ".hdf5"):
-        raise UserError(f"{path}: HDF5 statistics are not read; save mean and scale with "
-                        "np.save('stats.npy', np.stack([mean, scale])) and give that file")
+        raise UserError(
+            f"{path}: HDF5 statistics are not read; save mean and scale with "
+            "np.save('stats.npy', np.stack([mean, scale])) and give that file"
+        )
     if path.suffix.lower() == ".npz":
         return _npz_stats(path)
     array = load_npy(path)
     if array.ndim != 2 or array.shape[0] != 2:
-        raise UserError(f"{path}: statistics must be mean and scale stacked as (2, n_mels), "
-                        f"got shape {array.shape}")
+        raise UserError(
+            f"{path}: statistics must be mean and scale stacked as (2, n_mels), "
+            f"got shape {array.shape}"
+        )
     if not np.isfinite(array).all() or (array[1] <= 0).any():
         raise UserError(f"{path}: statistics hold a non-finite value or a scale <= 0")
     return FeatureStats(array[0], array[1])
@@ -131,7 +144,7 @@ def _npz_stats(path: Path) -> FeatureStats:
             if {"count", "sum", "sum_square"} <= keys:  # ESPnet2's running sums
                 count = float(np.asarray(data["count"]).sum())
                 mean = data["sum"] / count
-                var = data["sum_square"] / count - mean ** 2
+                var = data["sum_square"] / count - mean**2
                 return FeatureStats(mean, np.sqrt(np.maximum(var, 1e-20)))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable statistics file ({exc})") from None
@@ -147,18 +160,23 @@ def finite_mel(name: str, array: np.ndarray, n_mels: int, layout: str = "auto") 
     return np.ascontiguousarray(mel, dtype=np.float32)
 
 
-def check_floor(name: str, mel: torch.Tensor | np.ndarray, audio: AudioConfig, advice: str
-                ) -> None:
+def check_floor(name: str, mel: torch.Tensor | np.ndarray, audio: AudioConfig, advice: str) -> None:
     """Refuse a log-mel with values below the log of ``audio.log_floor`` (in its base): it was
     made with another floor or base, or normalised. ``advice`` ends the message."""
     lowest, found = lowest_log_mel(audio), float(mel.min())
     if found < lowest - 1e-3:
-        raise UserError(f"{name}: values down to {found:.2f} lie below the log floor "
-                        f"{lowest:.2f}; {advice}")
+        raise UserError(
+            f"{name}: values down to {found:.2f} lie below the log floor {lowest:.2f}; {advice}"
+        )
 
 
-def model_input(name: str, array: np.ndarray, audio: AudioConfig, stats: FeatureStats,
-                convention: MelConvention = PLAIN) -> torch.Tensor:
+def model_input(
+    name: str,
+    array: np.ndarray,
+    audio: AudioConfig,
+    stats: FeatureStats,
+    convention: MelConvention = PLAIN,
+) -> torch.Tensor:
     """Saved features -> the model's normalised input ``(n_mels, F)`` float32, checked for
     shape, finiteness and (unless already normalised) the model's log convention."""
     mel = torch.from_numpy(finite_mel(name, array, audio.n_mels, convention.layout))
@@ -166,33 +184,39 @@ def model_input(name: str, array: np.ndarray, audio: AudioConfig, stats: Feature
         return mel
     if convention.stats is not None:
         if convention.stats.n_mels != audio.n_mels:
-            raise UserError(f"{name}: --stats has {convention.stats.n_mels} channels, the model "
-                            f"{audio.n_mels}")
+            raise UserError(
+                f"{name}: --stats has {convention.stats.n_mels} channels, the model {audio.n_mels}"
+            )
         mel = convention.stats.denormalize(mel)
     check_convention(name, mel, audio, stats)
     return stats.normalize(mel)
 
 
-def check_convention(name: str, mel: torch.Tensor, audio: AudioConfig,
-                     stats: FeatureStats) -> None:
+def check_convention(name: str, mel: torch.Tensor, audio: AudioConfig, stats: FeatureStats) -> None:
     """Refuse features that cannot be the model's un-normalised log-mel: values below the log
     floor, or a level many standard deviations away from its statistics (features already
     normalised, another log base, or another toolkit's floor)."""
-    expects = (f"the model expects un-normalised log{'' if audio.log_base == 'e' else '10'} "
-               f"mel magnitudes floored at audio.log_floor = {audio.log_floor:g}, of "
-               f"{audio.sample_rate} Hz audio")
+    expects = (
+        f"the model expects un-normalised log{'' if audio.log_base == 'e' else '10'} "
+        f"mel magnitudes floored at audio.log_floor = {audio.log_floor:g}, of "
+        f"{audio.sample_rate} Hz audio"
+    )
     check_floor(name, mel, audio, f"{expects} (--no-normalize or --stats for normalised features)")
     offset = float(stats.normalize(mel).mean())
     if not math.isfinite(offset) or abs(offset) > MAX_LEVEL_OFFSET:
-        raise UserError(f"{name}: the features sit {offset:+.1f} standard deviations from the "
-                        f"model's feature statistics (at most ±{MAX_LEVEL_OFFSET:g} expected); "
-                        f"{expects}")
+        raise UserError(
+            f"{name}: the features sit {offset:+.1f} standard deviations from the "
+            f"model's feature statistics (at most ±{MAX_LEVEL_OFFSET:g} expected); "
+            f"{expects}"
+        )
     slope = channel_slope(mel, audio, stats)
     if slope is not None and _another_convention(slope, offset):
-        raise UserError(f"{name}: the features' mean spectrum follows the model's with slope "
-                        f"{slope:.2f} (about 1 expected; about 0.43 for log10 mels given to a "
-                        "natural-log model, 2.3 the other way round, 0 for mels already "
-                        f"normalised); {expects}")
+        raise UserError(
+            f"{name}: the features' mean spectrum follows the model's with slope "
+            f"{slope:.2f} (about 1 expected; about 0.43 for log10 mels given to a "
+            "natural-log model, 2.3 the other way round, 0 for mels already "
+            f"normalised); {expects}"
+        )
 
 
 def _another_convention(slope: float, offset: float) -> bool:

@@ -38,11 +38,13 @@ from wavedistill.fileio import atomic_write
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
-                 fmax: float | None) -> torch.Tensor:
+def _mel_filters(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> torch.Tensor:
     """Slaney-normalised mel filterbank (n_mels, n_fft // 2 + 1), float64 on the CPU."""
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                                dtype=np.float64)
+    basis = librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float64
+    )
     return torch.from_numpy(basis)
 
 
@@ -56,11 +58,17 @@ def _hann(win_length: int, device: torch.device, dtype: torch.dtype) -> torch.Te
     return torch.hann_window(win_length, periodic=True, device=device, dtype=dtype)
 
 
-def mel_filters(cfg: AudioConfig, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def mel_filters(
+    cfg: AudioConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The mel filterbank of ``cfg`` (n_mels, n_fft // 2 + 1), cached per config, device, dtype."""
-    key = (cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin),
-           None if cfg.fmax is None else float(cfg.fmax))
+    key = (
+        cfg.sample_rate,
+        cfg.n_fft,
+        cfg.n_mels,
+        float(cfg.fmin),
+        None if cfg.fmax is None else float(cfg.fmax),
+    )
     return _mel_on(key, torch.device(device), dtype)
 
 
@@ -73,8 +81,10 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
         raise ValueError(f"log_mel expects audio of shape (T,) or (B, T), got {tuple(audio.shape)}")
     num_samples = audio.shape[-1]
     if num_samples <= cfg.n_fft // 2:
-        raise UserError(f"audio of {num_samples} samples is too short for log-mel features "
-                        f"(needs more than audio.n_fft // 2 = {cfg.n_fft // 2})")
+        raise UserError(
+            f"audio of {num_samples} samples is too short for log-mel features "
+            f"(needs more than audio.n_fft // 2 = {cfg.n_fft // 2})"
+        )
     dtype = torch.float64 if audio.dtype == torch.float64 else torch.float32
     x = audio.to(dtype)
     centred = cfg.frame_center == "start"
@@ -83,11 +93,19 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
         x = torch.nn.functional.pad(x.reshape(-1, 1, num_samples), (pad, pad), mode="reflect")
         x = x.reshape(*audio.shape[:-1], -1)
     window = _hann(cfg.win_length, x.device, dtype)
-    spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                      window=window, center=centred, pad_mode="reflect", return_complex=True)
+    spec = torch.stft(
+        x,
+        cfg.n_fft,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window=window,
+        center=centred,
+        pad_mode="reflect",
+        return_complex=True,
+    )
     spec = spec[..., : num_samples // cfg.hop_length]  # (..., n_fft // 2 + 1, F)
     if cfg.magnitude_eps > 0:
-        magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + cfg.magnitude_eps)
+        magnitude = torch.sqrt(spec.real**2 + spec.imag**2 + cfg.magnitude_eps)
     else:
         magnitude = spec.abs()
     mel = mel_filters(cfg, x.device, dtype) @ magnitude  # (..., n_mels, F)
@@ -146,16 +164,19 @@ class FeatureStats:
         self.mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1)
         self.std = torch.as_tensor(self.std, dtype=torch.float32).reshape(-1)
         if self.mean.shape != self.std.shape:
-            raise ValueError(f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} "
-                             "have different shapes")
+            raise ValueError(
+                f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} "
+                "have different shapes"
+            )
 
     @property
     def n_mels(self) -> int:
         return self.mean.numel()
 
     @classmethod
-    def compute(cls, mels: Iterable, std_floor: float = AudioConfig.stats_std_floor
-                ) -> FeatureStats:
+    def compute(
+        cls, mels: Iterable, std_floor: float = AudioConfig.stats_std_floor
+    ) -> FeatureStats:
         """Stream over (n_mels, F) arrays or tensors; float64 accumulators merged batch by batch
         (Chan et al.), so long corpora lose no precision. The std is the population std,
         floored at ``std_floor`` so a constant channel does not divide by ~0."""
@@ -191,13 +212,18 @@ class FeatureStats:
     def _per_channel(self, mel):
         """mean and std shaped (n_mels, 1), in mel's kind, dtype and device."""
         if mel.shape[-2] != self.n_mels:
-            raise ValueError(f"features have {mel.shape[-2]} channels, "
-                             f"statistics have {self.n_mels}")
+            raise ValueError(
+                f"features have {mel.shape[-2]} channels, statistics have {self.n_mels}"
+            )
         if isinstance(mel, torch.Tensor):
-            return (self.mean.to(mel.device, mel.dtype)[:, None],
-                    self.std.to(mel.device, mel.dtype)[:, None])
-        return (self.mean.numpy().astype(mel.dtype)[:, None],
-                self.std.numpy().astype(mel.dtype)[:, None])
+            return (
+                self.mean.to(mel.device, mel.dtype)[:, None],
+                self.std.to(mel.device, mel.dtype)[:, None],
+            )
+        return (
+            self.mean.numpy().astype(mel.dtype)[:, None],
+            self.std.numpy().astype(mel.dtype)[:, None],
+        )
 
     def normalize(self, mel):
         """(..., n_mels, F) log-mel -> (mel - mean) / std."""
@@ -230,5 +256,6 @@ class FeatureStats:
         except FileNotFoundError:
             raise UserError(f"{path}: no such statistics file") from None
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{path}: not a statistics file with 'mean' and 'std' "
-                            f"({exc})") from None
+            raise UserError(
+                f"{path}: not a statistics file with 'mean' and 'std' ({exc})"
+            ) from None

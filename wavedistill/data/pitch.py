@@ -51,9 +51,14 @@ def f0_labels(audio: np.ndarray, audio_cfg: AudioConfig, data_cfg: DataConfig) -
     start = int(round(frame_offset(audio_cfg)))
     y = np.asarray(audio[start:], dtype=np.float64)
     f0, voiced, _ = librosa.pyin(
-        y, fmin=data_cfg.pitch_fmin, fmax=data_cfg.pitch_fmax, sr=audio_cfg.sample_rate,
-        frame_length=pyin_frame_length(audio_cfg, data_cfg.pitch_fmin), hop_length=hop,
-        center=True)
+        y,
+        fmin=data_cfg.pitch_fmin,
+        fmax=data_cfg.pitch_fmax,
+        sr=audio_cfg.sample_rate,
+        frame_length=pyin_frame_length(audio_cfg, data_cfg.pitch_fmin),
+        hop_length=hop,
+        center=True,
+    )
     f0 = np.where(voiced & np.isfinite(f0), f0, 0.0)[:frames]
     if len(f0) < frames:  # never expected; keep the pairing exact anyway
         f0 = np.pad(f0, (0, frames - len(f0)))
@@ -66,6 +71,8 @@ def check_pitch_labels(data_dir: str | Path, source: str) -> None:
     for split in ("train", "valid"):
         for entry in read_jsonl(path / f"{split}.jsonl"):
             if "f0" not in entry or not (path / entry["f0"]).is_file():
-                raise UserError(f"{path}: teacher.source={source} needs F0 labels, and "
-                                f"utterance {entry['id']} has none; run `wavedistill "
-                                "preprocess` with data.pitch=true")
+                raise UserError(
+                    f"{path}: teacher.source={source} needs F0 labels, and "
+                    f"utterance {entry['id']} has none; run `wavedistill "
+                    "preprocess` with data.pitch=true"
+                )

@@ -68,9 +68,11 @@ class PreprocessReport:
         return 0
 
     def summary(self) -> str:
-        return (f"{self.out_dir}: {self.train} train + {self.valid} valid utterances "
-                f"({self.seconds / 3600:.3f} h); {self.written} written, {self.reused} reused, "
-                f"{len(self.rejected)} rejected")
+        return (
+            f"{self.out_dir}: {self.train} train + {self.valid} valid utterances "
+            f"({self.seconds / 3600:.3f} h); {self.written} written, {self.reused} reused, "
+            f"{len(self.rejected)} rejected"
+        )
 
 
 # -- one utterance ---------------------------------------------------------------------------
@@ -85,12 +87,16 @@ def _usable_length(num_samples: int, cfg: Config, path: Path) -> int:
     segment = cfg.data.segment_length
     usable = whole_frames(num_samples, cfg.audio)
     if segment is not None and (usable or 0) < segment:
-        raise UserError(f"{path}: shorter than one segment ({num_samples} samples < "
-                        f"data.segment_length = {segment})")
+        raise UserError(
+            f"{path}: shorter than one segment ({num_samples} samples < "
+            f"data.segment_length = {segment})"
+        )
     if usable is None:
-        raise UserError(f"{path}: too short for features ({num_samples} samples; needs at "
-                        f"least {shortest_clip(cfg.audio)} in whole frames of "
-                        f"{cfg.audio.hop_length})")
+        raise UserError(
+            f"{path}: too short for features ({num_samples} samples; needs at "
+            f"least {shortest_clip(cfg.audio)} in whole frames of "
+            f"{cfg.audio.hop_length})"
+        )
     return usable
 
 
@@ -109,8 +115,9 @@ class ExternalMels:
 MAX_FRAME_MISMATCH = 2  # frames an external mel may differ by (toolkits' edge conventions)
 
 
-def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
-                      external: ExternalMels | None = None) -> tuple[dict, list[str]]:
+def process_utterance(
+    utt: Utterance, speaker: int, cfg: Config, out_dir: Path, external: ExternalMels | None = None
+) -> tuple[dict, list[str]]:
     """Load, check, quantise and featurise one clip; write ``audio/<id>.npy`` (int16, frames*hop)
     and ``mel/<id>.npy`` (float32, (n_mels, frames)); return its manifest entry and the
     conversions made (audio policy, trimming). With ``external``, the stored mel is the
@@ -119,8 +126,10 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
     audio, changes = read_audio(utt.path, cfg.audio.sample_rate)
     level = peak_db(audio)
     if level < cfg.data.silence_threshold_db:
-        raise UserError(f"{utt.path}: silent (peak {level:.1f} dBFS is below "
-                        f"data.silence_threshold_db = {cfg.data.silence_threshold_db:g})")
+        raise UserError(
+            f"{utt.path}: silent (peak {level:.1f} dBFS is below "
+            f"data.silence_threshold_db = {cfg.data.silence_threshold_db:g})"
+        )
     usable = _usable_length(len(audio), cfg, utt.path)
     if external is not None:
         mel, usable, change = _external_mel(external, utt.id, usable, cfg)
@@ -131,9 +140,14 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
         # The features come from the stored 16-bit samples, so training pairs them exactly.
         mel = log_mel(torch.from_numpy(dequantize_16bit(pcm)), cfg.audio).numpy()
     entry: dict[str, Any] = {
-        "id": utt.id, "audio": f"audio/{utt.id}.npy", "mel": f"mel/{utt.id}.npy",
-        "speaker": speaker, "samples": usable, "frames": usable // cfg.audio.hop_length,
-        "source": str(utt.path)}
+        "id": utt.id,
+        "audio": f"audio/{utt.id}.npy",
+        "mel": f"mel/{utt.id}.npy",
+        "speaker": speaker,
+        "samples": usable,
+        "frames": usable // cfg.audio.hop_length,
+        "source": str(utt.path),
+    }
     if external is not None:
         entry["mel_source"] = str(external.path(utt.id))
     _save_npy(out_dir / entry["audio"], pcm)
@@ -144,8 +158,9 @@ def process_utterance(utt: Utterance, speaker: int, cfg: Config, out_dir: Path,
     return entry, changes
 
 
-def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
-                  ) -> tuple[np.ndarray, int, str | None]:
+def _external_mel(
+    external: ExternalMels, utt_id: str, usable: int, cfg: Config
+) -> tuple[np.ndarray, int, str | None]:
     """The external mel of ``utt_id`` as (n_mels, F) float32, the samples of audio it pairs
     with (``F * hop``), and what was trimmed (or None). A difference of up to
     ``MAX_FRAME_MISMATCH`` frames is trimmed from the longer side's end; more is refused."""
@@ -153,13 +168,20 @@ def _external_mel(external: ExternalMels, utt_id: str, usable: int, cfg: Config
     if not path.is_file():
         raise UserError(f"{path}: no external mel for utterance {utt_id}")
     mel = finite_mel(str(path), load_npy(path), cfg.audio.n_mels, external.layout)
-    check_floor(str(path), mel, cfg.audio, "the mels must be un-normalised, in the config's "
-                "convention (audio.log_base, audio.log_floor)")
+    check_floor(
+        str(path),
+        mel,
+        cfg.audio,
+        "the mels must be un-normalised, in the config's "
+        "convention (audio.log_base, audio.log_floor)",
+    )
     hop = cfg.audio.hop_length
     ours, theirs = usable // hop, mel.shape[1]
     if abs(theirs - ours) > MAX_FRAME_MISMATCH:
-        raise UserError(f"{path}: {theirs} frames, but the audio has {ours} frames of hop {hop} "
-                        f"(at most {MAX_FRAME_MISMATCH} may differ)")
+        raise UserError(
+            f"{path}: {theirs} frames, but the audio has {ours} frames of hop {hop} "
+            f"(at most {MAX_FRAME_MISMATCH} may differ)"
+        )
     frames = min(ours, theirs)
     change = None
     if theirs != ours:
@@ -190,8 +212,10 @@ def _check_compatible(cfg: Config, out_dir: Path) -> None:
         return
     changed = audio_differences(load_config(path).audio, cfg.audio)
     if changed:
-        raise UserError(f"{path}: this folder was made with other audio settings "
-                        f"({', '.join(changed)}); choose a new --out")
+        raise UserError(
+            f"{path}: this folder was made with other audio settings "
+            f"({', '.join(changed)}); choose a new --out"
+        )
 
 
 def _speaker_ids(utts: list[Utterance], out_dir: Path) -> dict[str, int]:
@@ -203,13 +227,22 @@ def _speaker_ids(utts: list[Utterance], out_dir: Path) -> dict[str, int]:
     return speakers
 
 
-def _reusable(previous: dict | None, utt: Utterance, out_dir: Path,
-              external: ExternalMels | None, pitch: bool = False) -> bool:
+def _reusable(
+    previous: dict | None,
+    utt: Utterance,
+    out_dir: Path,
+    external: ExternalMels | None,
+    pitch: bool = False,
+) -> bool:
     mel_source = None if external is None else str(external.path(utt.id))
-    return (previous is not None and previous.get("source") == str(utt.path)
-            and previous.get("mel_source") == mel_source
-            and (out_dir / previous["audio"]).exists() and (out_dir / previous["mel"]).exists()
-            and (not pitch or ("f0" in previous and (out_dir / previous["f0"]).exists())))
+    return (
+        previous is not None
+        and previous.get("source") == str(utt.path)
+        and previous.get("mel_source") == mel_source
+        and (out_dir / previous["audio"]).exists()
+        and (out_dir / previous["mel"]).exists()
+        and (not pitch or ("f0" in previous and (out_dir / previous["f0"]).exists()))
+    )
 
 
 def _run_jobs(jobs: list[tuple], num_workers: int, desc: str):
@@ -219,16 +252,19 @@ def _run_jobs(jobs: list[tuple], num_workers: int, desc: str):
         yield from tqdm(map(_process_or_reject, jobs), **progress)
         return
     context = multiprocessing.get_context("spawn")  # no forking of a threaded torch
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context,
-                                                initializer=_init_worker) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context, initializer=_init_worker
+    ) as pool:
         yield from tqdm(pool.map(_process_or_reject, jobs, chunksize=4), **progress)
 
 
-def _write_dataset(entries: list[dict], speakers: dict[str, int], cfg: Config,
-                   out_dir: Path) -> tuple[list[dict], list[dict]]:
+def _write_dataset(
+    entries: list[dict], speakers: dict[str, int], cfg: Config, out_dir: Path
+) -> tuple[list[dict], list[dict]]:
     d = cfg.data
-    train, valid = split_utterances(entries, d.valid_fraction, d.valid_min, d.split_seed,
-                                    key=lambda e: e["id"])
+    train, valid = split_utterances(
+        entries, d.valid_fraction, d.valid_min, d.split_seed, key=lambda e: e["id"]
+    )
     for name, split in (("train", train), ("valid", valid)):
         atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in split))
     atomic_write_text(out_dir / "speakers.json", json.dumps(speakers, indent=1) + "\n")
@@ -237,9 +273,14 @@ def _write_dataset(entries: list[dict], speakers: dict[str, int], cfg: Config,
     return train, valid
 
 
-def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
-               strict: bool = False, mel_dir: str | Path | None = None,
-               mel_layout: str = "auto") -> PreprocessReport:
+def preprocess(
+    cfg: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    strict: bool = False,
+    mel_dir: str | Path | None = None,
+    mel_layout: str = "auto",
+) -> PreprocessReport:
     """Read the corpus at ``data_dir`` (layout ``cfg.data.format``) into the dataset folder
     ``out_dir``; statistics come from the training split. ``mel_dir``: store the mels found
     there (``<utterance id>.npy``, e.g. an acoustic model's teacher-forced predictions, for
@@ -259,17 +300,25 @@ def preprocess(cfg: Config, data_dir: str | Path, out_dir: str | Path,
 
 def _intact(exc: WriteFailed) -> str:
     """What a failed write left of the dataset folder, and how to go on."""
-    return ("the folder's manifests are as before this run; "
-            + advice(exc, "run the same command again"))
+    return "the folder's manifests are as before this run; " + advice(
+        exc, "run the same command again"
+    )
 
 
-def _fill(cfg: Config, data_dir: Path, out_dir: Path, utts: list[Utterance],
-          external: ExternalMels | None, strict: bool) -> PreprocessReport:
+def _fill(
+    cfg: Config,
+    data_dir: Path,
+    out_dir: Path,
+    utts: list[Utterance],
+    external: ExternalMels | None,
+    strict: bool,
+) -> PreprocessReport:
     """The work of :func:`preprocess`, with the folder held."""
     _check_compatible(cfg, out_dir)
     speakers = _speaker_ids(utts, out_dir)
-    previous = {e["id"]: e for split in ("train", "valid")
-                for e in read_jsonl(out_dir / f"{split}.jsonl")}
+    previous = {
+        e["id"]: e for split in ("train", "valid") for e in read_jsonl(out_dir / f"{split}.jsonl")
+    }
     report = PreprocessReport(out_dir, strict=strict)
 
     current: dict[str, dict] = {}
@@ -312,8 +361,11 @@ def _log_report(report: PreprocessReport) -> None:
     if len(report.rejected) > MAX_LISTED:
         log.warning("... and %d more", len(report.rejected) - MAX_LISTED)
     if report.rejected:
-        log.warning("%d file(s) rejected; all listed in %s", len(report.rejected),
-                    report.out_dir / "rejected.txt")
+        log.warning(
+            "%d file(s) rejected; all listed in %s",
+            len(report.rejected),
+            report.out_dir / "rejected.txt",
+        )
     if report.train + report.valid == 0:
         log.error("%s: no usable audio: every input file was rejected", report.out_dir)
     else:

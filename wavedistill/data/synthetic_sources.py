@@ -108,7 +108,7 @@ def stationary_covariance(a: np.ndarray, scale: float, size: int) -> np.ndarray:
     state = scipy.linalg.solve_discrete_lyapunov(companion(a), Q)
     acov = list(state[0])
     while len(acov) < size:  # Yule-Walker recursion beyond lag p - 1
-        acov.append(float(np.dot(a, acov[-1:-p - 1:-1])))
+        acov.append(float(np.dot(a, acov[-1 : -p - 1 : -1])))
     return scipy.linalg.toeplitz(acov[:size])
 
 
@@ -162,8 +162,9 @@ class ARSource:
         """The process of frames ``[start, stop)`` of the clip (itself when stationary)."""
         if len(self.scales) == 1:
             return self
-        return ARSource(self.coefficients[start:stop], self.scales[start:stop],
-                        self.innovation, self.hop)
+        return ARSource(
+            self.coefficients[start:stop], self.scales[start:stop], self.innovation, self.hop
+        )
 
     def draw_innovations(self, scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.innovation == "gaussian":
@@ -180,8 +181,8 @@ class ARSource:
         for f, start in enumerate(starts):
             stop = num_samples if len(self.scales) == 1 else min(start + self.hop, num_samples)
             a = np.asarray(self.coefficients[min(f, len(self.scales) - 1)])
-            out[start:stop] = _run_filter(a, e[start:stop], past[-self.order:])
-            past = np.concatenate([past, out[start:stop]])[-self.order:]
+            out[start:stop] = _run_filter(a, e[start:stop], past[-self.order :])
+            past = np.concatenate([past, out[start:stop]])[-self.order :]
         return out
 
 
@@ -189,7 +190,7 @@ def _run_filter(a: np.ndarray, e: np.ndarray, past: np.ndarray) -> np.ndarray:
     """``x_t = sum_i a_i x_{t-i} + e_t`` over ``e``, continuing from outputs ``past``
     (oldest first, at least p of them)."""
     den = np.concatenate([[1.0], -a])
-    zi = scipy.signal.lfiltic([1.0], den, past[::-1][:len(a)])
+    zi = scipy.signal.lfiltic([1.0], den, past[::-1][: len(a)])
     return scipy.signal.lfilter([1.0], den, e, zi=zi)[0]
 
 
@@ -201,7 +202,7 @@ def conditional_log_densities(x: np.ndarray, source: ARSource) -> np.ndarray:
     a, scale = source.per_sample(T)
     e = x[..., p:].copy()
     for i in range(1, p + 1):
-        e -= a[p:, i - 1] * x[..., p - i:T - i]
+        e -= a[p:, i - 1] * x[..., p - i : T - i]
     return source.innovation_log_density(e, scale[p:])
 
 
@@ -218,8 +219,9 @@ def path_log_density(x: np.ndarray, source: ARSource, initial: str = "conditiona
     if initial == "conditional":
         return total
     if initial != "stationary" or source.innovation != "gaussian":
-        raise UserError(f"initial={initial!r}: use 'conditional', or 'stationary' with Gaussian "
-                        "innovations")
+        raise UserError(
+            f"initial={initial!r}: use 'conditional', or 'stationary' with Gaussian innovations"
+        )
     cov = stationary_covariance(np.asarray(source.coefficients[0]), source.scales[0], p)
     sign, logdet = np.linalg.slogdet(cov)
     quad = float(x[:p] @ np.linalg.solve(cov, x[:p]))
@@ -252,9 +254,10 @@ def conditioned_source(control: np.ndarray, sample_rate: int, hop: int) -> ARSou
     coefficients, scales = [], []
     lo_std, hi_std = CONDITIONED_STD
     for c in control:
-        poles = [((1 - c) * r0 + c * r1, (1 - c) * f0 + c * f1)
-                 for (r0, f0), (r1, f1) in zip(CONDITIONED_POLES_LO, CONDITIONED_POLES_HI,
-                                               strict=True)]
+        poles = [
+            ((1 - c) * r0 + c * r1, (1 - c) * f0 + c * f1)
+            for (r0, f0), (r1, f1) in zip(CONDITIONED_POLES_LO, CONDITIONED_POLES_HI, strict=True)
+        ]
         a = coefficients_from_poles(poles, sample_rate)
         target = lo_std * (hi_std / lo_std) ** c  # level moves geometrically with c
         coefficients.append(a.tolist())
@@ -278,8 +281,9 @@ def synthetic_config() -> Config:
     return config_from_dict({"audio": {"n_mels": NUM_FEATURES}})
 
 
-def make_clip(kind: str, num_samples: int, cfg: Config, rng: np.random.Generator
-              ) -> tuple[ARSource, np.ndarray, np.ndarray]:
+def make_clip(
+    kind: str, num_samples: int, cfg: Config, rng: np.random.Generator
+) -> tuple[ARSource, np.ndarray, np.ndarray]:
     """One clip: its source, float path (T,) and control (F,) with F = T / hop."""
     sr, hop = cfg.audio.sample_rate, cfg.audio.hop_length
     frames = num_samples // hop
@@ -293,8 +297,7 @@ def make_clip(kind: str, num_samples: int, cfg: Config, rng: np.random.Generator
     return source, source.generate(num_samples, rng), control
 
 
-def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, seed: int
-                   ) -> dict:
+def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, seed: int) -> dict:
     """Write ``clips`` clips of ``kind`` to ``out_dir`` (see the module docstring) and return
     the contents of its ``source.json``."""
     if kind not in KINDS:
@@ -304,9 +307,11 @@ def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, s
     num_samples = int(seconds * cfg.audio.sample_rate) // hop * hop
     assert cfg.data.segment_length is not None  # synthetic_config sets it
     if num_samples < cfg.data.segment_length or clips < 2:
-        raise UserError(f"--seconds {seconds:g} --clips {clips}: need clips of at least "
-                        f"data.segment_length = {cfg.data.segment_length} samples and two clips "
-                        "(one is held out)")
+        raise UserError(
+            f"--seconds {seconds:g} --clips {clips}: need clips of at least "
+            f"data.segment_length = {cfg.data.segment_length} samples and two clips "
+            "(one is held out)"
+        )
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     entries, records = [], []
@@ -314,8 +319,16 @@ def make_synthetic(kind: str, out_dir: str | Path, seconds: float, clips: int, s
         uid = f"{kind}-{n:04d}"
         source, x, control = make_clip(kind, num_samples, cfg, rng)
         records.append(_write_clip(out_dir, uid, source, x, control, cfg))
-        entries.append({"id": uid, "audio": f"audio/{uid}.npy", "mel": f"mel/{uid}.npy",
-                        "speaker": 0, "samples": num_samples, "frames": num_samples // hop})
+        entries.append(
+            {
+                "id": uid,
+                "audio": f"audio/{uid}.npy",
+                "mel": f"mel/{uid}.npy",
+                "speaker": 0,
+                "samples": num_samples,
+                "frames": num_samples // hop,
+            }
+        )
     summary = _summary(kind, seed, cfg, records)
     _write_dataset(out_dir, entries, cfg)
     atomic_write_text(out_dir / "source.json", json.dumps(summary, indent=1) + "\n")
@@ -326,8 +339,9 @@ def _save_npy(f: IO, array: np.ndarray) -> None:
     np.save(f, array)
 
 
-def _write_clip(out_dir: Path, uid: str, source: ARSource, x: np.ndarray, control: np.ndarray,
-                cfg: Config) -> dict:
+def _write_clip(
+    out_dir: Path, uid: str, source: ARSource, x: np.ndarray, control: np.ndarray, cfg: Config
+) -> dict:
     clipped = int(np.sum(np.abs(x) > 1.0))
     pcm = quantize_16bit(np.clip(x, -1.0, 1.0).astype(np.float32))
     for sub, array in (("audio", pcm), ("mel", encode_control(control))):
@@ -335,29 +349,42 @@ def _write_clip(out_dir: Path, uid: str, source: ARSource, x: np.ndarray, contro
         atomic_write(out_dir / sub / f"{uid}.npy", functools.partial(_save_npy, array=array))
     write_wav(out_dir / "wav" / f"{uid}.wav", dequantize_16bit(pcm), cfg.audio.sample_rate)
     h = source.entropy_rate(len(x))
-    return {"id": uid, "clipped_samples": clipped, "samples": len(x),
-            "entropy_rate_nats": h, "entropy_rate_16bit_nats": h - LOG_BIN_WIDTH,
-            "control": control.tolist(), "source": asdict(source)}
+    return {
+        "id": uid,
+        "clipped_samples": clipped,
+        "samples": len(x),
+        "entropy_rate_nats": h,
+        "entropy_rate_16bit_nats": h - LOG_BIN_WIDTH,
+        "control": control.tolist(),
+        "source": asdict(source),
+    }
 
 
 def _summary(kind: str, seed: int, cfg: Config, records: list[dict]) -> dict:
     samples = sum(r["samples"] for r in records)
     rate = sum(r["entropy_rate_16bit_nats"] * r["samples"] for r in records) / samples
-    return {"kind": kind, "seed": seed, "sample_rate": cfg.audio.sample_rate,
-            "hop_length": cfg.audio.hop_length, "burn_in": BURN_IN,
-            "log_bin_width": LOG_BIN_WIDTH,
-            "entropy_rate_nats": rate + LOG_BIN_WIDTH, "entropy_rate_16bit_nats": rate,
-            "entropy_rate_bits": rate / math.log(2),
-            "clip_rate": sum(r["clipped_samples"] for r in records) / samples,
-            "features": {"count": NUM_FEATURES, "encoding": "gaussian bumps over the control"},
-            "clips": records}
+    return {
+        "kind": kind,
+        "seed": seed,
+        "sample_rate": cfg.audio.sample_rate,
+        "hop_length": cfg.audio.hop_length,
+        "burn_in": BURN_IN,
+        "log_bin_width": LOG_BIN_WIDTH,
+        "entropy_rate_nats": rate + LOG_BIN_WIDTH,
+        "entropy_rate_16bit_nats": rate,
+        "entropy_rate_bits": rate / math.log(2),
+        "clip_rate": sum(r["clipped_samples"] for r in records) / samples,
+        "features": {"count": NUM_FEATURES, "encoding": "gaussian bumps over the control"},
+        "clips": records,
+    }
 
 
 def _write_dataset(out_dir: Path, entries: list[dict], cfg: Config) -> None:
     """Manifests, speakers, feature statistics and config: the rest of a dataset folder."""
     d = cfg.data
-    train, valid = split_utterances(entries, d.valid_fraction, d.valid_min, d.split_seed,
-                                    key=lambda e: e["id"])
+    train, valid = split_utterances(
+        entries, d.valid_fraction, d.valid_min, d.split_seed, key=lambda e: e["id"]
+    )
     for name, split in (("train", train), ("valid", valid)):
         atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in split))
     atomic_write_text(out_dir / "speakers.json", json.dumps({SINGLE_SPEAKER: 0}) + "\n")

@@ -37,13 +37,23 @@ DEFAULT_LOG_FLOOR = AudioConfig.log_floor
 def stft(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
     """Complex STFT ``(B, T) -> (B, n_fft // 2 + 1, frames)`` (see the module docstring)."""
     if x.shape[-1] <= n_fft // 2:
-        raise UserError(f"a clip of {x.shape[-1]} samples is too short for an STFT of size "
-                        f"{n_fft} (it needs more than {n_fft // 2})")
+        raise UserError(
+            f"a clip of {x.shape[-1]} samples is too short for an STFT of size "
+            f"{n_fft} (it needs more than {n_fft // 2})"
+        )
     # built per call (it is cheap): a cached window made under inference_mode could not be
     # saved for a later backward pass
     window = torch.hann_window(win_length, device=x.device, dtype=x.dtype)
-    return torch.stft(x, n_fft, hop, win_length, window=window, center=True,
-                      pad_mode="reflect", return_complex=True)
+    return torch.stft(
+        x,
+        n_fft,
+        hop,
+        win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
 
 
 def stft_power(x: Tensor, n_fft: int, hop: int, win_length: int) -> Tensor:
@@ -63,8 +73,12 @@ def power_distance(x_power: Tensor, y_power: Tensor) -> Tensor:
 def log_magnitude_distance(x_power: Tensor, y_power: Tensor, floor: float) -> Tensor:
     """Mean ``|log max(|X|, floor) - log max(|Y|, floor)|``, from powers: a scalar."""
     floor_power = floor * floor
-    return 0.5 * (torch.log(x_power.clamp_min(floor_power))
-                  - torch.log(y_power.clamp_min(floor_power))).abs().mean()
+    return (
+        0.5
+        * (torch.log(x_power.clamp_min(floor_power)) - torch.log(y_power.clamp_min(floor_power)))
+        .abs()
+        .mean()
+    )
 
 
 def spectral_convergence(x_power: Tensor, y_power: Tensor) -> Tensor:
@@ -83,11 +97,18 @@ class MultiResolutionSTFT:
     synthesis, ``y`` the reference, both ``(B, T)``; every result is a scalar tensor.
     """
 
-    def __init__(self, fft_sizes: Sequence[int], hop_sizes: Sequence[int],
-                 win_lengths: Sequence[int], log_floor: float = DEFAULT_LOG_FLOOR):
+    def __init__(
+        self,
+        fft_sizes: Sequence[int],
+        hop_sizes: Sequence[int],
+        win_lengths: Sequence[int],
+        log_floor: float = DEFAULT_LOG_FLOOR,
+    ):
         if not (len(fft_sizes) == len(hop_sizes) == len(win_lengths) > 0):
-            raise UserError("distill.power_fft_sizes/power_hop_sizes/power_win_lengths must be "
-                            "non-empty and of equal lengths")
+            raise UserError(
+                "distill.power_fft_sizes/power_hop_sizes/power_win_lengths must be "
+                "non-empty and of equal lengths"
+            )
         self.resolutions = list(zip(fft_sizes, hop_sizes, win_lengths, strict=True))
         self.log_floor = log_floor
 
@@ -105,9 +126,11 @@ class MultiResolutionSTFT:
         resolutions (one STFT per resolution and signal)."""
         sums: dict[str, Tensor] = {}
         for px, py in self._powers(x, y):
-            terms = {"power": power_distance(px, py),
-                     "spectral_convergence": spectral_convergence(px, py),
-                     "log_magnitude": log_magnitude_distance(px, py, self.log_floor)}
+            terms = {
+                "power": power_distance(px, py),
+                "spectral_convergence": spectral_convergence(px, py),
+                "log_magnitude": log_magnitude_distance(px, py, self.log_floor),
+            }
             for key, value in terms.items():
                 sums[key] = sums[key] + value if key in sums else value
         return {k: v / len(self.resolutions) for k, v in sums.items()}
@@ -120,5 +143,9 @@ class MultiResolutionSTFT:
     @classmethod
     def from_config(cls, distill, audio: AudioConfig) -> MultiResolutionSTFT:
         """The power loss's resolutions (``distill.power_*``) and ``audio.log_floor``."""
-        return cls(distill.power_fft_sizes, distill.power_hop_sizes, distill.power_win_lengths,
-                   audio.log_floor)
+        return cls(
+            distill.power_fft_sizes,
+            distill.power_hop_sizes,
+            distill.power_win_lengths,
+            audio.log_floor,
+        )

@@ -44,8 +44,12 @@ def _load(checkpoint: str | Path, kind: ModelKind, device: str):
 def _entries(data_dir: Path) -> list[dict]:
     """Every clip of a synthetic folder (both manifests: a folder drawn with another seed
     than the training folder is held out as a whole)."""
-    return [e for split in ("train", "valid") if (data_dir / f"{split}.jsonl").is_file()
-            for e in read_jsonl(data_dir / f"{split}.jsonl")]
+    return [
+        e
+        for split in ("train", "valid")
+        if (data_dir / f"{split}.jsonl").is_file()
+        for e in read_jsonl(data_dir / f"{split}.jsonl")
+    ]
 
 
 def _mean_and_stderr(pieces: np.ndarray) -> tuple[float, float]:
@@ -54,8 +58,9 @@ def _mean_and_stderr(pieces: np.ndarray) -> tuple[float, float]:
     return float(pieces.mean()), float(pieces.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
 
 
-def teacher_gap(checkpoint: str | Path, data_dir: str | Path, device: str = "cpu",
-                block: int = GAP_BLOCK) -> dict:
+def teacher_gap(
+    checkpoint: str | Path, data_dir: str | Path, device: str = "cpu", block: int = GAP_BLOCK
+) -> dict:
     """Held-out NLL of a teacher minus the exact entropy rate, in nats per sample.
 
     Every clip of ``data_dir`` (a folder written by :func:`make_synthetic`, best with another
@@ -83,18 +88,31 @@ def teacher_gap(checkpoint: str | Path, data_dir: str | Path, device: str = "cpu
         entropy = source.conditional_entropy(scale) - LOG_BIN_WIDTH
         truth = conditional_log_densities(dequantize_16bit(pcm), source) + LOG_BIN_WIDTH
         keep = (len(pcm) - skip) // block * block  # whole blocks only
-        gaps.append((-log_p - entropy)[skip:skip + keep].reshape(-1, block).mean(1))
-        paired = truth[skip - source.order:] - log_p[skip:]
+        gaps.append((-log_p - entropy)[skip : skip + keep].reshape(-1, block).mean(1))
+        paired = truth[skip - source.order :] - log_p[skip:]
         pairs.append(paired[:keep].reshape(-1, block).mean(1))
     gap, gap_se = _mean_and_stderr(np.concatenate(gaps))
     kl, kl_se = _mean_and_stderr(np.concatenate(pairs))
-    return {"gap": gap, "stderr": gap_se, "paired_kl": kl, "paired_stderr": kl_se,
-            "samples": int(sum(len(g) for g in gaps) * block), "target": TEACHER_TARGET,
-            "measure": "teacher NLL − entropy rate", "head": cfg.teacher.output}
+    return {
+        "gap": gap,
+        "stderr": gap_se,
+        "paired_kl": kl,
+        "paired_stderr": kl_se,
+        "samples": int(sum(len(g) for g in gaps) * block),
+        "target": TEACHER_TARGET,
+        "measure": "teacher NLL − entropy rate",
+        "head": cfg.teacher.output,
+    }
 
 
-def student_kl(checkpoint: str | Path, data_dir: str | Path, segments: int = 16,
-               seconds: float = 1.0, seed: int = 0, device: str = "cpu") -> dict:
+def student_kl(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    segments: int = 16,
+    seconds: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
     """KL(student || source) in nats per sample, from ``segments`` student samples of
     ``seconds`` each.
 
@@ -112,8 +130,7 @@ def student_kl(checkpoint: str | Path, data_dir: str | Path, segments: int = 16,
     if any(e["frames"] < frames for e in entries):
         raise UserError(f"{data_dir}: clips are shorter than the {seconds:g} s segments asked")
     picked = [entries[i % len(entries)] for i in range(segments)]
-    mel = torch.stack([torch.from_numpy(np.load(data_dir / e["mel"])[:, :frames])
-                       for e in picked])
+    mel = torch.stack([torch.from_numpy(np.load(data_dir / e["mel"])[:, :frames]) for e in picked])
     generator = torch.Generator(device=dev).manual_seed(seed)
     z = student.sample_noise((segments, frames * student.hop), generator, dev)
     with torch.no_grad():
@@ -124,25 +141,34 @@ def student_kl(checkpoint: str | Path, data_dir: str | Path, segments: int = 16,
     for i, entry in enumerate(picked):
         source = sources[entry["id"]].frames(0, frames)
         truth = conditional_log_densities(x[i], source)
-        per_segment.append(float(np.mean(log_q[i, source.order:] - truth)))
+        per_segment.append(float(np.mean(log_q[i, source.order :] - truth)))
     kl, se = _mean_and_stderr(np.asarray(per_segment))
-    return {"gap": kl, "stderr": se, "samples": int(x.size), "target": STUDENT_TARGET,
-            "measure": "KL(student ‖ source)", "noise": cfg.student.noise}
+    return {
+        "gap": kl,
+        "stderr": se,
+        "samples": int(x.size),
+        "target": STUDENT_TARGET,
+        "measure": "KL(student ‖ source)",
+        "noise": cfg.student.noise,
+    }
 
 
 def gap_table(results: dict[str, dict]) -> str:
     """A markdown table of :func:`teacher_gap` / :func:`student_kl` results by model name.
     A target counts as met when the gap plus two standard errors stays below it; teachers
     also show the paired estimate of KL(source || teacher) (same samples, smaller error)."""
-    lines = ["| model | measure (nats/sample) | gap ± s.e. | target | met | "
-             "paired KL(source ‖ teacher) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | measure (nats/sample) | gap ± s.e. | target | met | "
+        "paired KL(source ‖ teacher) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         met = "yes" if r["gap"] + 2 * r["stderr"] < r["target"] else "no"
-        paired = (f"{r['paired_kl']:.4f} ± {r['paired_stderr']:.4f}" if "paired_kl" in r
-                  else "")
-        lines.append(f"| {name} | {r['measure']} | {r['gap']:.4f} ± {r['stderr']:.4f} | "
-                     f"< {r['target']:g} | {met} | {paired} |")
+        paired = f"{r['paired_kl']:.4f} ± {r['paired_stderr']:.4f}" if "paired_kl" in r else ""
+        lines.append(
+            f"| {name} | {r['measure']} | {r['gap']:.4f} ± {r['stderr']:.4f} | "
+            f"< {r['target']:g} | {met} | {paired} |"
+        )
     return "\n".join(lines)
 
 
@@ -154,8 +180,9 @@ RECIPE_MODELS = {
 }
 
 
-def known_density_report(exp: str | Path, segments: int = 32, seconds: float = 1.0,
-                         device: str = "cpu") -> tuple[str, Path]:
+def known_density_report(
+    exp: str | Path, segments: int = 32, seconds: float = 1.0, device: str = "cpu"
+) -> tuple[str, Path]:
     """Score every trained model of the synthetic recipe's folder ``exp`` against its source;
     write ``exp/results.json`` and return ``(markdown table, path of the JSON)``."""
     exp = Path(exp)
@@ -166,8 +193,9 @@ def known_density_report(exp: str | Path, segments: int = 32, seconds: float = 1
         if (run / "teacher" / best).is_file():
             results[teacher_name] = teacher_gap(run / "teacher" / best, run / "test", device)
         if (run / "student" / best).is_file():
-            results[student_name] = student_kl(run / "student" / best, run / "test",
-                                               segments, seconds, device=device)
+            results[student_name] = student_kl(
+                run / "student" / best, run / "test", segments, seconds, device=device
+            )
     if not results:
         raise UserError(f"{exp}: no trained teacher or student of the synthetic recipe in it")
     out = exp / "results.json"

@@ -76,8 +76,9 @@ def _require(module: str):
 def _long_enough(x: np.ndarray, n_fft: int) -> None:
     """A centred STFT reflect-pads n_fft // 2 samples, which needs more samples than that."""
     if x.size <= n_fft // 2:
-        raise NotApplicable(f"not applicable (a clip of {x.size} samples is too short for an "
-                            f"STFT of {n_fft})")
+        raise NotApplicable(
+            f"not applicable (a clip of {x.size} samples is too short for an STFT of {n_fft})"
+        )
 
 
 def _not_silent(ref: np.ndarray) -> None:
@@ -147,7 +148,7 @@ def _frames(x: np.ndarray, audio: AudioConfig) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
     window = np.zeros(n_fft)
     start = (n_fft - win) // 2
-    window[start:start + win] = np.hanning(win + 1)[:-1]  # periodic Hann, as torch.hann_window
+    window[start : start + win] = np.hanning(win + 1)[:-1]  # periodic Hann, as torch.hann_window
     return frames * window
 
 
@@ -156,8 +157,9 @@ def mel_cepstrum(x: np.ndarray, audio: AudioConfig) -> np.ndarray:
     pysptk = _require("pysptk")
     alpha = pysptk.util.mcepalpha(audio.sample_rate)
     # etype=1 with a tiny eps adds it to the periodogram, so silent frames stay finite.
-    return np.stack([pysptk.mcep(frame, MCEP_ORDER, alpha, etype=1, eps=1e-8)
-                     for frame in _frames(x, audio)])
+    return np.stack(
+        [pysptk.mcep(frame, MCEP_ORDER, alpha, etype=1, eps=1e-8) for frame in _frames(x, audio)]
+    )
 
 
 def mel_cepstral_distortion(ref: np.ndarray, est: np.ndarray, audio: AudioConfig) -> float:
@@ -219,13 +221,19 @@ class Metric:
 
 METRICS: tuple[Metric, ...] = (
     Metric("stft_distance", "", "lower", stft_distance),
-    Metric("log_spectral_distance", "dB", "lower",
-           lambda r, e, cfg: log_spectral_distance(r, e, cfg.audio)),
-    Metric("loudness_difference", "dB", "closer to 0",
-           lambda r, e, cfg: loudness_difference_db(r, e)),
+    Metric(
+        "log_spectral_distance",
+        "dB",
+        "lower",
+        lambda r, e, cfg: log_spectral_distance(r, e, cfg.audio),
+    ),
+    Metric(
+        "loudness_difference", "dB", "closer to 0", lambda r, e, cfg: loudness_difference_db(r, e)
+    ),
     Metric("mcd", "dB", "lower", lambda r, e, cfg: mel_cepstral_distortion(r, e, cfg.audio)),
-    Metric("pesq_wb", "MOS", "higher",
-           lambda r, e, cfg: pesq_wideband(r, e, cfg.audio.sample_rate)),
+    Metric(
+        "pesq_wb", "MOS", "higher", lambda r, e, cfg: pesq_wideband(r, e, cfg.audio.sample_rate)
+    ),
     Metric("stoi", "", "higher", lambda r, e, cfg: stoi(r, e, cfg.audio.sample_rate)),
 )
 

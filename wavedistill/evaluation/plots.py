@@ -70,8 +70,9 @@ def plot_nll_curve(out_dir: Path, teacher_ckpt: Path) -> str | None:
     return name
 
 
-def draw_figures(out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str, np.ndarray]],
-                 cfg: Config) -> list[str]:
+def draw_figures(
+    out_dir: Path, clips: list[Clip], synthesis: dict[str, dict[str, np.ndarray]], cfg: Config
+) -> list[str]:
     """Figures of the first ``FIGURE_CLIPS`` clips; their paths relative to ``out_dir``."""
     folder = out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ def _wins(ours: float, theirs: float, better: str) -> bool:
     return abs(ours) < abs(theirs)  # "closer to 0"
 
 
-def against_baseline(samples: dict[str, dict[str, Any]], name: str,
-                     baseline: str = "griffin_lim") -> dict[str, list[str]]:
+def against_baseline(
+    samples: dict[str, dict[str, Any]], name: str, baseline: str = "griffin_lim"
+) -> dict[str, list[str]]:
     """``{"beats": [...], "loses": [...]}``: the metrics on which ``name``'s mean is better
     than / not better than ``baseline``'s (metrics without a value on either side are left
     out)."""
@@ -46,27 +47,36 @@ def verdict(samples: dict[str, dict[str, Any]]) -> str | None:
     result = against_baseline(samples, name)
     beats = ", ".join(result["beats"]) or "no metric"
     loses = ", ".join(result["loses"]) or "no metric"
-    return (f"The {name} beats Griffin-Lim on {beats}; Griffin-Lim is as good or better on "
-            f"{loses}.")
+    return f"The {name} beats Griffin-Lim on {beats}; Griffin-Lim is as good or better on {loses}."
 
 
 def markdown(results: Results) -> str:
     """``report.md``: the averages as tables, the reason where a metric has no value."""
     h = results.header
-    lines = [f"# Evaluation of `{h['checkpoint']}`", "",
-             f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} clip(s) of the "
-             + ("validation split." if h["split"] == "valid"
-                else "whole folder (never trained on)."), ""]
+    lines = [
+        f"# Evaluation of `{h['checkpoint']}`",
+        "",
+        f"{h['kind']} checkpoint, dataset `{h['data']}`, {h['clips']} clip(s) of the "
+        + ("validation split." if h["split"] == "valid" else "whole folder (never trained on)."),
+        "",
+    ]
     if results.nll is not None:
-        lines += [f"Held-out NLL: **{results.nll['bits_per_sample']:.4f} bits/sample** over "
-                  f"{results.nll['samples']} samples.", ""]
+        lines += [
+            f"Held-out NLL: **{results.nll['bits_per_sample']:.4f} bits/sample** over "
+            f"{results.nll['samples']} samples.",
+            "",
+        ]
     if results.kl is not None:
-        lines += [f"KL(student ‖ teacher) estimate: **{results.kl['nats_per_sample']:.4f} "
-                  "nats/sample**.", ""]
+        lines += [
+            f"KL(student ‖ teacher) estimate: **{results.kl['nats_per_sample']:.4f} nats/sample**.",
+            "",
+        ]
     if results.samples:
         names = list(results.samples)
-        lines += ["| metric | better | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
+        lines += [
+            "| metric | better | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
         missing: list[str] = []  # reasons of metrics without a value, each said once
         for metric in metrics.METRICS:
             label = f"{metric.name} ({metric.unit})" if metric.unit else metric.name
@@ -83,16 +93,30 @@ def markdown(results: Results) -> str:
         if sentence:
             lines += [sentence, ""]
         if "griffin_lim" in results.samples:
-            lines += [f"Griffin-Lim: {h['griffin_lim_iters']} iterations from the same log-mel "
-                      "(librosa), whole clips.", ""]
+            lines += [
+                f"Griffin-Lim: {h['griffin_lim_iters']} iterations from the same log-mel "
+                "(librosa), whole clips.",
+                "",
+            ]
         if "teacher" in results.samples:
-            lines += [f"Teacher samples cover the first {h['teacher_seconds']:g} s of each clip"
-                      + ("; the student's cover the whole clip, and `student_span` scores them "
-                         "on the teacher's span." if "student" in names else ".")
-                      + " Metrics compare them with the same span of the original.", ""]
+            lines += [
+                f"Teacher samples cover the first {h['teacher_seconds']:g} s of each clip"
+                + (
+                    "; the student's cover the whole clip, and `student_span` scores them "
+                    "on the teacher's span."
+                    if "student" in names
+                    else "."
+                )
+                + " Metrics compare them with the same span of the original.",
+                "",
+            ]
     if h.get("nll_curve"):
-        lines += ["## Teacher: held-out bits/sample against steps", "",
-                  f"![teacher NLL]({h['nll_curve']})", ""]
+        lines += [
+            "## Teacher: held-out bits/sample against steps",
+            "",
+            f"![teacher NLL]({h['nll_curve']})",
+            "",
+        ]
     if h.get("figures"):
         lines += ["## Log-mel spectrograms", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in h["figures"]]

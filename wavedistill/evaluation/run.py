@@ -71,8 +71,9 @@ def check_dataset(data_dir: Path, cfg: Config, source: str | Path) -> None:
     """The dataset's features must be the ones the model was trained on."""
     config = data_dir / "config.yaml"
     if not config.is_file():
-        raise UserError(f"{data_dir}: not a dataset folder (no config.yaml); run "
-                        "`wavedistill preprocess`")
+        raise UserError(
+            f"{data_dir}: not a dataset folder (no config.yaml); run `wavedistill preprocess`"
+        )
     differ = audio_differences(load_config(config).audio, cfg.audio)
     if differ:
         raise UserError(f"{data_dir}: features differ from those of {source}: {', '.join(differ)}")
@@ -81,8 +82,14 @@ def check_dataset(data_dir: Path, cfg: Config, source: str | Path) -> None:
 SPLITS = ("valid", "all")
 
 
-def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int | None = None,
-                   split: str = "valid", skipped: SkipLog | None = None) -> list[Clip]:
+def held_out_clips(
+    data_dir: Path,
+    cfg: Config,
+    stats: FeatureStats,
+    limit: int | None = None,
+    split: str = "valid",
+    skipped: SkipLog | None = None,
+) -> list[Clip]:
     """The utterances of ``split``, whole, in manifest order (the first ``limit``):
     ``valid`` is the validation split; ``all`` is every utterance of the folder (training
     split first), for a corpus the model never saw, such as another speaker's. Corrupted
@@ -97,8 +104,10 @@ def held_out_clips(data_dir: Path, cfg: Config, stats: FeatureStats, limit: int 
             skipped.record(*item["corrupt"])
     items = [item for item in items if "corrupt" not in item]
     if not items:
-        raise UserError(f"{data_dir}: the {split} split has no utterances "
-                        f"({' + '.join(p + '.jsonl' for p in parts)} empty)")
+        raise UserError(
+            f"{data_dir}: the {split} split has no utterances "
+            f"({' + '.join(p + '.jsonl' for p in parts)} empty)"
+        )
     items = items if limit is None else items[:limit]
     return [Clip(it["id"], it["audio"], it["mel"], it["speaker"]) for it in items]
 
@@ -122,49 +131,72 @@ def held_out_nll(teacher: LoadedModel, clips: list[Clip], device: torch.device) 
         per_clip[clip.id] = nats / audio.shape[-1] / math.log(2.0)
         total_nats += nats
         total_samples += audio.shape[-1]
-    return {"bits_per_sample": total_nats / total_samples / math.log(2.0),
-            "samples": total_samples, "clips": per_clip}
+    return {
+        "bits_per_sample": total_nats / total_samples / math.log(2.0),
+        "samples": total_samples,
+        "clips": per_clip,
+    }
 
 
 @torch.inference_mode()
-def teacher_samples(teacher: LoadedModel, clips: list[Clip], seconds: float,
-                    device: torch.device) -> dict[str, np.ndarray]:
+def teacher_samples(
+    teacher: LoadedModel, clips: list[Clip], seconds: float, device: torch.device
+) -> dict[str, np.ndarray]:
     """Teacher samples conditioned on the first ``seconds`` of every clip, generated as one
     batch (shorter clips are padded with mean features and their samples cut back)."""
     hop = teacher.cfg.audio.hop_length
     frames = frames_for(seconds, teacher.cfg.audio)
-    items = [{"id": c.id, "audio": c.audio[: frames * hop], "mel": c.mel[:, :frames],
-              "speaker": c.speaker} for c in clips]
+    items = [
+        {
+            "id": c.id,
+            "audio": c.audio[: frames * hop],
+            "mel": c.mel[:, :frames],
+            "speaker": c.speaker,
+        }
+        for c in clips
+    ]
     batch = collate(items)
-    mel, speaker = (None if t is None else t.to(device)
-                    for t in (teacher.batch_mel(batch), teacher.batch_speaker(batch)))
+    mel, speaker = (
+        None if t is None else t.to(device)
+        for t in (teacher.batch_mel(batch), teacher.batch_speaker(batch))
+    )
     generator = torch.Generator(device=device).manual_seed(SEED)
-    audio = generate(teacher.model, mel, speaker, num_samples=batch["mel"].shape[-1] * hop,
-                     generator=generator, method="cached")
-    return {c.id: audio[i, : int(batch["lengths"][i])].float().cpu().numpy()
-            for i, c in enumerate(clips)}
+    audio = generate(
+        teacher.model,
+        mel,
+        speaker,
+        num_samples=batch["mel"].shape[-1] * hop,
+        generator=generator,
+        method="cached",
+    )
+    return {
+        c.id: audio[i, : int(batch["lengths"][i])].float().cpu().numpy()
+        for i, c in enumerate(clips)
+    }
 
 
 # -- student: copy-synthesis and KL ------------------------------------------------------------
 
 
 @torch.inference_mode()
-def student_samples(student: LoadedModel, clips: list[Clip], device: torch.device
-                    ) -> dict[str, np.ndarray]:
+def student_samples(
+    student: LoadedModel, clips: list[Clip], device: torch.device
+) -> dict[str, np.ndarray]:
     """Copy-synthesis of every clip from its own mel, in one pass each."""
     out = {}
     for clip in clips:
         generator = torch.Generator(device=device).manual_seed(SEED)
-        audio = student.student.synthesize(clip.mel[None].to(device),
-                                           _speaker(student, clip, device),
-                                           generator=generator)
+        audio = student.student.synthesize(
+            clip.mel[None].to(device), _speaker(student, clip, device), generator=generator
+        )
         out[clip.id] = audio[0].float().cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], device: torch.device
-                ) -> dict[str, Any]:
+def kl_estimate(
+    student: LoadedModel, teacher: LoadedModel, clips: list[Clip], device: torch.device
+) -> dict[str, Any]:
     """The distillation objective's KL(student || teacher) estimate (nats per sample) on the
     first ``data.segment_length`` samples of every clip, and its mean over clips. Segments
     bound the memory of the ``distill.num_draws`` draws per step, and the estimate is a
@@ -177,34 +209,50 @@ def kl_estimate(student: LoadedModel, teacher: LoadedModel, clips: list[Clip], d
     per_clip = {}
     for clip in clips:
         frames = min(length // hop, clip.mel.shape[-1])
-        batch = {"audio": clip.audio[None, : frames * hop].to(device),
-                 "mel": clip.mel[None, :, :frames].to(device),
-                 "speaker": torch.tensor([clip.speaker], device=device)}
+        batch = {
+            "audio": clip.audio[None, : frames * hop].to(device),
+            "mel": clip.mel[None, :, :frames].to(device),
+            "speaker": torch.tensor([clip.speaker], device=device),
+        }
         per_clip[clip.id] = float(objective.validate(student.model, batch)["kl"])
-    return {"nats_per_sample": float(np.mean(list(per_clip.values()))),
-            "segment_length": length, "clips": per_clip}
+    return {
+        "nats_per_sample": float(np.mean(list(per_clip.values()))),
+        "segment_length": length,
+        "clips": per_clip,
+    }
 
 
 # -- the baseline ----------------------------------------------------------------------------
 
 
-def griffin_lim_samples(clips: list[Clip], cfg: Config, stats: FeatureStats, n_iter: int
-                        ) -> dict[str, np.ndarray]:
+def griffin_lim_samples(
+    clips: list[Clip], cfg: Config, stats: FeatureStats, n_iter: int
+) -> dict[str, np.ndarray]:
     """Griffin-Lim of every clip from the log-mel that conditions the models, un-normalised
     with the same ``stats`` that normalised it."""
-    return {clip.id: griffin_lim(stats.denormalize(clip.mel).numpy(), cfg.audio, n_iter=n_iter,
-                                 seed=SEED)
-            for clip in clips}
+    return {
+        clip.id: griffin_lim(
+            stats.denormalize(clip.mel).numpy(), cfg.audio, n_iter=n_iter, seed=SEED
+        )
+        for clip in clips
+    }
 
 
 # -- the command -----------------------------------------------------------------------------
 
 
-def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
-             teacher: str | Path | None = None,
-             max_clips: int = 8, teacher_seconds: float = 0.5, device: str = "cpu",
-             griffin_lim_iters: int = 32, split: str = "valid", command: str | None = None
-             ) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    data_dir: Path,
+    out_dir: Path,
+    teacher: str | Path | None = None,
+    max_clips: int = 8,
+    teacher_seconds: float = 0.5,
+    device: str = "cpu",
+    griffin_lim_iters: int = 32,
+    split: str = "valid",
+    command: str | None = None,
+) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
     folder ``out_dir`` (with the listening page, ``index.html``, which shows ``command``);
     returns the contents of ``metrics.json``."""
@@ -226,16 +274,27 @@ def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
 
     skipped = SkipLog(out_dir / SKIPPED_NAME, data_dir, total=0)
     clips = held_out_clips(data_dir, main.cfg, main.feature_stats, max_clips, split, skipped)
-    results = Results({"checkpoint": str(checkpoint), "kind": main.kind, "data": str(data_dir),
-                       "teacher": str(teacher) if teacher else None, "clips": len(clips),
-                       "teacher_seconds": teacher_seconds,
-                       "griffin_lim_iters": griffin_lim_iters, "split": split,
-                       "config": config_to_dict(main.cfg)})
+    results = Results(
+        {
+            "checkpoint": str(checkpoint),
+            "kind": main.kind,
+            "data": str(data_dir),
+            "teacher": str(teacher) if teacher else None,
+            "clips": len(clips),
+            "teacher_seconds": teacher_seconds,
+            "griffin_lim_iters": griffin_lim_iters,
+            "split": split,
+            "config": config_to_dict(main.cfg),
+        }
+    )
     synthesis: dict[str, dict[str, np.ndarray]] = {}
     if main.kind == "teacher":
         log.info("held-out NLL over the validation split")
-        results.nll = held_out_nll(main, held_out_clips(data_dir, main.cfg, main.feature_stats,
-                                                        split=split, skipped=skipped), dev)
+        results.nll = held_out_nll(
+            main,
+            held_out_clips(data_dir, main.cfg, main.feature_stats, split=split, skipped=skipped),
+            dev,
+        )
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
         synthesis["student"] = student_samples(main, clips, dev)
@@ -245,13 +304,15 @@ def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
     if the_teacher is not None:
         log.info("teacher samples of %g s from %d clip(s)", teacher_seconds, len(clips))
         # The teacher's own statistics normalise its conditioning.
-        t_clips = held_out_clips(data_dir, the_teacher.cfg, the_teacher.feature_stats,
-                                 max_clips, split, skipped)
+        t_clips = held_out_clips(
+            data_dir, the_teacher.cfg, the_teacher.feature_stats, max_clips, split, skipped
+        )
         synthesis["teacher"] = teacher_samples(the_teacher, t_clips, teacher_seconds, dev)
     if griffin_lim_iters > 0:
         log.info("Griffin-Lim (%d iterations) of %d clip(s)", griffin_lim_iters, len(clips))
-        synthesis["griffin_lim"] = griffin_lim_samples(clips, main.cfg, main.feature_stats,
-                                                       griffin_lim_iters)
+        synthesis["griffin_lim"] = griffin_lim_samples(
+            clips, main.cfg, main.feature_stats, griffin_lim_iters
+        )
     for name, audio in synthesis.items():
         results.samples[name] = score(clips, audio, main.cfg)
     if "student" in synthesis and "teacher" in synthesis:
@@ -262,8 +323,13 @@ def evaluate(checkpoint: str | Path, data_dir: Path, out_dir: Path,
         results.header["nll_curve"] = plot_nll_curve(out_dir, Path(the_teacher.source))
     results.header["skipped"] = skipped.summary()
     write_report(out_dir, results)
-    write_listening_page(out_dir, results, clips, synthesis, main.cfg,
-                         [m for m in (main, ref) if m is not None], command)
+    write_listening_page(
+        out_dir,
+        results,
+        clips,
+        synthesis,
+        main.cfg,
+        [m for m in (main, ref) if m is not None],
+        command,
+    )
     return results.to_dict()
-
-

@@ -59,8 +59,10 @@ class DecodeReport:
         return self.seconds / self.audio_seconds if self.audio_seconds else float("nan")
 
     def summary(self) -> str:
-        line = (f"wrote {len(self.written)} file(s), {self.audio_seconds:.2f} s of audio in "
-                f"{self.seconds:.2f} s (real-time factor {self.rtf:.3f})")
+        line = (
+            f"wrote {len(self.written)} file(s), {self.audio_seconds:.2f} s of audio in "
+            f"{self.seconds:.2f} s (real-time factor {self.rtf:.3f})"
+        )
         if self.skipped:
             line += f"; skipped {len(self.skipped)} unreadable input(s)"
             if self.skipped_list is not None:
@@ -69,18 +71,21 @@ class DecodeReport:
 
     def intact(self, exc: WriteFailed) -> str:
         """What a failed write left: the outputs written whole before it, and how to go on."""
-        return (f"the {len(self.written)} output(s) written before it are complete; "
-                + advice(exc, "run the same command again"))
+        return f"the {len(self.written)} output(s) written before it are complete; " + advice(
+            exc, "run the same command again"
+        )
 
     def write_skipped(self, folder: Path) -> None:
         """List the skipped inputs in ``folder/skipped.txt`` (``<input>: <reason>`` lines)."""
         if self.skipped:
             self.skipped_list = atomic_write_text(
-                folder / "skipped.txt", "".join(f"{name}: {why}\n" for name, why in self.skipped))
+                folder / "skipped.txt", "".join(f"{name}: {why}\n" for name, why in self.skipped)
+            )
 
 
-def open_synthesizer(checkpoint: str | Path | None, device: str = "cpu", use_ema: bool = True,
-                     dtype: str = "float32") -> Synthesizer:
+def open_synthesizer(
+    checkpoint: str | Path | None, device: str = "cpu", use_ema: bool = True, dtype: str = "float32"
+) -> Synthesizer:
     """The model of ``checkpoint`` (a checkpoint file, an exported bundle folder, a shipped
     model's name or a Hub id), or the shipped student when None, in ``dtype``."""
     if checkpoint is None:
@@ -89,10 +94,16 @@ def open_synthesizer(checkpoint: str | Path | None, device: str = "cpu", use_ema
     return Synthesizer.from_pretrained(checkpoint, device=device, use_ema=use_ema, dtype=dtype)
 
 
-def synthesize_files(synth: Synthesizer, output: Path, inputs: list[Path] | None = None,
-                     seconds: float | None = None, speaker: int | None = None, seed: int = 0,
-                     chunk_seconds: float | None = None,
-                     convention: MelConvention = PLAIN) -> DecodeReport:
+def synthesize_files(
+    synth: Synthesizer,
+    output: Path,
+    inputs: list[Path] | None = None,
+    seconds: float | None = None,
+    speaker: int | None = None,
+    seed: int = 0,
+    chunk_seconds: float | None = None,
+    convention: MelConvention = PLAIN,
+) -> DecodeReport:
     """Synthesise each of ``inputs`` (audio or saved log-mel) as one batch, or one clip of
     ``seconds`` from an unconditional teacher, and write 16-bit WAVs: ``output`` itself when it
     names a ``.wav`` file, else ``output/<input stem>.wav``."""
@@ -111,16 +122,28 @@ def synthesize_files(synth: Synthesizer, output: Path, inputs: list[Path] | None
         if chunk_seconds is not None and mels and not synth.has_excitation:
             _stream_to_files(synth, outputs, mels, chunk_seconds, speaker, seed, report)
         else:
-            clips = synth.generate(mels, seconds=seconds, speaker=speaker, seed=seed,
-                                   chunk_seconds=chunk_seconds, progress=True)
+            clips = synth.generate(
+                mels,
+                seconds=seconds,
+                speaker=speaker,
+                seed=seed,
+                chunk_seconds=chunk_seconds,
+                progress=True,
+            )
             _write(synth, outputs, clips, report)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _stream_to_files(synth: Synthesizer, paths: list[Path], mels: list[torch.Tensor],
-                     chunk_seconds: float, speaker: int | None, seed: int,
-                     report: DecodeReport) -> None:
+def _stream_to_files(
+    synth: Synthesizer,
+    paths: list[Path],
+    mels: list[torch.Tensor],
+    chunk_seconds: float,
+    speaker: int | None,
+    seed: int,
+    report: DecodeReport,
+) -> None:
     """Each clip streamed chunk by chunk into its file: memory bounded by the chunk and the
     receptive field, whatever the clip's length; the audio equals one-shot synthesis."""
     a = synth.cfg.audio
@@ -136,19 +159,22 @@ def output_paths(names: list[str], output: Path) -> list[Path]:
     ``output/<name>.wav`` (names made distinct by an index prefix when they repeat)."""
     if output.suffix:
         if output.suffix.lower() != ".wav":
-            raise UserError(f"--output {output}: synthesis writes 16-bit WAV; name a .wav file "
-                            "or a folder")
+            raise UserError(
+                f"--output {output}: synthesis writes 16-bit WAV; name a .wav file or a folder"
+            )
         if len(names) > 1:
-            raise UserError(f"--output {output}: give a folder when synthesising "
-                            f"{len(names)} clips")
+            raise UserError(
+                f"--output {output}: give a folder when synthesising {len(names)} clips"
+            )
         return [output]
     if len(set(names)) != len(names):
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
     return [output / f"{name}.wav" for name in names]
 
 
-def _write(synth: Synthesizer, paths: list[Path], clips: list[np.ndarray],
-           report: DecodeReport) -> None:
+def _write(
+    synth: Synthesizer, paths: list[Path], clips: list[np.ndarray], report: DecodeReport
+) -> None:
     rate = synth.cfg.audio.sample_rate
     for path, clip in zip(paths, clips, strict=True):
         write_wav(path, clip, rate)  # 16-bit mono: 2 bytes a sample and a 44-byte header
@@ -158,8 +184,9 @@ def _write(synth: Synthesizer, paths: list[Path], clips: list[np.ndarray],
 # -- corpora ---------------------------------------------------------------------------------
 
 
-def corpus_inputs(input_dir: Path | None = None, scp: Path | None = None
-                  ) -> list[tuple[str, Callable[[Synthesizer, MelConvention], torch.Tensor]]]:
+def corpus_inputs(
+    input_dir: Path | None = None, scp: Path | None = None
+) -> list[tuple[str, Callable[[Synthesizer, MelConvention], torch.Tensor]]]:
     """``(name, read)`` per utterance of a folder (every .wav/.flac/.npy below it, sorted; the
     name is the path relative to the folder without suffix; two files of one name, such as
     ``a.wav`` and ``a.npy``, are refused) or of a Kaldi ``feats.scp`` (the name is the
@@ -169,8 +196,9 @@ def corpus_inputs(input_dir: Path | None = None, scp: Path | None = None
     if input_dir is not None:
         if not input_dir.is_dir():
             raise UserError(f"--input-dir {input_dir}: no such folder")
-        files = sorted(p for p in input_dir.rglob("*")
-                       if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+        files = sorted(
+            p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES
+        )
         if not files:
             raise UserError(f"--input-dir {input_dir}: no {'/'.join(CORPUS_SUFFIXES)} files")
         names = [str(p.relative_to(input_dir).with_suffix("")) for p in files]
@@ -184,8 +212,9 @@ def _file_reader(path: Path) -> Callable[[Synthesizer, MelConvention], torch.Ten
     return lambda synth, conv: synth.features(path, conv)
 
 
-def _scp_reader(name: str, key: str, read: Callable[[str], np.ndarray]
-                ) -> Callable[[Synthesizer, MelConvention], torch.Tensor]:
+def _scp_reader(
+    name: str, key: str, read: Callable[[str], np.ndarray]
+) -> Callable[[Synthesizer, MelConvention], torch.Tensor]:
     return lambda synth, conv: synth.mel_input(name, read(key), conv)
 
 
@@ -194,9 +223,11 @@ def _check_distinct(input_dir: Path, files: list[Path], names: list[str]) -> Non
     seen: dict[str, Path] = {}
     for path, name in zip(files, names, strict=True):
         if name in seen:
-            raise UserError(f"--input-dir {input_dir}: {seen[name].relative_to(input_dir)} and "
-                            f"{path.relative_to(input_dir)} would both be written as "
-                            f"{name}.wav; keep one of them")
+            raise UserError(
+                f"--input-dir {input_dir}: {seen[name].relative_to(input_dir)} and "
+                f"{path.relative_to(input_dir)} would both be written as "
+                f"{name}.wav; keep one of them"
+            )
         seen[name] = path
 
 
@@ -205,8 +236,9 @@ def _scp_entries(scp: Path) -> list[tuple[str, Callable[[str], np.ndarray]]]:
     try:
         import kaldiio
     except ImportError:
-        raise UserError("--scp needs the kaldiio package: pip install 'wavedistill[kaldi]'"
-                        ) from None
+        raise UserError(
+            "--scp needs the kaldiio package: pip install 'wavedistill[kaldi]'"
+        ) from None
     if not scp.is_file():
         raise UserError(f"--scp {scp}: no such file")
     try:
@@ -228,8 +260,7 @@ def _scp_entries(scp: Path) -> list[tuple[str, Callable[[str], np.ndarray]]]:
                 warnings.simplefilter("ignore")
                 return np.asarray(table[key])
         except Exception as exc:  # a missing or damaged ark
-            raise UserError(f"cannot read its features ({' '.join(str(exc).split())})"
-                            ) from None
+            raise UserError(f"cannot read its features ({' '.join(str(exc).split())})") from None
 
     return [(key, read) for key in keys]
 
@@ -247,18 +278,27 @@ def _npy_entries(scp: Path) -> dict[str, Path]:
     return out
 
 
-def decode_corpus(synth: Synthesizer, output: Path, input_dir: Path | None = None,
-                  scp: Path | None = None, batch_size: int = 1, speaker: int | None = None,
-                  seed: int = 0, convention: MelConvention = PLAIN,
-                  progress: bool = True) -> DecodeReport:
+def decode_corpus(
+    synth: Synthesizer,
+    output: Path,
+    input_dir: Path | None = None,
+    scp: Path | None = None,
+    batch_size: int = 1,
+    speaker: int | None = None,
+    seed: int = 0,
+    convention: MelConvention = PLAIN,
+    progress: bool = True,
+) -> DecodeReport:
     """Synthesise every utterance of a folder or ``feats.scp`` into ``output/<name>.wav``, in
     batches of ``batch_size`` utterances of similar length (longest first). An unreadable
     input is logged and skipped."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if not synth.loaded.conditional:
-        raise UserError("this teacher is unconditional; --input-dir and --scp need a model "
-                        "conditioned on mel features")
+        raise UserError(
+            "this teacher is unconditional; --input-dir and --scp need a model "
+            "conditioned on mel features"
+        )
     if output.suffix or (output.exists() and not output.is_dir()):
         raise UserError(f"--output {output}: give a folder for --input-dir or --scp")
     start = time.perf_counter()
@@ -276,8 +316,9 @@ def decode_corpus(synth: Synthesizer, output: Path, input_dir: Path | None = Non
     return report
 
 
-def _read_all(synth: Synthesizer, inputs, convention: MelConvention, report: DecodeReport,
-              progress: bool) -> dict[str, torch.Tensor]:
+def _read_all(
+    synth: Synthesizer, inputs, convention: MelConvention, report: DecodeReport, progress: bool
+) -> dict[str, torch.Tensor]:
     """Every readable input's model input by name; the others go to ``report.skipped``."""
     mels = {}
     for name, read in tqdm(inputs, desc="features", unit="file", disable=not progress):
@@ -287,8 +328,9 @@ def _read_all(synth: Synthesizer, inputs, convention: MelConvention, report: Dec
             log.debug("skipped %s: %s", name, exc)  # listed once, at the end
             report.skipped.append((name, str(exc)))
     if not mels:
-        raise UserError(f"none of the {len(inputs)} input(s) could be read; the first: "
-                        f"{report.skipped[0][1]}")
+        raise UserError(
+            f"none of the {len(inputs)} input(s) could be read; the first: {report.skipped[0][1]}"
+        )
     return mels
 
 
@@ -296,9 +338,8 @@ def _length_sorted_batches(mels: dict[str, torch.Tensor], size: int) -> Iterator
     """Names in batches of ``size``, longest first, so each batch pads little."""
     order = sorted(mels, key=lambda n: -mels[n].shape[-1])
     for i in range(0, len(order), size):
-        yield order[i:i + size]
+        yield order[i : i + size]
 
 
 def _bar(progress: bool, total: int):
-    return tqdm(total=total, unit="sample", unit_scale=True, desc="synthesis",
-                disable=not progress)
+    return tqdm(total=total, unit="sample", unit_scale=True, desc="synthesis", disable=not progress)

@@ -33,7 +33,6 @@ from wavedistill.store.loading import LoadedModel, load_model
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Synthesizer:
     """Synthesis with a loaded teacher or student: features from audio or saved log-mel, and
@@ -55,15 +54,21 @@ class Synthesizer:
             self.loaded.model.to(self.dtype)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", use_ema: bool = True,
-                        dtype: str = "float32") -> Synthesizer:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", use_ema: bool = True, dtype: str = "float32"
+    ) -> Synthesizer:
         """A training checkpoint's model (its EMA weights unless ``use_ema`` is False)."""
         torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
         return cls(load_model(path, device=device, use_ema=use_ema), torch_dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu",
-                        use_ema: bool = True, dtype: str = "float32") -> Synthesizer:
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str = "cpu",
+        use_ema: bool = True,
+        dtype: str = "float32",
+    ) -> Synthesizer:
         """A model from an exported bundle folder, a training checkpoint, the name of a
         shipped model (``alice-student``), or a Hugging Face Hub repository id
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
@@ -90,8 +95,9 @@ class Synthesizer:
             return self.mel_input(str(path), load_npy(path), convention)
         return self.loaded.feature_stats.normalize(self._audio_features(path))
 
-    def mel_input(self, name: str, array: np.ndarray,
-                  convention: MelConvention = PLAIN) -> torch.Tensor:
+    def mel_input(
+        self, name: str, array: np.ndarray, convention: MelConvention = PLAIN
+    ) -> torch.Tensor:
         """Saved features (any layout of ``convention``) -> the normalised ``(n_mels, F)`` the
         model takes; ``name`` labels errors."""
         return model_input(name, array, self.cfg.audio, self.loaded.feature_stats, convention)
@@ -102,14 +108,23 @@ class Synthesizer:
         audio = load_audio(path, a.sample_rate)
         usable = whole_frames(len(audio), a)
         if usable is None:
-            raise UserError(f"{path}: too short to synthesise ({len(audio)} samples at "
-                            f"{a.sample_rate} Hz; needs at least {shortest_clip(a)})")
+            raise UserError(
+                f"{path}: too short to synthesise ({len(audio)} samples at "
+                f"{a.sample_rate} Hz; needs at least {shortest_clip(a)})"
+            )
         return log_mel(torch.from_numpy(audio[:usable]), a).float()
 
     @torch.inference_mode()
-    def generate(self, mels: list[torch.Tensor] | None = None, seconds: float | None = None,
-                 speaker: int | None = None, seed: int = 0, chunk_seconds: float | None = None,
-                 batch: int = 1, progress: bool = False) -> list[np.ndarray]:
+    def generate(
+        self,
+        mels: list[torch.Tensor] | None = None,
+        seconds: float | None = None,
+        speaker: int | None = None,
+        seed: int = 0,
+        chunk_seconds: float | None = None,
+        batch: int = 1,
+        progress: bool = False,
+    ) -> list[np.ndarray]:
         """Synthesise one clip per mel, all as one batch (shorter mels zero-padded, their
         outputs trimmed), or ``batch`` clips of ``seconds`` for an unconditional teacher.
         A student draws each clip's noise from its own generator seeded ``seed``, so a clip
@@ -142,12 +157,14 @@ class Synthesizer:
             clips = [audio[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
         elapsed = time.perf_counter() - start
         total = sum(lengths)
-        log.info("synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed,
-                 total / elapsed)
+        log.info(
+            "synthesised %d samples in %.2f s (%.0f samples/s)", total, elapsed, total / elapsed
+        )
         return clips
 
-    def _chunked(self, mels: list[torch.Tensor], speaker: int | None, seed: int,
-                 chunk_frames: int) -> list[np.ndarray]:
+    def _chunked(
+        self, mels: list[torch.Tensor], speaker: int | None, seed: int, chunk_frames: int
+    ) -> list[np.ndarray]:
         """Each mel ``(n_mels, F_i)`` streamed in chunks of ``chunk_frames`` from the noise
         one-shot synthesis draws for it: float32 ``(F_i * hop,)`` each."""
         clips = []
@@ -172,8 +189,13 @@ class Synthesizer:
         return self.cfg.student.conditioning_context
 
     @torch.inference_mode()
-    def stream(self, chunks: Iterable[torch.Tensor | np.ndarray], speaker: int | None = None,
-               seed: int = 0, noise: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    def stream(
+        self,
+        chunks: Iterable[torch.Tensor | np.ndarray],
+        speaker: int | None = None,
+        seed: int = 0,
+        noise: torch.Tensor | None = None,
+    ) -> Iterator[np.ndarray]:
         """Student synthesis of mel frames as they arrive: ``chunks`` yields normalised mel
         ``(n_mels, f_i)`` (as :meth:`features` returns; any ``f_i >= 1``), and each step yields
         the float32 audio ``(k * hop,)`` of the ``k`` frames newly determined, ending with the
@@ -185,8 +207,10 @@ class Synthesizer:
         if self.kind != "student":
             raise UserError("streaming is for students; a teacher samples step by step")
         if self.has_excitation:
-            raise UserError("streaming does not support a student with an excitation "
-                            "(student.source=harmonic): synthesise whole clips")
+            raise UserError(
+                "streaming does not support a student with an excitation "
+                "(student.source=harmonic): synthesise whole clips"
+            )
         model, device, hop = self.loaded.student, self.loaded.device, self.cfg.audio.hop_length
         spk = self.loaded.speaker_ids(speaker, 1)
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -198,49 +222,70 @@ class Synthesizer:
         for chunk in chunks:
             chunk = torch.as_tensor(chunk, device=device)
             if chunk.dim() != 2 or chunk.shape[0] != mel.shape[1] or chunk.shape[1] < 1:
-                raise UserError(f"stream chunks must be (n_mels={mel.shape[1]}, frames >= 1), "
-                                f"got {tuple(chunk.shape)}")
+                raise UserError(
+                    f"stream chunks must be (n_mels={mel.shape[1]}, frames >= 1), "
+                    f"got {tuple(chunk.shape)}"
+                )
             chunk = chunk.to(self.dtype)[None]
             frames = chunk.shape[-1]
             mel = torch.cat([mel, chunk], dim=-1)
-            z = torch.cat([z, self._stream_noise(noise, base + mel.shape[-1] - frames, frames,
-                                                 generator)], dim=-1)
+            z = torch.cat(
+                [z, self._stream_noise(noise, base + mel.shape[-1] - frames, frames, generator)],
+                dim=-1,
+            )
             ready = base + mel.shape[-1] - lookahead
             if ready > done:
                 yield self._span(z, mel, base, done, ready, spk)
                 done = ready
                 drop = max(0, done - keep - base)  # history no later span reads
-                mel, z, base = mel[..., drop:], z[:, drop * hop:], base + drop
+                mel, z, base = mel[..., drop:], z[:, drop * hop :], base + drop
         end = base + mel.shape[-1]
         if end > done:
             yield self._span(z, mel, base, done, end, spk)
 
-    def _stream_noise(self, noise: torch.Tensor | None, first: int, frames: int,
-                      generator: torch.Generator) -> torch.Tensor:
+    def _stream_noise(
+        self, noise: torch.Tensor | None, first: int, frames: int, generator: torch.Generator
+    ) -> torch.Tensor:
         """Noise ``(1, frames * hop)`` of frames ``[first, first + frames)``."""
         hop, model = self.cfg.audio.hop_length, self.loaded.student
         if noise is None:
             return model.sample_noise((1, frames * hop), generator, self.loaded.device)
-        piece = noise.reshape(1, -1)[:, first * hop:(first + frames) * hop]
+        piece = noise.reshape(1, -1)[:, first * hop : (first + frames) * hop]
         if piece.shape[-1] != frames * hop:
-            raise UserError(f"noise has {noise.numel()} samples; the mel needs at least "
-                            f"{(first + frames) * hop}")
+            raise UserError(
+                f"noise has {noise.numel()} samples; the mel needs at least "
+                f"{(first + frames) * hop}"
+            )
         return piece.to(self.loaded.device, torch.float32)
 
     def _span(self, z, mel, base, f0, f1, speaker) -> np.ndarray:
         audio = self.loaded.student.synthesize_span(z, mel, f0 - base, f1 - base, speaker)
         return audio[0].float().cpu().numpy()
 
-    def _run(self, mel: torch.Tensor | None, speaker: torch.Tensor | None, lengths: list[int],
-             seed: int, progress: bool) -> torch.Tensor:
+    def _run(
+        self,
+        mel: torch.Tensor | None,
+        speaker: torch.Tensor | None,
+        lengths: list[int],
+        seed: int,
+        progress: bool,
+    ) -> torch.Tensor:
         """Audio ``(B, max T)`` of one batch in one pass (a student) or sampled (a teacher)."""
         device = self.loaded.device
         generator = torch.Generator(device=device).manual_seed(seed)
         if self.kind == "teacher":
             precision = "bfloat16" if self.dtype == torch.bfloat16 else None
-            return generate(self.loaded.teacher, mel=mel, speaker=speaker, num_samples=max(lengths),
-                            generator=generator, method="cached", progress=progress,
-                            batch=len(lengths), precision=precision)
+            return generate(
+                self.loaded.teacher,
+                mel=mel,
+                speaker=speaker,
+                num_samples=max(lengths),
+                generator=generator,
+                method="cached",
+                progress=progress,
+                batch=len(lengths),
+                precision=precision,
+            )
         model = self.loaded.student
         if mel is None:
             raise UserError("a student synthesises from a mel; none was given")
@@ -261,7 +306,7 @@ class Synthesizer:
 def mel_chunks(mel: torch.Tensor, frames: int) -> Iterator[torch.Tensor]:
     """``mel`` ``(n_mels, F)`` in consecutive pieces of ``frames`` (the last may be shorter),
     as :meth:`Synthesizer.stream` takes them."""
-    return (mel[:, f:f + frames] for f in range(0, mel.shape[-1], frames))
+    return (mel[:, f : f + frames] for f in range(0, mel.shape[-1], frames))
 
 
 def _named_dtype(name: str) -> torch.dtype:

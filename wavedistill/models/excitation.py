@@ -84,8 +84,7 @@ def phase_cycles(f0: Tensor, sample_rate: int) -> Tensor:
     return cycles - torch.floor(cycles)
 
 
-def harmonic_sum(f0: Tensor, cycles: Tensor, sample_rate: int, max_harmonics: int = 0
-                 ) -> Tensor:
+def harmonic_sum(f0: Tensor, cycles: Tensor, sample_rate: int, max_harmonics: int = 0) -> Tensor:
     """``sum_k g_k sin(2 pi k cycles) / sqrt(sum_k g_k^2 / 2)``: band-limited harmonics of the
     per-sample ``f0 (B, T)`` (Hz, > 0) at phase ``cycles (B, T)``, float64, unit RMS.
 
@@ -108,8 +107,14 @@ def harmonic_sum(f0: Tensor, cycles: Tensor, sample_rate: int, max_harmonics: in
     return total * torch.rsqrt(power.clamp_min(1.0) / 2)
 
 
-def harmonic_excitation(f0: Tensor, voiced: Tensor, sample_rate: int, hop: int,
-                        offset: float = 0.0, max_harmonics: int = 0) -> Tensor:
+def harmonic_excitation(
+    f0: Tensor,
+    voiced: Tensor,
+    sample_rate: int,
+    hop: int,
+    offset: float = 0.0,
+    max_harmonics: int = 0,
+) -> Tensor:
     """The excitation of a clip (module docstring): per-frame ``f0 (B, F)`` in Hz and
     ``voiced (B, F)`` in [0, 1] (decisions: 0 or 1) -> ``(B, 2, F * hop)`` float32, with
     frame centres at ``f * hop + offset`` and at most ``max_harmonics`` harmonics (0: all
@@ -121,8 +126,7 @@ def harmonic_excitation(f0: Tensor, voiced: Tensor, sample_rate: int, hop: int,
         freq = interpolate_frames(f0, hop, offset)
         # harmonics are needed where the gate is open; elsewhere any positive F0 will do
         freq = torch.where(on, freq, freq[on].max())
-        harmonics = harmonic_sum(freq, phase_cycles(freq, sample_rate), sample_rate,
-                                 max_harmonics)
+        harmonics = harmonic_sum(freq, phase_cycles(freq, sample_rate), sample_rate, max_harmonics)
         out[:, 0] = (AMPLITUDE * gate * harmonics).float()
     out[:, 1] = gate.float()
     return out
@@ -135,9 +139,17 @@ class HarmonicSource(nn.Module):
 
     channels = CHANNELS
 
-    def __init__(self, n_mels: int, sample_rate: int, hop: int, offset: float = 0.0,
-                 max_harmonics: int = 0, pitch_channels: int = 64, fmin: float = 50.0,
-                 fmax: float = 500.0):
+    def __init__(
+        self,
+        n_mels: int,
+        sample_rate: int,
+        hop: int,
+        offset: float = 0.0,
+        max_harmonics: int = 0,
+        pitch_channels: int = 64,
+        fmin: float = 50.0,
+        fmax: float = 500.0,
+    ):
         super().__init__()
         self.sample_rate, self.hop, self.offset = sample_rate, hop, offset
         self.max_harmonics = max_harmonics
@@ -153,8 +165,14 @@ class HarmonicSource(nn.Module):
             weight = self.predictor.out.weight
             f0, prob = self.predictor(mel.to(weight.dtype))
             voiced = (prob > VOICED).to(f0.dtype)
-            src = harmonic_excitation(f0.float(), voiced.float(), self.sample_rate, self.hop,
-                                      self.offset, self.max_harmonics)
+            src = harmonic_excitation(
+                f0.float(),
+                voiced.float(),
+                self.sample_rate,
+                self.hop,
+                self.offset,
+                self.max_harmonics,
+            )
         return src.to(mel.dtype)
 
 
@@ -167,9 +185,16 @@ def build_source(cfg: Config, name: str) -> HarmonicSource | None:
         raise UserError(f"source {name!r}: expected one of {', '.join(SOURCES)}")
 
     a, t = cfg.audio, cfg.teacher
-    return HarmonicSource(a.n_mels, a.sample_rate, a.hop_length, frame_offset(a),
-                          t.source_harmonics, t.pitch_channels, cfg.data.pitch_fmin,
-                          cfg.data.pitch_fmax)
+    return HarmonicSource(
+        a.n_mels,
+        a.sample_rate,
+        a.hop_length,
+        frame_offset(a),
+        t.source_harmonics,
+        t.pitch_channels,
+        cfg.data.pitch_fmin,
+        cfg.data.pitch_fmax,
+    )
 
 
 def with_source(x: Tensor, cond: Conditioning | None) -> Tensor:
@@ -188,9 +213,11 @@ def inherit_predictor(student: nn.Module, teacher: nn.Module) -> None:
     so both compute the same excitation from the same mel. Refuses a mismatch in one line."""
     s, t = getattr(student, "excitation", None), getattr(teacher, "excitation", None)
     if (s is None) != (t is None):
-        raise UserError(f"student.source and teacher.source differ (student "
-                        f"{'harmonic' if s is not None else 'none'}, teacher "
-                        f"{'harmonic' if t is not None else 'none'})")
+        raise UserError(
+            f"student.source and teacher.source differ (student "
+            f"{'harmonic' if s is not None else 'none'}, teacher "
+            f"{'harmonic' if t is not None else 'none'})"
+        )
     if s is None or t is None:
         return
     s.predictor.load_state_dict(t.predictor.state_dict())

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from wavedistill.models.iaf_flow import IAFFlow
 
 
-def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
-               ) -> tuple[Tensor, Tensor]:
+def fused_flow(
+    flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
+) -> tuple[Tensor, Tensor]:
     """:meth:`IAFFlow.forward` for inference, arranged for CPU speed at any batch size.
 
     ``x (B, T)`` -> ``(mu, log_s)``, each ``(B, T)`` in ``x``'s dtype; ``tile`` (a multiple
@@ -62,8 +63,7 @@ def fused_flow(flow: IAFFlow, x: Tensor, cond: Conditioning | None, tile: int
             n = min(tile, T - t0)
             c = inputs.start_tile(t0, n)
             layer.run(h, pad + t0, n, inputs.col, inputs.weight, c, gate)
-    out = F.linear(h[pad:].view(T * B, C).relu_(), flow.output.weight[:, :, 0],
-                   flow.output.bias)
+    out = F.linear(h[pad:].view(T * B, C).relu_(), flow.output.weight[:, :, 0], flow.output.bias)
     mu, log_s = out.view(T, B, 2).permute(2, 1, 0).contiguous()
     return mu, log_s.clamp_min_(flow.log_scale_min)
 
@@ -94,8 +94,9 @@ class _TileInputs:
     tile is a whole clip (too many frames for columns), so ``X = 0`` and :meth:`start_tile`
     upsamples the conditioning into ``c (n B, G)`` instead, bias included."""
 
-    def __init__(self, cond: Conditioning | None, layers: list[_FusedLayer], B: int, n: int,
-                 like: Tensor):
+    def __init__(
+        self, cond: Conditioning | None, layers: list[_FusedLayer], B: int, n: int, like: Tensor
+    ):
         G, kC = layers[0].conv.shape
         self.B, self.kC = B, kC
         self.frames: Tensor | None = None
@@ -103,14 +104,15 @@ class _TileInputs:
         self.speaker: Tensor | None = None
         if cond is not None:
             scale = torch.ones(G, dtype=like.dtype, device=like.device)
-            scale[:G // 2] = 2.0
+            scale[: G // 2] = 2.0
             if cond.frames is not None and cond.filter is not None:  # (L, F, B, G)
                 frames = cond.frames.to(like.dtype).view(B, len(layers), G, -1)
                 self.frames = (frames * scale[:, None]).permute(1, 3, 0, 2).contiguous()
                 self.filter = cond.filter.to(like.dtype)
             if cond.bias is not None:  # (L, B, G)
-                self.speaker = (cond.bias.to(like.dtype).view(B, len(layers), G) * scale
-                                ).transpose(0, 1)
+                self.speaker = (cond.bias.to(like.dtype).view(B, len(layers), G) * scale).transpose(
+                    0, 1
+                )
         self.in_product = _conditioning_in_product(like.device)
         frame_cols = B * (n // self.hop) if self.frames is not None else 0
         width = frame_cols + B * (self.speaker is not None) if self.in_product else 0
@@ -135,7 +137,7 @@ class _TileInputs:
 
     def start_layer(self, j: int, layer: _FusedLayer) -> None:
         self.j, self.bias = j, layer.bias
-        self.weight[:, :self.kC] = layer.conv
+        self.weight[:, : self.kC] = layer.conv
         if self.speaker is not None:
             if self.in_product:
                 self.weight[:, self.speaker_cols] = self.speaker[j].t()
@@ -146,18 +148,27 @@ class _TileInputs:
         """Conditioning of steps ``[t0, t0 + n)``: written into ``weight`` and None, or the
         upsampled ``c (n B, G)`` plus bias."""
         if self.frames is None:  # self.c is None exactly when the conditioning is in_product
-            return None if self.c is None else self.c[:n * self.B].copy_(
-                self.bias.expand(n, self.B, -1).reshape(n * self.B, -1))
+            return (
+                None
+                if self.c is None
+                else self.c[: n * self.B].copy_(
+                    self.bias.expand(n, self.B, -1).reshape(n * self.B, -1)
+                )
+            )
         f0, nf = t0 // self.hop, n // self.hop
-        frames = self.frames[self.j, f0:f0 + nf]  # (nf, B, G)
+        frames = self.frames[self.j, f0 : f0 + nf]  # (nf, B, G)
         if self.in_product:
             # columns past this tile's frames keep older values: their col entries are zero
-            self.weight[:, self.kC:self.kC + nf * self.B] = frames.reshape(nf * self.B, -1).t()
+            self.weight[:, self.kC : self.kC + nf * self.B] = frames.reshape(nf * self.B, -1).t()
             return None
         assert self.c is not None and self.filter is not None
-        c = self.c[:n * self.B]
-        torch.addcmul(self.bias, frames[:, None], self.filter[:, None, None],
-                      out=c.view(nf, self.hop, self.B, -1))
+        c = self.c[: n * self.B]
+        torch.addcmul(
+            self.bias,
+            frames[:, None],
+            self.filter[:, None, None],
+            out=c.view(nf, self.hop, self.B, -1),
+        )
         return c
 
 
@@ -176,15 +187,16 @@ class _FusedLayer:
         W = block.dilated.weight.detach().to(dtype)  # (G, C, k)
         G, C, k = W.shape
         scale = torch.ones(G, 1, 1, dtype=W.dtype, device=W.device)
-        scale[:G // 2] = 2.0
+        scale[: G // 2] = 2.0
         self.conv = (W * scale).transpose(1, 2).reshape(G, k * C).contiguous()
         self.bias = block.dilated.bias.detach().to(dtype) * scale[:, 0, 0]
         self.out = (-block.output.weight.detach()[:, :, 0]).to(dtype).contiguous()
         self.out_bias = block.output.bias.detach().to(dtype, copy=True)
         self.dilation = block.dilated.dilation[0]
 
-    def run(self, h: Tensor, a: int, n: int, col: Tensor, weight: Tensor, c: Tensor | None,
-            gate: Tensor) -> None:
+    def run(
+        self, h: Tensor, a: int, n: int, col: Tensor, weight: Tensor, c: Tensor | None, gate: Tensor
+    ) -> None:
         """Update steps ``[a, a + n)`` of the residual buffer ``h (pad + T, B, C)`` in place,
         with the tile's ``col``, ``weight`` and ``c`` from :class:`_TileInputs`; ``gate`` is
         scratch space of at least ``n B`` rows."""
@@ -193,13 +205,16 @@ class _FusedLayer:
         kC = self.conv.shape[1]
         x = col[:rows]
         # tap j of step t is step t - (k - 1 - j) d: one strided view of the buffer
-        taps = h.as_strided((rows, kC // C, C), (C, d * B * C, 1),
-                            h.storage_offset() + (a - (kC // C - 1) * d) * B * C)
+        taps = h.as_strided(
+            (rows, kC // C, C),
+            (C, d * B * C, 1),
+            h.storage_offset() + (a - (kC // C - 1) * d) * B * C,
+        )
         x[:, :kC].view(rows, -1, C).copy_(taps)
         p = _linear_sigmoid(x, weight, self.bias if c is None else None, c)  # (rows, G)
         half = p.shape[1] // 2
         g = torch.addcmul(p[:, half:], p[:, :half], p[:, half:], value=-2.0, out=gate[:rows])
-        stream = h[a:a + n].view(rows, C)
+        stream = h[a : a + n].view(rows, C)
         stream.copy_(_linear_add(g, self.out, self.out_bias, stream))
 
 
@@ -214,8 +229,7 @@ def _fused_layers(flow: IAFFlow, dtype: torch.dtype) -> list[_FusedLayer]:
     an in-place update, which bumps its version (``load_state_dict``, optimiser steps, edits
     under ``torch.no_grad``). Writes through ``.data`` bypass version counters and would go
     unseen, as by autograd."""
-    key = (dtype, *((p.data_ptr(), p._version, p.dtype, p.device)
-                    for p in flow.stack.parameters()))
+    key = (dtype, *((p.data_ptr(), p._version, p.dtype, p.device) for p in flow.stack.parameters()))
     cached = _FUSED_CACHE.get(flow)
     if cached is None or cached[0] != key:
         cached = (key, [_FusedLayer(block, dtype) for block in flow.stack.blocks])

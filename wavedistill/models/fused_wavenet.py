@@ -62,7 +62,6 @@ _BLOCK_MIN_WEIGHTS = 1 << 18
 PRECISIONS = SAMPLER_DTYPE_NAMES
 
 
-
 # -- weights laid out for one-sample steps ---------------------------------------------------
 
 
@@ -139,8 +138,9 @@ def _bias(conv: torch.nn.Conv1d) -> Tensor:
     return conv.bias
 
 
-def _fuse_layer(block: ResidualBlock, dilation: int, dtype: torch.dtype, batch: int
-                ) -> _LayerWeights:
+def _fuse_layer(
+    block: ResidualBlock, dilation: int, dtype: torch.dtype, batch: int
+) -> _LayerWeights:
     """One block's dilated conv and residual projection as matrix operands."""
     conv = block.dilated.weight.detach()  # (G, R, k)
     G, R, k = conv.shape
@@ -153,7 +153,8 @@ def _fuse_layer(block: ResidualBlock, dilation: int, dtype: torch.dtype, batch: 
         current=_as_operand(taps[:, -R:], dtype, batch) if blocked else None,
         past=_as_operand(taps[:, :-R], dtype, batch * dilation) if blocked else None,
         residual=None if res_w is None else _as_operand(res_w, dtype, batch),
-        residual_bias=None if res_b is None else res_b.to(dtype))
+        residual_bias=None if res_b is None else res_b.to(dtype),
+    )
 
 
 def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> FusedTeacher:
@@ -174,12 +175,16 @@ def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> Fused
     stack = teacher.stack
     if any(block.skip_channels == 0 for block in stack.blocks):
         raise ValueError("cached teacher sampling needs skip connections in every block")
-    layers = [_fuse_layer(block, d, mm, batch)
-              for block, d in zip(stack.blocks, stack.dilations, strict=True)]
+    layers = [
+        _fuse_layer(block, d, mm, batch)
+        for block, d in zip(stack.blocks, stack.dilations, strict=True)
+    ]
     skips = [_split_output(block)[2:] for block in stack.blocks]
     head_convs = [m for m in teacher.head if isinstance(m, torch.nn.Conv1d)]
-    head = [(_as_operand(c.weight[:, :, 0], dtype, batch), _bias(c).detach().to(dtype))
-            for c in head_convs]
+    head = [
+        (_as_operand(c.weight[:, :, 0], dtype, batch), _bias(c).detach().to(dtype))
+        for c in head_convs
+    ]
     first = stack.blocks[0]
     return FusedTeacher(
         kernel_size=stack.kernel_size,
@@ -187,16 +192,21 @@ def fuse_teacher(teacher, batch: int = 1, precision: str | None = None) -> Fused
         gate_channels=stack.gate_channels,
         skip_channels=first.skip_channels,
         num_params=head_convs[-1].out_channels,
-        dtype=dtype, matmul_dtype=mm,
+        dtype=dtype,
+        matmul_dtype=mm,
         input_weight=teacher.input_conv.weight.detach()[:, 0, 0].to(dtype),
         input_bias=teacher.input_conv.bias.detach().to(dtype),
-        source_weight=(teacher.input_conv.weight.detach()[:, 1:, 0].to(dtype)
-                       if teacher.input_conv.in_channels > 1 else None),
+        source_weight=(
+            teacher.input_conv.weight.detach()[:, 1:, 0].to(dtype)
+            if teacher.input_conv.in_channels > 1
+            else None
+        ),
         layers=layers,
         layer_bias=torch.cat([b.dilated.bias.detach() for b in stack.blocks]).to(mm),
         skip=_as_operand(torch.cat([w for w, _ in skips], dim=1), mm, batch),
         skip_bias=torch.stack([b for _, b in skips]).sum(0).to(mm),
-        head=head)
+        head=head,
+    )
 
 
 # -- the state of one generation -------------------------------------------------------------
@@ -225,9 +235,17 @@ class _LayerState:
     past_rows: list[Tensor] | None = None
 
     @classmethod
-    def create(cls, batch: int, channels: int, kernel_size: int, dilation: int,
-               gate_channels: int, blocked: bool, dtype: torch.dtype, device: torch.device
-               ) -> _LayerState:
+    def create(
+        cls,
+        batch: int,
+        channels: int,
+        kernel_size: int,
+        dilation: int,
+        gate_channels: int,
+        blocked: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> _LayerState:
         k, d, R = kernel_size, dilation, channels
         columns = max(k - 1, math.ceil(_MIN_STEPS_BETWEEN_SHIFTS / d))
         buffer = torch.zeros(batch, d, k - 1 + columns, R, dtype=dtype, device=device)
@@ -236,12 +254,13 @@ class _LayerState:
             phase, col = i % d, k - 1 + i // d
             slots.append(buffer[:, phase, col])
             if not blocked:
-                windows.append(buffer[:, phase, col - k + 1:col + 1].view(batch, k * R))
+                windows.append(buffer[:, phase, col - k + 1 : col + 1].view(batch, k * R))
         state = cls(buffer, columns * d, slots, windows)
         if blocked:
             state.block_inputs = [
-                buffer[:, :, col - k + 1:col].view(batch * d, (k - 1) * R)
-                for col in range(k - 1, k - 1 + columns)]
+                buffer[:, :, col - k + 1 : col].view(batch * d, (k - 1) * R)
+                for col in range(k - 1, k - 1 + columns)
+            ]
             past = torch.zeros(batch, d, gate_channels, dtype=dtype, device=device)
             state.past = past.view(batch * d, gate_channels)
             state.past_rows = list(past.unbind(1))
@@ -251,7 +270,7 @@ class _LayerState:
         """Move the newest ``k - 1`` columns of every phase to the front (new chunk)."""
         keep = kernel_size - 1
         columns = self.buffer.shape[2] - keep
-        self.buffer[:, :, :keep].copy_(self.buffer[:, :, columns:columns + keep])
+        self.buffer[:, :, :keep].copy_(self.buffer[:, :, columns : columns + keep])
 
 
 @dataclass
@@ -293,8 +312,9 @@ def _empty(batch: int, channels: int, dtype: torch.dtype, device: torch.device) 
     return torch.zeros(batch, channels, dtype=dtype, device=device)
 
 
-def init_state(fused: FusedTeacher, batch: int, cond: Conditioning | None,
-               device: torch.device | str = "cpu") -> TeacherState:
+def init_state(
+    fused: FusedTeacher, batch: int, cond: Conditioning | None, device: torch.device | str = "cpu"
+) -> TeacherState:
     """A fresh state at ``t = 0`` for ``batch`` clips with the teacher's ``cond`` (or None)."""
     device = torch.device(device)
     mm, dt = fused.matmul_dtype, fused.dtype
@@ -315,20 +335,31 @@ def init_state(fused: FusedTeacher, batch: int, cond: Conditioning | None,
     gates = _empty(batch, L * H, mm, device)
     return TeacherState(
         t=0,
-        layers=[_LayerState.create(batch, R, fused.kernel_size, lw.dilation, G,
-                                   lw.past is not None, mm, device)
-                for lw in fused.layers],
-        frames=frames, filter=filt, constant=constant, cond=cond_now,
+        layers=[
+            _LayerState.create(
+                batch, R, fused.kernel_size, lw.dilation, G, lw.past is not None, mm, device
+            )
+            for lw in fused.layers
+        ],
+        frames=frames,
+        filter=filt,
+        constant=constant,
+        cond=cond_now,
         cond_views=list(cond_now.split(G, dim=1)),
-        pre=pre, gate_views=(pre[:, :H], pre[:, H:]), tanh=_empty(batch, H, mm, device),
-        gates=gates, gate_slices=list(gates.split(H, dim=1)),
+        pre=pre,
+        gate_views=(pre[:, :H], pre[:, H:]),
+        tanh=_empty(batch, H, mm, device),
+        gates=gates,
+        gate_slices=list(gates.split(H, dim=1)),
         residual=_empty(batch, R, mm, device),
         stream=_empty(batch, R, dt, device) if fused.mixed else None,
         skip=_empty(batch, S, mm, device),
         skip_full=_empty(batch, S, dt, device) if fused.mixed else None,
         hidden=_empty(batch, S, dt, device),
-        params=params, params_out=params.unsqueeze(-1),
-        input_terms=_input_terms(fused, cond))
+        params=params,
+        params_out=params.unsqueeze(-1),
+        input_terms=_input_terms(fused, cond),
+    )
 
 
 def _input_terms(fused: FusedTeacher, cond: Conditioning | None) -> Tensor | None:
@@ -336,8 +367,9 @@ def _input_terms(fused: FusedTeacher, cond: Conditioning | None) -> Tensor | Non
     without an excitation (the input layer's bias alone then)."""
     source = cond.source if cond is not None else None
     if (source is None) != (fused.source_weight is None):
-        raise ValueError("the teacher's input layer and the conditioning disagree on the "
-                         "excitation")
+        raise ValueError(
+            "the teacher's input layer and the conditioning disagree on the excitation"
+        )
     if source is None or fused.source_weight is None:
         return None
     src = source.detach().to(fused.dtype).permute(2, 0, 1)  # (T, B, C_e)
@@ -383,8 +415,7 @@ def _layers(fused: FusedTeacher, state: TeacherState, x: Tensor) -> None:
             torch.addmm(state.cond_views[i], ls.windows[j], lw.taps, out=state.pre)
         else:
             assert lw.past is not None and lw.current is not None
-            assert ls.block_inputs is not None and ls.past is not None \
-                and ls.past_rows is not None
+            assert ls.block_inputs is not None and ls.past is not None and ls.past_rows is not None
             phase = j % lw.dilation
             if phase == 0:  # past taps of the next d steps, all in one product
                 torch.mm(ls.block_inputs[j // lw.dilation], lw.past, out=ls.past)
@@ -432,4 +463,3 @@ def step(fused: FusedTeacher, state: TeacherState, x: Tensor) -> tuple[Tensor, T
     _head(fused, state)
     state.t += 1
     return state.params_out, state
-

@@ -25,8 +25,12 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _OUTPUT_INIT_STD = 0.01
 
 
-def sample_noise(shape: Sequence[int], noise: str, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> Tensor:
+def sample_noise(
+    shape: Sequence[int],
+    noise: str,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Unit logistic (``log u - log(1 - u)``) or standard normal (Box-Muller) draws, float32.
 
     Both are built from uniform draws, a fixed number per sample (one, or two for Gaussian
@@ -53,15 +57,23 @@ class IAFFlow(nn.Module):
     """One flow: ``x^(k-1) (B, T)`` -> ``(mu^k, log s^k)``, each ``(B, T)``, where step ``t``
     depends on ``x^(k-1)_<t`` only. Log-scales are floored at ``log_scale_min``."""
 
-    def __init__(self, layers: int, channels: int, kernel_size: int, cycle: int,
-                 log_scale_min: float, initial_log_scale: float = 0.0,
-                 source_channels: int = 0):
+    def __init__(
+        self,
+        layers: int,
+        channels: int,
+        kernel_size: int,
+        cycle: int,
+        log_scale_min: float,
+        initial_log_scale: float = 0.0,
+        source_channels: int = 0,
+    ):
         super().__init__()
         self.log_scale_min = log_scale_min
         # the shifted input, then ``source_channels`` of excitation (conditioning, unshifted)
         self.input_conv = nn.Conv1d(1 + source_channels, channels, 1)
-        self.stack = WaveNetStack(channels, 2 * channels, 0, kernel_size,
-                                  dilation_cycle(layers, cycle))
+        self.stack = WaveNetStack(
+            channels, 2 * channels, 0, kernel_size, dilation_cycle(layers, cycle)
+        )
         self.output = nn.Conv1d(channels, 2, 1)
         nn.init.normal_(self.output.weight, std=_OUTPUT_INIT_STD)
         assert self.output.bias is not None  # a Conv1d has a bias by default
@@ -78,5 +90,3 @@ class IAFFlow(nn.Module):
         h, _ = self.stack(h, cond)
         mu, log_s = self.output(F.relu(h)).unbind(1)
         return mu, log_s.clamp_min(self.log_scale_min)
-
-

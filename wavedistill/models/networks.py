@@ -84,8 +84,14 @@ class CausalConv1d(nn.Conv1d):
     ``forward``: ``(B, C_in, T) -> (B, C_out, T)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 dilation: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        bias: bool = True,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
 
     @property
@@ -126,8 +132,9 @@ class _GatedTanh(torch.autograd.Function):
         else:
             assert filt is not None, "frames come with their upsampling filter"
             B, N, F_ = frames.shape
-            act = torch.addcmul(pre.reshape(B, N, F_, -1), frames.unsqueeze(-1),
-                                filt).view(pre.shape)
+            act = torch.addcmul(pre.reshape(B, N, F_, -1), frames.unsqueeze(-1), filt).view(
+                pre.shape
+            )
         t, s = act.chunk(2, dim=1)
         t.mul_(2.0)
         act.sigmoid_()
@@ -153,8 +160,12 @@ def gated_activation(pre: Tensor, cond: Conditioning | None = None) -> Tensor:
     """``tanh(first half) * sigmoid(second half)`` of ``pre + cond`` along channels:
     ``pre (B, G, T)``, ``cond`` of ``G`` channels -> ``(B, G/2, T)``."""
     frames = cond.frames if cond is not None else None
-    if torch.jit.is_tracing() or torch.compiler.is_exporting() or not torch.is_grad_enabled() \
-            or not (pre.requires_grad or (frames is not None and frames.requires_grad)):
+    if (
+        torch.jit.is_tracing()
+        or torch.compiler.is_exporting()
+        or not torch.is_grad_enabled()
+        or not (pre.requires_grad or (frames is not None and frames.requires_grad))
+    ):
         # inference (e.g. one sampling step) and exporters: plain ops, least overhead
         if cond is not None:
             pre = cond.add_to(pre)
@@ -178,8 +189,15 @@ class ResidualBlock(nn.Module):
     they rearrange its weights, and tests check them against :meth:`forward`.
     """
 
-    def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int,
-                 kernel_size: int, dilation: int, residual: bool = True):
+    def __init__(
+        self,
+        residual_channels: int,
+        gate_channels: int,
+        skip_channels: int,
+        kernel_size: int,
+        dilation: int,
+        residual: bool = True,
+    ):
         super().__init__()
         if gate_channels % 2:
             raise ValueError(f"gate_channels must be even, got {gate_channels}")
@@ -195,8 +213,9 @@ class ResidualBlock(nn.Module):
     def gate_channels(self) -> int:
         return self.dilated.out_channels
 
-    def gate_and_project(self, pre: Tensor, x: Tensor, cond: Conditioning | None = None
-                         ) -> tuple[Tensor | None, Tensor | None]:
+    def gate_and_project(
+        self, pre: Tensor, x: Tensor, cond: Conditioning | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Everything after the dilated conv (per-sample operations only).
 
         ``pre``: ``(B, G, T)`` dilated conv output; ``cond``: added to it before the gate;
@@ -211,8 +230,9 @@ class ResidualBlock(nn.Module):
         res, skip = out.split([self.residual_channels, self.skip_channels], dim=1)
         return x + res, skip
 
-    def forward(self, x: Tensor, cond: Conditioning | None = None
-                ) -> tuple[Tensor | None, Tensor | None]:
+    def forward(
+        self, x: Tensor, cond: Conditioning | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
         """``x (B, R, T)``, ``cond`` with ``G`` channels -> ``(residual (B, R, T), skip (B, S, T))``
         (either may be ``None``, see the class docstring)."""
         return self.gate_and_project(self.dilated(x), x, cond)
@@ -227,15 +247,31 @@ class WaveNetStack(nn.Module):
     flows) every block is residual-only and the last residual stream is the output.
     """
 
-    def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int,
-                 kernel_size: int, dilations: Sequence[int]):
+    def __init__(
+        self,
+        residual_channels: int,
+        gate_channels: int,
+        skip_channels: int,
+        kernel_size: int,
+        dilations: Sequence[int],
+    ):
         super().__init__()
         n = len(dilations)
         # an nn.ModuleList, typed as the blocks it holds
-        self.blocks = cast("Sequence[ResidualBlock]", nn.ModuleList(
-            ResidualBlock(residual_channels, gate_channels, skip_channels, kernel_size, d,
-                          residual=skip_channels == 0 or i < n - 1)
-            for i, d in enumerate(dilations)))
+        self.blocks = cast(
+            "Sequence[ResidualBlock]",
+            nn.ModuleList(
+                ResidualBlock(
+                    residual_channels,
+                    gate_channels,
+                    skip_channels,
+                    kernel_size,
+                    d,
+                    residual=skip_channels == 0 or i < n - 1,
+                )
+                for i, d in enumerate(dilations)
+            ),
+        )
         self.kernel_size = kernel_size
         self.dilations = list(dilations)
         self.gate_channels = gate_channels
@@ -250,8 +286,9 @@ class WaveNetStack(nn.Module):
         """Channels of the conditioning this stack takes: ``L * G``."""
         return len(self.blocks) * self.gate_channels
 
-    def forward(self, x: Tensor, cond: Conditioning | None = None
-                ) -> tuple[Tensor | None, Tensor | None]:
+    def forward(
+        self, x: Tensor, cond: Conditioning | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
         G = self.gate_channels
         skips = None
         for i, block in enumerate(self.blocks):
@@ -276,9 +313,9 @@ def check_speaker_ids(speaker: Tensor, num_speakers: int, key: str) -> None:
     if speaker.device.type != "cpu" or speaker.numel() == 0:
         return
     if int(speaker.min()) < 0 or int(speaker.max()) >= num_speakers:
-        raise UserError(f"speaker ids must be in [0, {num_speakers}) ({key}), "
-                        f"got {speaker.tolist()}")
-
+        raise UserError(
+            f"speaker ids must be in [0, {num_speakers}) ({key}), got {speaker.tolist()}"
+        )
 
 
 class _AddUpsampled(torch.autograd.Function):
@@ -301,8 +338,9 @@ class _AddUpsampled(torch.autograd.Function):
         return (grad, *_upsampled_grads(grad, frames, filt, ctx.needs_input_grad[1:]))
 
 
-def _upsampled_grads(grad: Tensor, frames: Tensor | None, filt: Tensor | None,
-                     needs: Sequence[bool]) -> tuple[Tensor | None, Tensor | None]:
+def _upsampled_grads(
+    grad: Tensor, frames: Tensor | None, filt: Tensor | None, needs: Sequence[bool]
+) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of ``frames (B, N, F)`` and ``filt (hop,)`` from the gradient ``(B, N, F*hop)``
     of ``upsample(frames)``: two matrix-vector products (``needs``: which are wanted)."""
     g_frames = g_filt = None
@@ -350,7 +388,8 @@ class Conditioning:
             self.frames[:, start:stop] if self.frames is not None else None,
             self.filter,
             self.bias[:, start:stop] if self.bias is not None else None,
-            self.source)
+            self.source,
+        )
 
     def add_to(self, pre: Tensor) -> Tensor:
         """``pre + cond``: ``(B, N, T) -> (B, N, T)`` with ``T = F * hop`` when mel is present.
@@ -412,8 +451,15 @@ class Conditioner(nn.Module):
     sample. ``n_mels = 0`` and ``num_speakers = 0`` give an unconditional model (``None``).
     """
 
-    def __init__(self, out_channels: int, n_mels: int = 0, upsample_factors: Sequence[int] = (),
-                 context: int = 1, num_speakers: int = 0, speaker_dim: int = 16):
+    def __init__(
+        self,
+        out_channels: int,
+        n_mels: int = 0,
+        upsample_factors: Sequence[int] = (),
+        context: int = 1,
+        num_speakers: int = 0,
+        speaker_dim: int = 16,
+    ):
         super().__init__()
         self.out_channels = out_channels
         self.n_mels = n_mels
@@ -423,8 +469,9 @@ class Conditioner(nn.Module):
         self.upsampler: ConditioningUpsampler | None = None
         if n_mels > 0:
             if context > 0:
-                self.context = nn.Conv1d(n_mels, n_mels, 2 * context + 1, padding=context,
-                                         bias=False)
+                self.context = nn.Conv1d(
+                    n_mels, n_mels, 2 * context + 1, padding=context, bias=False
+                )
             self.projection = nn.Conv1d(n_mels, out_channels, 1, bias=False)
             self.upsampler = ConditioningUpsampler(upsample_factors)
         self.speaker_embedding: nn.Embedding | None = None
@@ -445,8 +492,9 @@ class Conditioner(nn.Module):
             mel = self.context(mel)
         return self.projection(mel)
 
-    def forward(self, mel: Tensor | None = None, speaker: Tensor | None = None
-                ) -> Conditioning | None:
+    def forward(
+        self, mel: Tensor | None = None, speaker: Tensor | None = None
+    ) -> Conditioning | None:
         """``mel (B, n_mels, F)``, ``speaker (B,)`` int64 -> :class:`Conditioning` or ``None``."""
         frames = filt = bias = None
         if self.projection is not None and self.upsampler is not None:  # both or neither

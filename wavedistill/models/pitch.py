@@ -25,13 +25,22 @@ class PitchPredictor(nn.Module):
     each (module docstring). ``layers`` convolutions of ``kernel_size`` frames and
     ``channels`` channels with leaky ReLUs, then a 1x1 to (octave logit, voicing logit)."""
 
-    def __init__(self, n_mels: int, channels: int = 64, layers: int = 3, kernel_size: int = 5,
-                 fmin: float = 50.0, fmax: float = 500.0):
+    def __init__(
+        self,
+        n_mels: int,
+        channels: int = 64,
+        layers: int = 3,
+        kernel_size: int = 5,
+        fmin: float = 50.0,
+        fmax: float = 500.0,
+    ):
         super().__init__()
         convs, width = [], n_mels
         for _ in range(layers):
-            convs += [nn.Conv1d(width, channels, kernel_size, padding=kernel_size // 2),
-                      nn.LeakyReLU(0.2)]
+            convs += [
+                nn.Conv1d(width, channels, kernel_size, padding=kernel_size // 2),
+                nn.LeakyReLU(0.2),
+            ]
             width = channels
         self.body = nn.Sequential(*convs)
         self.out = nn.Conv1d(width, 2, 1)
@@ -61,8 +70,9 @@ def label_octaves(f0: Tensor, predictor: PitchPredictor) -> Tensor:
     return torch.log2(f0.clamp_min(lo) / lo).clamp(max=float(predictor.octaves))
 
 
-def pitch_loss(predictor: PitchPredictor, mel: Tensor, f0: Tensor
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+def pitch_loss(
+    predictor: PitchPredictor, mel: Tensor, f0: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Masked L1 on log-F0 (octaves) over labelled voiced frames + BCE on voicing.
 
     ``mel (B, n_mels, F)`` normalised, ``f0 (B, F)`` labels in Hz (0 = unvoiced). Returns

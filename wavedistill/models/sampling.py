@@ -28,8 +28,7 @@ Progress = Callable[[int, int], None]
 
 def _batch_size(mel: Tensor | None, speaker: Tensor | None, batch: int | None) -> int:
     """Clips to draw: the batch of ``mel`` / ``speaker``, else ``batch`` (default 1)."""
-    sizes = {name: v.shape[0] for name, v in (("mel", mel), ("speaker", speaker))
-             if v is not None}
+    sizes = {name: v.shape[0] for name, v in (("mel", mel), ("speaker", speaker)) if v is not None}
     if batch is not None:
         if batch <= 0:
             raise UserError(f"batch must be positive, got {batch}")
@@ -46,12 +45,15 @@ def _clip_length(teacher, mel: Tensor | None, num_samples: int | None) -> int:
         if num_samples is None:
             return available
         if not 0 < num_samples <= available:
-            raise UserError(f"num_samples={num_samples} must be in [1, {available}] "
-                            f"({mel.shape[-1]} mel frames of hop {hop})")
+            raise UserError(
+                f"num_samples={num_samples} must be in [1, {available}] "
+                f"({mel.shape[-1]} mel frames of hop {hop})"
+            )
         return num_samples
     if num_samples is None or num_samples <= 0:
-        raise UserError(f"num_samples must be a positive number for an unconditional teacher, "
-                        f"got {num_samples}")
+        raise UserError(
+            f"num_samples must be a positive number for an unconditional teacher, got {num_samples}"
+        )
     return num_samples
 
 
@@ -66,8 +68,9 @@ class _Reporter:
         if callable(progress):
             self.callback = progress
         elif progress:
-            self.bar = tqdm(total=total * batch, unit="sample", unit_scale=True,
-                            desc="teacher sampling")
+            self.bar = tqdm(
+                total=total * batch, unit="sample", unit_scale=True, desc="teacher sampling"
+            )
         self.total, self.batch, self.reported = total, batch, 0
 
     def __call__(self, done: int) -> None:
@@ -91,13 +94,14 @@ def _sample_cached(teacher, cond, audio, generator, report, precision) -> None:
     for t in range(T):
         params, state = step(fused, state, x)
         sample = dist.sample(params, generator)  # (B, 1)
-        audio[:, t:t + 1] = sample
+        audio[:, t : t + 1] = sample
         x = teacher.encode_input(sample)  # (B, 1, 1)
         report(t + 1)
 
 
-def naive_window(t: int, receptive_field: int, hop: int, context: int, frames: int
-                 ) -> tuple[int, int]:
+def naive_window(
+    t: int, receptive_field: int, hop: int, context: int, frames: int
+) -> tuple[int, int]:
     """Frames ``[f0, f1)`` of the parallel pass that gives step ``t`` exactly.
 
     Output ``t`` reads inputs ``x_{t-rf} .. x_{t-1}`` (the pass shifts by one, so the first
@@ -146,8 +150,15 @@ def steady_naive_steps(teacher, count: int) -> tuple[range, int]:
     return range(start, stop), (stop - 1) // hop + context + 1
 
 
-def sample_naive_steps(teacher, mel, speaker, audio: Tensor, steps: range,
-                       generator: torch.Generator | None = None, report=None) -> None:
+def sample_naive_steps(
+    teacher,
+    mel,
+    speaker,
+    audio: Tensor,
+    steps: range,
+    generator: torch.Generator | None = None,
+    report=None,
+) -> None:
     """Draw ``audio[:, t]`` for ``t`` in ``steps``, in order, each by one parallel pass over the
     frames that step depends on (:func:`naive_windows`). ``audio`` ``(B, frames * hop)`` holds
     the past (drawn in place); later samples are never read by earlier steps (causality)."""
@@ -159,10 +170,10 @@ def sample_naive_steps(teacher, mel, speaker, audio: Tensor, steps: range,
     source = excitation(mel) if conditioned and excitation is not None else None
     for t, (f0, f1) in zip(steps, naive_windows(teacher, steps, frames), strict=True):
         window_mel = mel[:, :, f0:f1] if conditioned else None
-        window_source = source[..., f0 * hop:f1 * hop] if source is not None else None
-        params = teacher(audio[:, f0 * hop:f1 * hop], window_mel, speaker, window_source)
+        window_source = source[..., f0 * hop : f1 * hop] if source is not None else None
+        params = teacher(audio[:, f0 * hop : f1 * hop], window_mel, speaker, window_source)
         pos = t - f0 * hop
-        audio[:, t] = dist.sample(params[:, :, pos:pos + 1], generator)[:, 0]
+        audio[:, t] = dist.sample(params[:, :, pos : pos + 1], generator)[:, 0]
         if report is not None:
             report(t + 1)
 
@@ -178,10 +189,17 @@ def _sample_naive(teacher, mel, speaker, audio, generator, report) -> None:
 
 
 @torch.inference_mode()
-def generate(teacher, mel: Tensor | None = None, speaker: Tensor | None = None,
-             num_samples: int | None = None, generator: torch.Generator | None = None,
-             method: str = "cached", progress: bool | Progress | None = None,
-             precision: str | None = None, batch: int | None = None) -> Tensor:
+def generate(
+    teacher,
+    mel: Tensor | None = None,
+    speaker: Tensor | None = None,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    method: str = "cached",
+    progress: bool | Progress | None = None,
+    precision: str | None = None,
+    batch: int | None = None,
+) -> Tensor:
     """Draw audio from the teacher, one sample per step: ``(B, T)`` float32 in [-1, 1].
 
     ``mel`` ``(B, n_mels, F)`` normalised (``T = F hop`` unless ``num_samples`` is smaller),

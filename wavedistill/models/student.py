@@ -61,13 +61,23 @@ class IAFStudent(nn.Module):
     """Parallel WaveNet / ClariNet student (module docstring). Attributes: ``flows``,
     ``conditioner``, ``noise``, ``receptive_field``, ``num_parameters``, ``hop``."""
 
-    def __init__(self, n_mels: int, flow_layers: Sequence[int], channels: int = 64,
-                 kernel_size: int = 3, cycle: int = 10, noise: str = "logistic",
-                 upsample_factors: Sequence[int] = (200,), conditioning_context: int = 1,
-                 num_speakers: int = 0, speaker_dim: int = 16, log_scale_min: float = -9.0,
-                 synthesis_tile: int = 2048,
-                 initial_scale: float = StudentConfig.initial_scale,
-                 excitation: HarmonicSource | None = None):
+    def __init__(
+        self,
+        n_mels: int,
+        flow_layers: Sequence[int],
+        channels: int = 64,
+        kernel_size: int = 3,
+        cycle: int = 10,
+        noise: str = "logistic",
+        upsample_factors: Sequence[int] = (200,),
+        conditioning_context: int = 1,
+        num_speakers: int = 0,
+        speaker_dim: int = 16,
+        log_scale_min: float = -9.0,
+        synthesis_tile: int = 2048,
+        initial_scale: float = StudentConfig.initial_scale,
+        excitation: HarmonicSource | None = None,
+    ):
         super().__init__()
         if noise not in NOISE_ENTROPY:
             raise UserError(f"student.noise is {noise!r}; expected one of logistic, gaussian")
@@ -79,12 +89,21 @@ class IAFStudent(nn.Module):
         share = math.log(initial_scale) / len(flow_layers)
         source_channels = excitation.channels if excitation is not None else 0
         # an nn.ModuleList, typed as the flows it holds
-        self.flows = cast("Sequence[IAFFlow]", nn.ModuleList(
-            IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share, source_channels)
-            for n in flow_layers))
-        self.conditioner = Conditioner(sum(f.stack.conditioning_channels for f in self.flows),
-                                       n_mels, upsample_factors, conditioning_context,
-                                       num_speakers, speaker_dim)
+        self.flows = cast(
+            "Sequence[IAFFlow]",
+            nn.ModuleList(
+                IAFFlow(n, channels, kernel_size, cycle, log_scale_min, share, source_channels)
+                for n in flow_layers
+            ),
+        )
+        self.conditioner = Conditioner(
+            sum(f.stack.conditioning_channels for f in self.flows),
+            n_mels,
+            upsample_factors,
+            conditioning_context,
+            num_speakers,
+            speaker_dim,
+        )
         # the teacher's pitch predictor, copied at distillation start and frozen
         # (excitation.inherit_predictor); absent by default
         self.excitation = excitation
@@ -95,10 +114,22 @@ class IAFStudent(nn.Module):
     def from_config(cls, cfg: Config) -> IAFStudent:
         s = cfg.student
         assert s.upsample_factors is not None  # Config fills it in from the hop
-        return cls(cfg.audio.n_mels, s.flow_layers, s.channels, s.kernel_size, s.dilation_cycle,
-                   s.noise, s.upsample_factors, s.conditioning_context, s.num_speakers,
-                   s.speaker_dim, s.log_scale_min, s.synthesis_tile, s.initial_scale,
-                   build_source(cfg, s.source))
+        return cls(
+            cfg.audio.n_mels,
+            s.flow_layers,
+            s.channels,
+            s.kernel_size,
+            s.dilation_cycle,
+            s.noise,
+            s.upsample_factors,
+            s.conditioning_context,
+            s.num_speakers,
+            s.speaker_dim,
+            s.log_scale_min,
+            s.synthesis_tile,
+            s.initial_scale,
+            build_source(cfg, s.source),
+        )
 
     @property
     def hop(self) -> int:
@@ -131,12 +162,15 @@ class IAFStudent(nn.Module):
         """:meth:`conditioning` without the excitation."""
         if mel is None or mel.dim() != 3 or mel.shape[1] != self.n_mels:
             shape = None if mel is None else tuple(mel.shape)
-            raise UserError(f"mel must be (batch, {self.n_mels}, frames) to match "
-                            f"audio.n_mels, got {shape}")
+            raise UserError(
+                f"mel must be (batch, {self.n_mels}, frames) to match audio.n_mels, got {shape}"
+            )
         if self.num_speakers > 0:
             if speaker is None:
-                raise UserError(f"this student has student.num_speakers={self.num_speakers}; "
-                                "no speaker id was given")
+                raise UserError(
+                    f"this student has student.num_speakers={self.num_speakers}; "
+                    "no speaker id was given"
+                )
             check_speaker_ids(speaker, self.num_speakers, "student.num_speakers")
         return self.conditioner(mel, speaker if self.num_speakers > 0 else None)
 
@@ -151,13 +185,16 @@ class IAFStudent(nn.Module):
 
     def _check_length(self, samples: int, mel: Tensor) -> None:
         if samples != mel.shape[-1] * self.hop:
-            raise UserError(f"noise/audio has {samples} samples but {mel.shape[-1]} mel frames "
-                            f"of hop {self.hop} need {mel.shape[-1] * self.hop}")
+            raise UserError(
+                f"noise/audio has {samples} samples but {mel.shape[-1]} mel frames "
+                f"of hop {self.hop} need {mel.shape[-1] * self.hop}"
+            )
 
     # -- the IAF direction: noise -> audio in one pass -------------------------------------
 
-    def forward(self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Noise ``z (B, T)`` -> ``(x, mu_tot, log_s_tot)``, each ``(B, T)``, with
         ``x = z * exp(log_s_tot) + mu_tot`` and step ``t`` of ``mu_tot``/``log_s_tot``
         depending on ``z_<t`` only. Differentiable (the training path)."""
@@ -176,8 +213,12 @@ class IAFStudent(nn.Module):
             log_s_tot = log_s_tot + log_s
         return x, mu_tot, log_s_tot
 
-    def sample_noise(self, shape: Sequence[int], generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None) -> Tensor:
+    def sample_noise(
+        self,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         """Unit noise of the student's kind (``student.noise``), float32."""
         if device is None:
             device = next(self.parameters()).device
@@ -188,15 +229,17 @@ class IAFStudent(nn.Module):
         return noise_log_density(z, self.noise)
 
     @torch.inference_mode()
-    def synthesize(self, mel: Tensor, speaker: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> Tensor:
+    def synthesize(
+        self, mel: Tensor, speaker: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Audio ``(B, F * hop)`` in [-1, 1] from mel ``(B, n_mels, F)`` in one pass."""
         z = self.sample_noise((mel.shape[0], mel.shape[-1] * self.hop), generator, mel.device)
         return self.synthesize_from_noise(z, mel, speaker)
 
     @torch.inference_mode()
-    def synthesize_from_noise(self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
-                              ) -> Tensor:
+    def synthesize_from_noise(
+        self, z: Tensor, mel: Tensor, speaker: Tensor | None = None
+    ) -> Tensor:
         """Like :meth:`synthesize` with given noise ``z (B, T)``: the audio clamped to [-1, 1]
         (the unclamped ``x`` of :meth:`forward`, computed by the fused path)."""
         self._check_length(z.shape[-1], mel)
@@ -232,8 +275,15 @@ class IAFStudent(nn.Module):
         return math.ceil((self.receptive_field - 1) / self.hop)
 
     @torch.inference_mode()
-    def synthesize_span(self, z: Tensor, mel: Tensor, f0: int, f1: int,
-                        speaker: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+    def synthesize_span(
+        self,
+        z: Tensor,
+        mel: Tensor,
+        f0: int,
+        f1: int,
+        speaker: Tensor | None = None,
+        source: Tensor | None = None,
+    ) -> Tensor:
         """The audio of frames ``[f0, f1)``, ``(B, (f1 - f0) * hop)`` clamped to [-1, 1],
         equal to those samples of the whole clip's synthesis from the same noise ``z (B, T)``
         and mel ``(B, n_mels, F)`` (``T = F * hop``), where ``mel`` ends at the clip's end or
@@ -249,26 +299,28 @@ class IAFStudent(nn.Module):
         if self.excitation is not None:
             if source is None:
                 source = self.excitation(mel)
-            cond.source = source[..., start * hop:f1 * hop]
-        x = self._fused_run(z[:, start * hop:f1 * hop], cond)
-        return x[:, (f0 - start) * hop:].clamp_(-1.0, 1.0)
+            cond.source = source[..., start * hop : f1 * hop]
+        x = self._fused_run(z[:, start * hop : f1 * hop], cond)
+        return x[:, (f0 - start) * hop :].clamp_(-1.0, 1.0)
 
-    def _chunk_conditioning(self, mel: Tensor, speaker: Tensor | None, start: int, stop: int
-                            ) -> Conditioning:
+    def _chunk_conditioning(
+        self, mel: Tensor, speaker: Tensor | None, start: int, stop: int
+    ) -> Conditioning:
         """Conditioning of frames ``[start, stop)`` exactly as the whole clip's: the mel is
         read with ``conditioning_context`` extra frames on each side, then cropped."""
         c = self.conditioning_context
         lo, hi = max(0, start - c), min(mel.shape[-1], stop + c)
         cond = self._frame_conditioning(mel[..., lo:hi], speaker)
         assert cond.frames is not None  # a student is always mel-conditioned
-        frames = cond.frames[..., start - lo:stop - lo]
+        frames = cond.frames[..., start - lo : stop - lo]
         return Conditioning(frames, cond.filter, cond.bias)
 
     # -- the other direction: audio -> noise, sequential ------------------------------------
 
     @torch.no_grad()
-    def inverse(self, x: Tensor, mel: Tensor, speaker: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, x: Tensor, mel: Tensor, speaker: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Exact inverse: audio ``x (B, T)`` -> ``(z (B, T), log_det (B,))`` with
         ``log_det = log |det dz/dx| = -sum_t log s_tot,t``. Sequential: ``T`` passes
         (for tests and scoring short clips). Each step divides by ``s_tot,t``, so rounding

@@ -48,11 +48,24 @@ class WaveNetTeacher(nn.Module):
     (samples of the past one prediction sees), ``num_parameters``.
     """
 
-    def __init__(self, distribution: OutputDistribution, *, layers: int, stacks: int,
-                 kernel_size: int, residual_channels: int, gate_channels: int,
-                 skip_channels: int, n_mels: int = 0, upsample_factors: Sequence[int] = (),
-                 conditioning_context: int = 1, num_speakers: int = 0, speaker_dim: int = 16,
-                 mu_law_levels: int | None = None, excitation: HarmonicSource | None = None):
+    def __init__(
+        self,
+        distribution: OutputDistribution,
+        *,
+        layers: int,
+        stacks: int,
+        kernel_size: int,
+        residual_channels: int,
+        gate_channels: int,
+        skip_channels: int,
+        n_mels: int = 0,
+        upsample_factors: Sequence[int] = (),
+        conditioning_context: int = 1,
+        num_speakers: int = 0,
+        speaker_dim: int = 16,
+        mu_law_levels: int | None = None,
+        excitation: HarmonicSource | None = None,
+    ):
         super().__init__()
         self.distribution = distribution
         self.mu_law_levels = mu_law_levels
@@ -61,14 +74,27 @@ class WaveNetTeacher(nn.Module):
         # the audio channel, then the excitation's channels when there is one
         source_channels = excitation.channels if excitation is not None else 0
         self.input_conv = nn.Conv1d(1 + source_channels, residual_channels, 1)
-        self.stack = WaveNetStack(residual_channels, gate_channels, skip_channels, kernel_size,
-                                  dilation_cycle(layers, layers // stacks))
-        self.conditioner = Conditioner(self.stack.conditioning_channels, n_mels,
-                                       upsample_factors, conditioning_context, num_speakers,
-                                       speaker_dim)
+        self.stack = WaveNetStack(
+            residual_channels,
+            gate_channels,
+            skip_channels,
+            kernel_size,
+            dilation_cycle(layers, layers // stacks),
+        )
+        self.conditioner = Conditioner(
+            self.stack.conditioning_channels,
+            n_mels,
+            upsample_factors,
+            conditioning_context,
+            num_speakers,
+            speaker_dim,
+        )
         self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1),
-            nn.ReLU(), nn.Conv1d(skip_channels, distribution.num_params, 1))
+            nn.ReLU(),
+            nn.Conv1d(skip_channels, skip_channels, 1),
+            nn.ReLU(),
+            nn.Conv1d(skip_channels, distribution.num_params, 1),
+        )
         # registered last (and absent by default): a model without it is the model of before
         self.excitation = excitation
 
@@ -78,15 +104,22 @@ class WaveNetTeacher(nn.Module):
         assert t.upsample_factors is not None  # Config fills it in from the hop
         if t.skip_channels <= 0:
             raise UserError(f"teacher.skip_channels must be positive, got {t.skip_channels}")
-        return cls(build_distribution(t), layers=t.layers, stacks=t.stacks,
-                   kernel_size=t.kernel_size, residual_channels=t.residual_channels,
-                   gate_channels=t.gate_channels, skip_channels=t.skip_channels,
-                   n_mels=cfg.audio.n_mels if t.use_mel else 0,
-                   upsample_factors=t.upsample_factors,
-                   conditioning_context=t.conditioning_context,
-                   num_speakers=t.num_speakers, speaker_dim=t.speaker_dim,
-                   mu_law_levels=t.mu_law_levels if t.output == "categorical" else None,
-                   excitation=build_source(cfg, t.source))
+        return cls(
+            build_distribution(t),
+            layers=t.layers,
+            stacks=t.stacks,
+            kernel_size=t.kernel_size,
+            residual_channels=t.residual_channels,
+            gate_channels=t.gate_channels,
+            skip_channels=t.skip_channels,
+            n_mels=cfg.audio.n_mels if t.use_mel else 0,
+            upsample_factors=t.upsample_factors,
+            conditioning_context=t.conditioning_context,
+            num_speakers=t.num_speakers,
+            speaker_dim=t.speaker_dim,
+            mu_law_levels=t.mu_law_levels if t.output == "categorical" else None,
+            excitation=build_source(cfg, t.source),
+        )
 
     @property
     def receptive_field(self) -> int:
@@ -108,26 +141,33 @@ class WaveNetTeacher(nn.Module):
             x = q.to(audio.dtype) * (2.0 / (self.mu_law_levels - 1)) - 1.0
         return x
 
-    def conditioning(self, mel: Tensor | None, speaker: Tensor | None = None,
-                     source: Tensor | None = None) -> Conditioning | None:
+    def conditioning(
+        self, mel: Tensor | None, speaker: Tensor | None = None, source: Tensor | None = None
+    ) -> Conditioning | None:
         """Frame-rate conditioning of every layer (``L * G`` channels), checked against the
         model: mel ``(B, n_mels, F)``, speaker ``(B,)``. With an excitation, it carries the
         excitation ``(B, C_e, F * hop)``: ``source`` when given (a window of a longer clip's,
         whose phase the window's mel alone cannot give), else computed from ``mel``."""
         if self.n_mels > 0:
             if mel is None:
-                raise UserError("this teacher is conditioned on mel (teacher.use_mel=true); "
-                                "no mel was given")
+                raise UserError(
+                    "this teacher is conditioned on mel (teacher.use_mel=true); no mel was given"
+                )
             if mel.dim() != 3 or mel.shape[1] != self.n_mels:
-                raise UserError(f"mel must be (batch, {self.n_mels}, frames) to match "
-                                f"audio.n_mels, got {tuple(mel.shape)}")
+                raise UserError(
+                    f"mel must be (batch, {self.n_mels}, frames) to match "
+                    f"audio.n_mels, got {tuple(mel.shape)}"
+                )
         if self.num_speakers > 0:
             if speaker is None:
-                raise UserError("this teacher has teacher.num_speakers="
-                                f"{self.num_speakers}; no speaker id was given")
+                raise UserError(
+                    "this teacher has teacher.num_speakers="
+                    f"{self.num_speakers}; no speaker id was given"
+                )
             check_speaker_ids(speaker, self.num_speakers, "teacher.num_speakers")
-        cond = self.conditioner(mel if self.n_mels > 0 else None,
-                                speaker if self.num_speakers > 0 else None)
+        cond = self.conditioner(
+            mel if self.n_mels > 0 else None, speaker if self.num_speakers > 0 else None
+        )
         if self.excitation is not None:
             cond.source = self.excitation(mel) if source is None else source
         return cond
@@ -146,8 +186,13 @@ class WaveNetTeacher(nn.Module):
 
     # -- density ---------------------------------------------------------------------------
 
-    def forward(self, audio: Tensor, mel: Tensor | None = None,
-                speaker: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        audio: Tensor,
+        mel: Tensor | None = None,
+        speaker: Tensor | None = None,
+        source: Tensor | None = None,
+    ) -> Tensor:
         """Parameters of ``p(x_t | x_<t, c)`` for every t: audio ``(B, T)`` -> ``(B, P, T)``.
         ``source``: see :meth:`conditioning` (None: from the mel)."""
         cond = self.conditioning(mel, speaker, source)
@@ -155,8 +200,10 @@ class WaveNetTeacher(nn.Module):
             hop = self.conditioner.hop
             assert mel is not None and hop is not None  # there are frames, hence a mel
             if audio.shape[-1] != mel.shape[-1] * hop:
-                raise UserError(f"audio has {audio.shape[-1]} samples but {mel.shape[-1]} mel "
-                                f"frames of hop {hop} need {mel.shape[-1] * hop}")
+                raise UserError(
+                    f"audio has {audio.shape[-1]} samples but {mel.shape[-1]} mel "
+                    f"frames of hop {hop} need {mel.shape[-1] * hop}"
+                )
         x = F.pad(self.encode_input(audio)[..., :-1], (1, 0))  # x_{t-1} at t: (B, 1, T)
         # the excitation at t is conditioning, known for every t: only the audio is shifted
         x = with_source(x, cond)
@@ -167,13 +214,15 @@ class WaveNetTeacher(nn.Module):
         _, skips = self.stack(h, cond)
         return self.output(skips)
 
-    def log_prob(self, audio: Tensor, mel: Tensor | None = None,
-                 speaker: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self, audio: Tensor, mel: Tensor | None = None, speaker: Tensor | None = None
+    ) -> Tensor:
         """``log p(x_t | x_<t, c)`` in nats for every step: ``(B, T)`` (discrete: 16-bit levels,
         or 256 mu-law levels for the categorical head)."""
         return self.distribution.log_prob(self(audio, mel, speaker), audio)
 
-    def nll_bits(self, audio: Tensor, mel: Tensor | None = None,
-                 speaker: Tensor | None = None) -> Tensor:
+    def nll_bits(
+        self, audio: Tensor, mel: Tensor | None = None, speaker: Tensor | None = None
+    ) -> Tensor:
         """Mean negative log-likelihood in bits per sample (a scalar)."""
         return -self.log_prob(audio, mel, speaker).mean() / math.log(2.0)

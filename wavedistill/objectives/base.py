@@ -27,8 +27,7 @@ class Objective(Protocol):
         """The key of :meth:`validate`'s result whose lowest value selects ``best.pt``."""
         ...
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]
-             ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``(scalar loss to minimise, {name: 0-dim tensor to log})``; the logs stay on the
         device, detached."""
         ...

@@ -82,23 +82,33 @@ def check_teacher_compatible(teacher_cfg: Config, student_cfg: Config) -> None:
     assert t_factors is not None and s_factors is not None  # Config fills them in from the hop
     t_hop, s_hop = math.prod(t_factors), math.prod(s_factors)
     if t_hop != s_hop:
-        problems.append(f"teacher.upsample_factors {teacher_cfg.teacher.upsample_factors} "
-                        f"(hop {t_hop}) and student.upsample_factors "
-                        f"{student_cfg.student.upsample_factors} (hop {s_hop}) differ")
+        problems.append(
+            f"teacher.upsample_factors {teacher_cfg.teacher.upsample_factors} "
+            f"(hop {t_hop}) and student.upsample_factors "
+            f"{student_cfg.student.upsample_factors} (hop {s_hop}) differ"
+        )
     output = teacher_cfg.teacher.output
     if output == "categorical":
-        problems.append("teacher.output is 'categorical', which has no continuous density; "
-                        "distillation needs mol or gaussian")
+        problems.append(
+            "teacher.output is 'categorical', which has no continuous density; "
+            "distillation needs mol or gaussian"
+        )
     if output == "gaussian" and student_cfg.student.noise != "gaussian":
-        problems.append("teacher.output is 'gaussian' (closed-form KL) but student.noise is "
-                        f"{student_cfg.student.noise!r}; set student.noise=gaussian")
+        problems.append(
+            "teacher.output is 'gaussian' (closed-form KL) but student.noise is "
+            f"{student_cfg.student.noise!r}; set student.noise=gaussian"
+        )
     if not teacher_cfg.teacher.use_mel:
-        problems.append("teacher.use_mel is false; the student is conditioned on mel and needs "
-                        "a mel-conditioned teacher")
+        problems.append(
+            "teacher.use_mel is false; the student is conditioned on mel and needs "
+            "a mel-conditioned teacher"
+        )
     if teacher_cfg.teacher.source != student_cfg.student.source:
-        problems.append(f"teacher.source is {teacher_cfg.teacher.source!r} but student.source "
-                        f"is {student_cfg.student.source!r}; the student takes the teacher's "
-                        "excitation, set student.source to match")
+        problems.append(
+            f"teacher.source is {teacher_cfg.teacher.source!r} but student.source "
+            f"is {student_cfg.student.source!r}; the student takes the teacher's "
+            "excitation, set student.source to match"
+        )
     if problems:
         raise UserError("teacher and student do not fit: " + "; ".join(problems))
 
@@ -117,8 +127,9 @@ def draw_values(mu_tot: Tensor, log_s_tot: Tensor, eps: Tensor) -> Tensor:
     return mu_tot.unsqueeze(1) + torch.exp(log_s_tot).unsqueeze(1) * eps
 
 
-def mc_cross_entropy(distribution: OutputDistribution, params: Tensor, values: Tensor,
-                     log_scale_min: float) -> tuple[Tensor, Tensor]:
+def mc_cross_entropy(
+    distribution: OutputDistribution, params: Tensor, values: Tensor, log_scale_min: float
+) -> tuple[Tensor, Tensor]:
     """Per-step Monte-Carlo cross-entropy ``-mean_n log p_T(values_n | x_<t)`` and its
     standard error ``std_n / sqrt(N)`` (no gradient).
 
@@ -127,13 +138,13 @@ def mc_cross_entropy(distribution: OutputDistribution, params: Tensor, values: T
     """
     log_p = distribution.log_density(params, values, log_scale_min)  # (B, N, T)
     n = values.shape[1]
-    stderr = (log_p.detach().std(dim=1) / math.sqrt(n) if n > 1
-              else torch.zeros_like(log_p[:, 0]))
+    stderr = log_p.detach().std(dim=1) / math.sqrt(n) if n > 1 else torch.zeros_like(log_p[:, 0])
     return -log_p.mean(dim=1), stderr
 
 
-def gaussian_kl_per_step(mu_s: Tensor, log_s_s: Tensor, mu_t: Tensor, log_s_t: Tensor,
-                         reg_lambda: float) -> tuple[Tensor, Tensor]:
+def gaussian_kl_per_step(
+    mu_s: Tensor, log_s_s: Tensor, mu_t: Tensor, log_s_t: Tensor, reg_lambda: float
+) -> tuple[Tensor, Tensor]:
     """ClariNet's closed form: ``(KL(N_S || N_T), lambda (log s_T - log s_S)^2)``, each
     ``(B, T)``."""
     return gaussian_kl(mu_s, log_s_s, mu_t, log_s_t), reg_lambda * (log_s_t - log_s_s).square()
@@ -186,22 +197,30 @@ class Distillation:
         self.cfg = cfg.distill
         self.noise = cfg.student.noise
         if not isinstance(distribution, ContinuousHead):
-            raise UserError("teacher.output is 'categorical', which has no continuous density; "
-                            "distillation needs a mol or gaussian teacher")
+            raise UserError(
+                "teacher.output is 'categorical', which has no continuous density; "
+                "distillation needs a mol or gaussian teacher"
+            )
         self.distribution: ContinuousHead = distribution
         self.closed_form = isinstance(self.distribution, DiscretizedGaussian)
         if self.closed_form and self.noise != "gaussian":
-            raise UserError("the teacher has a Gaussian head (teacher.output=gaussian) but "
-                            f"student.noise is {self.noise!r}; set student.noise=gaussian")
+            raise UserError(
+                "the teacher has a Gaussian head (teacher.output=gaussian) but "
+                f"student.noise is {self.noise!r}; set student.noise=gaussian"
+            )
         if self.cfg.contrastive_weight > 0 and cfg.data.batch_size < 2:
-            raise UserError("distill.contrastive_weight > 0 needs data.batch_size >= 2 "
-                            "(the mismatched mel comes from another clip of the batch)")
+            raise UserError(
+                "distill.contrastive_weight > 0 needs data.batch_size >= 2 "
+                "(the mismatched mel comes from another clip of the batch)"
+            )
         longest = max(self.cfg.power_fft_sizes)
         segment = cfg.data.segment_length
         if self.cfg.power_weight > 0 and segment is not None and segment < longest:
-            raise UserError(f"data.segment_length ({segment}) is shorter than the power loss's "
-                            f"largest FFT (distill.power_fft_sizes has {longest}); lengthen the "
-                            "segments or drop that resolution")
+            raise UserError(
+                f"data.segment_length ({segment}) is shorter than the power loss's "
+                f"largest FFT (distill.power_fft_sizes has {longest}); lengthen the "
+                "segments or drop that resolution"
+            )
         self.teacher_floor = max(self.distribution.log_scale_min, self.cfg.teacher_log_scale_min)
         self.student_floor = self.cfg.student_log_scale_min
         self.stft = MultiResolutionSTFT.from_config(cfg.distill, cfg.audio)
@@ -210,8 +229,15 @@ class Distillation:
 
     # -- KL(student || teacher) --------------------------------------------------------------
 
-    def kl_terms(self, x: Tensor, mu_tot: Tensor, log_s_tot: Tensor, mel: Tensor,
-                 speaker: Tensor | None, eps: Tensor | None = None) -> KLTerms:
+    def kl_terms(
+        self,
+        x: Tensor,
+        mu_tot: Tensor,
+        log_s_tot: Tensor,
+        mel: Tensor,
+        speaker: Tensor | None,
+        eps: Tensor | None = None,
+    ) -> KLTerms:
         """KL(student || teacher) of one student sample ``x (B, T)`` with its collapsed step
         parameters, the teacher conditioned on ``mel``/``speaker``; ``eps (B, N, T)`` are the
         unit draws of the Monte-Carlo cross-entropy, of the student's noise kind (unused by
@@ -222,11 +248,13 @@ class Distillation:
         floor_rate = teacher_floor_rate(self.distribution, params, self.teacher_floor)
         if isinstance(self.distribution, DiscretizedGaussian):  # self.closed_form
             mu_t, log_s_t = self.distribution.location_scale(params, self.teacher_floor)
-            kl, reg = gaussian_kl_per_step(mu_tot, log_s, mu_t, log_s_t,
-                                           self.cfg.gaussian_reg_lambda)
+            kl, reg = gaussian_kl_per_step(
+                mu_tot, log_s, mu_t, log_s_t, self.cfg.gaussian_reg_lambda
+            )
             zero = kl.new_zeros(())  # no Monte-Carlo draws: no spread
-            return KLTerms(kl.mean(), (kl + entropy).mean(), entropy.mean(), reg.mean(),
-                           zero, zero, floor_rate)
+            return KLTerms(
+                kl.mean(), (kl + entropy).mean(), entropy.mean(), reg.mean(), zero, zero, floor_rate
+            )
         assert eps is not None  # drawn by the caller for the Monte-Carlo estimate
         values = draw_values(mu_tot, log_s, eps)
         ce, stderr = mc_cross_entropy(self.distribution, params, values, self.teacher_floor)
@@ -234,8 +262,9 @@ class Distillation:
         # the float32 tiny floor, as a tensor op: no wait for the device on every step
         rel = spread / ce.detach().abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
         zero = ce.new_zeros(())
-        return KLTerms((ce - entropy).mean(), ce.mean(), entropy.mean(), zero, spread, rel,
-                       floor_rate)
+        return KLTerms(
+            (ce - entropy).mean(), ce.mean(), entropy.mean(), zero, spread, rel, floor_rate
+        )
 
     def _draws(self, x: Tensor) -> Tensor | None:
         if self.closed_form:
@@ -256,11 +285,14 @@ class Distillation:
     def _check_noise(self, student: IAFStudent) -> None:
         """The student must draw the noise kind whose entropy and draws this objective uses."""
         if student.noise != self.noise:
-            raise UserError(f"the student's noise is {student.noise!r} but the config "
-                            f"given to the objective says student.noise={self.noise!r}")
+            raise UserError(
+                f"the student's noise is {student.noise!r} but the config "
+                f"given to the objective says student.noise={self.noise!r}"
+            )
 
-    def loss(self, student: nn.Module, batch: dict[str, Tensor]
-             ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, student: nn.Module, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted total ``kl_weight (KL + reg) + power_weight power
         [+ power_log_weight log_magnitude] [+ stft_weight (spectral_convergence +
         log_magnitude)] - contrastive_weight KL_mismatched`` and its parts, as detached 0-dim
@@ -281,8 +313,9 @@ class Distillation:
         if c.power_log_weight > 0:
             total = total + c.power_log_weight * spectra["log_magnitude"]
         if c.stft_weight > 0:
-            total = total + c.stft_weight * (spectra["spectral_convergence"]
-                                             + spectra["log_magnitude"])
+            total = total + c.stft_weight * (
+                spectra["spectral_convergence"] + spectra["log_magnitude"]
+            )
         if c.mel_weight > 0:
             spectra["mel_l1"] = self.mel_l1(x.float(), audio.float())
             total = total + c.mel_weight * spectra["mel_l1"]
@@ -307,11 +340,15 @@ class Distillation:
         return {"power": self.stft.power(x, audio)}
 
     def _kl_logs(self, terms: KLTerms, log_s_tot: Tensor) -> dict[str, Tensor]:
-        logs = {"kl": _value(terms.kl), "cross_entropy": _value(terms.cross_entropy),
-                "entropy": _value(terms.entropy), "ce_stderr": _value(terms.ce_stderr),
-                "ce_stderr_rel": _value(terms.ce_stderr_rel),
-                "teacher_floor_rate": _value(terms.teacher_floor_rate),
-                "student_floor_rate": (log_s_tot.detach() < self.student_floor).float().mean()}
+        logs = {
+            "kl": _value(terms.kl),
+            "cross_entropy": _value(terms.cross_entropy),
+            "entropy": _value(terms.entropy),
+            "ce_stderr": _value(terms.ce_stderr),
+            "ce_stderr_rel": _value(terms.ce_stderr_rel),
+            "teacher_floor_rate": _value(terms.teacher_floor_rate),
+            "student_floor_rate": (log_s_tot.detach() < self.student_floor).float().mean(),
+        }
         if self.closed_form:
             logs["gaussian_reg"] = _value(terms.regulariser)
         return logs
@@ -328,19 +365,23 @@ class Distillation:
         terms = self.kl_terms(x, mu_tot, log_s_tot, mel, speaker, self._draws(x))
         clipped = x.float().clamp(-1.0, 1.0)
         d = self.stft.distances(clipped, audio.float())
-        return {"stft_distance": float(d["spectral_convergence"] + d["log_magnitude"]),
-                "power": float(d["power"]),
-                "mel_l1": float(self.mel_l1(clipped, audio.float())),
-                "loudness_gap_db": float(loudness_gap_db(x.clamp(-1.0, 1.0), audio).mean()),
-                "kl": float(terms.kl), "cross_entropy": float(terms.cross_entropy),
-                "entropy": float(terms.entropy)}
+        return {
+            "stft_distance": float(d["spectral_convergence"] + d["log_magnitude"]),
+            "power": float(d["power"]),
+            "mel_l1": float(self.mel_l1(clipped, audio.float())),
+            "loudness_gap_db": float(loudness_gap_db(x.clamp(-1.0, 1.0), audio).mean()),
+            "kl": float(terms.kl),
+            "cross_entropy": float(terms.cross_entropy),
+            "entropy": float(terms.entropy),
+        }
 
     @torch.no_grad()
     def log_media(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"student": (T,)}``: the student's copy-synthesis of the batch's first clip."""
         speaker = batch.get("speaker")
         audio = bare_model(student, IAFStudent).synthesize(
-            batch["mel"][:1], speaker[:1] if speaker is not None else None)
+            batch["mel"][:1], speaker[:1] if speaker is not None else None
+        )
         return {"student": audio[0]}
 
 

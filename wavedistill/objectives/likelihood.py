@@ -27,8 +27,10 @@ def _predictor(model: nn.Module, batch: dict[str, Tensor]) -> PitchPredictor | N
     if excitation is None:
         return None
     if "f0" not in batch:
-        raise UserError("teacher.source=harmonic trains a pitch predictor on F0 labels; this "
-                        "batch has none (run preprocess with data.pitch=true)")
+        raise UserError(
+            "teacher.source=harmonic trains a pitch predictor on F0 labels; this "
+            "batch has none (run preprocess with data.pitch=true)"
+        )
     return excitation.predictor
 
 
@@ -83,7 +85,7 @@ class MaximumLikelihood:
         if teacher.n_mels:
             hop = teacher.conditioner.hop
             assert mel is not None and hop is not None  # a mel-conditioned teacher's batch
-            mel = mel[:1, :, :math.ceil(length / hop)]
+            mel = mel[:1, :, : math.ceil(length / hop)]
         else:
             mel = None
         return {"teacher": generate(teacher, mel, speaker, num_samples=length, batch=1)[0]}

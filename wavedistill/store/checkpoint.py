@@ -149,8 +149,10 @@ def load_checkpoint(path: str | Path, expected_kind: ModelKind | None = None) ->
         # unpickling failure is damage (random bytes also fail the weights-only unpickler).
         hostile = re.search(r"GLOBAL (\S+)", str(exc))
         if hostile:
-            raise UserError(f"{path}: refused: it calls {hostile.group(1)}, not tensors or plain "
-                            "data; such a file could run code on load") from None
+            raise UserError(
+                f"{path}: refused: it calls {hostile.group(1)}, not tensors or plain "
+                "data; such a file could run code on load"
+            ) from None
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
     except Exception:  # damaged bytes fail in many ways: IndexError, EOFError, ...
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
@@ -204,10 +206,17 @@ def capture_rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": version,
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -218,8 +227,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -41,16 +41,16 @@ from wavedistill.version import __version__
 ONNX_OPSET = 18
 
 
-def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | None = None
-                  ) -> Path:
+def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | None = None) -> Path:
     """Write ``loaded`` as a bundle folder ``out_dir`` (see the module docstring)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     # contiguous copies: safetensors refuses shared or strided storage
-    weights = {k: v.detach().cpu().contiguous().clone()
-               for k, v in loaded.model.state_dict().items()}
+    weights = {
+        k: v.detach().cpu().contiguous().clone() for k, v in loaded.model.state_dict().items()
+    }
     size = sum(v.numel() * v.element_size() for v in weights.values())
     with atomic_path(out / "model.safetensors", size) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "kind": loaded.kind})
@@ -58,8 +58,14 @@ def export_bundle(loaded: LoadedModel, out_dir: str | Path, trained_on: str | No
     stats = {"mean": loaded.feature_stats.mean.tolist(), "std": loaded.feature_stats.std.tolist()}
     atomic_write_text(out / "stats.json", json.dumps(stats) + "\n")
     atomic_write_text(out / "README.md", model_card(loaded, trained_on))
-    meta = {"format": BUNDLE_FORMAT, "version": __version__, "kind": loaded.kind,
-            "step": loaded.step, "speakers": loaded.speakers or {}, "source": loaded.source}
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "version": __version__,
+        "kind": loaded.kind,
+        "step": loaded.step,
+        "speakers": loaded.speakers or {},
+        "source": loaded.source,
+    }
     atomic_write_text(out / "bundle.json", json.dumps(meta, indent=1) + "\n")  # last: complete
     return out
 
@@ -83,7 +89,7 @@ def model_card(loaded: LoadedModel, trained_on: str | None = None) -> str:
         f"- speakers: {speakers}",
         f"- trained on: {trained_on or 'not recorded'}; {loaded.step:,} steps",
         f"- wavedistill {__version__}; load with "
-        "`Synthesizer.from_pretrained(\"<this folder or Hub id>\")`",
+        '`Synthesizer.from_pretrained("<this folder or Hub id>")`',
         "",
     ]
     return "\n".join(lines)
@@ -117,11 +123,15 @@ def _example(loaded: LoadedModel, frames: int = 4) -> tuple[Tensor, ...]:
 def check_deployable(loaded: LoadedModel) -> None:
     """Only the parallel student has a one-pass graph to export; a UserError otherwise."""
     if loaded.kind != "student":
-        raise UserError(f"{loaded.source}: --onnx and --torchscript export the parallel student; "
-                        "a teacher samples step by step")
+        raise UserError(
+            f"{loaded.source}: --onnx and --torchscript export the parallel student; "
+            "a teacher samples step by step"
+        )
     if getattr(loaded.model, "excitation", None) is not None:
-        raise UserError(f"{loaded.source}: --onnx and --torchscript do not support a student "
-                        "with an excitation (student.source=harmonic); use the bundle")
+        raise UserError(
+            f"{loaded.source}: --onnx and --torchscript do not support a student "
+            "with an excitation (student.source=harmonic); use the bundle"
+        )
 
 
 def _plain(loaded: LoadedModel) -> PlainStudent:
@@ -132,8 +142,9 @@ def _plain(loaded: LoadedModel) -> PlainStudent:
 def export_torchscript(loaded: LoadedModel, path: str | Path) -> Path:
     """Trace the student's plain path into a TorchScript file."""
     plain = _plain(loaded)
-    example = _example(loaded, frames=max(2, math.ceil(loaded.model.receptive_field /
-                                                       loaded.cfg.audio.hop_length)))
+    example = _example(
+        loaded, frames=max(2, math.ceil(loaded.model.receptive_field / loaded.cfg.audio.hop_length))
+    )
     with torch.no_grad(), warnings.catch_warnings():
         # the length check of the conditioning is a Python branch the trace drops; the traced
         # reshape still refuses noise and mel of different lengths
@@ -152,15 +163,28 @@ def export_onnx(loaded: LoadedModel, path: str | Path) -> Path:
         raise UserError("--onnx needs the onnx extra: pip install 'wavedistill[onnx]'") from None
     plain = _plain(loaded)
     example = _example(loaded)
-    names = ["z", "mel", "speaker"][:len(example)]
-    batch, samples, frames = (torch.export.Dim("batch"), torch.export.Dim("samples"),
-                              torch.export.Dim("frames"))
+    names = ["z", "mel", "speaker"][: len(example)]
+    batch, samples, frames = (
+        torch.export.Dim("batch"),
+        torch.export.Dim("samples"),
+        torch.export.Dim("frames"),
+    )
     shapes = {"z": {0: batch, 1: samples}, "mel": {0: batch, 2: frames}}
     if len(example) == 3:
         shapes["speaker"] = {0: batch}
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own notes on its internals
-        torch.onnx.export(plain, example, str(tmp), input_names=names, output_names=["audio"],
-                          dynamic_shapes=shapes, opset_version=ONNX_OPSET, dynamo=True,
-                          optimize=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            plain,
+            example,
+            str(tmp),
+            input_names=names,
+            output_names=["audio"],
+            dynamic_shapes=shapes,
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            optimize=True,
+            external_data=False,
+            verbose=False,
+        )
     return Path(path)

@@ -49,8 +49,9 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise UserError(f"{source}: weights do not fit the model built from its config "
-                        f"({detail[:300]})") from None
+        raise UserError(
+            f"{source}: weights do not fit the model built from its config ({detail[:300]})"
+        ) from None
 
 
 @dataclass
@@ -74,14 +75,18 @@ class LoadedModel:
         """One line naming the model and its sizes (``info`` and the bundle's model card)."""
         if self.kind == "teacher":
             t = self.cfg.teacher
-            return (f"WaveNet teacher: {t.layers} layers in {t.stacks} stacks, kernel "
-                    f"{t.kernel_size}, residual/gate/skip channels {t.residual_channels}/"
-                    f"{t.gate_channels}/{t.skip_channels}, output {t.output}, upsampling "
-                    f"{'x'.join(map(str, t.upsample_factors or []))}")
+            return (
+                f"WaveNet teacher: {t.layers} layers in {t.stacks} stacks, kernel "
+                f"{t.kernel_size}, residual/gate/skip channels {t.residual_channels}/"
+                f"{t.gate_channels}/{t.skip_channels}, output {t.output}, upsampling "
+                f"{'x'.join(map(str, t.upsample_factors or []))}"
+            )
         s = self.cfg.student
-        return (f"IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
-                f"{s.channels} channels, {s.noise} noise, upsampling "
-                f"{'x'.join(map(str, s.upsample_factors or []))}")
+        return (
+            f"IAF student: {len(s.flow_layers)} flows of {s.flow_layers} layers, "
+            f"{s.channels} channels, {s.noise} noise, upsampling "
+            f"{'x'.join(map(str, s.upsample_factors or []))}"
+        )
 
     @property
     def section(self) -> TeacherConfig | StudentConfig:
@@ -132,8 +137,10 @@ class LoadedModel:
         for a one-speaker model; a choice the model cannot honour is a UserError."""
         if self.num_speakers == 0:
             if speaker is not None:  # even 0: the user expects a speaker the model lacks
-                raise UserError(f"--speaker {speaker}: this model has no speaker embedding "
-                                "(it was trained on one speaker)")
+                raise UserError(
+                    f"--speaker {speaker}: this model has no speaker embedding "
+                    "(it was trained on one speaker)"
+                )
             return None
         if speaker is None:
             raise UserError(f"--speaker is required: this model has {self.num_speakers} speakers")
@@ -158,12 +165,23 @@ def from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> LoadedModel:
     weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     source = ckpt.get("path", "checkpoint")
     load_weights(model, weights, source)
-    return LoadedModel(ckpt["kind"], model.eval(), cfg, checkpoint_stats(ckpt), source,
-                       step=int(ckpt.get("step", 0)), speakers=dict(ckpt.get("speakers") or {}))
+    return LoadedModel(
+        ckpt["kind"],
+        model.eval(),
+        cfg,
+        checkpoint_stats(ckpt),
+        source,
+        step=int(ckpt.get("step", 0)),
+        speakers=dict(ckpt.get("speakers") or {}),
+    )
 
 
-def load_model(reference: str | Path, expected_kind: ModelKind | None = None,
-               device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+def load_model(
+    reference: str | Path,
+    expected_kind: ModelKind | None = None,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+) -> LoadedModel:
     """The model a reference names (:func:`resolve_model`: a checkpoint file, a bundle folder,
     a shipped model's name or a Hub id) ready for inference: rebuilt, weights loaded (a
     checkpoint's EMA weights unless ``use_ema`` is False), on ``device``, in eval mode and
@@ -177,8 +195,9 @@ def load_model(reference: str | Path, expected_kind: ModelKind | None = None,
     return loaded.to(device)
 
 
-def random_model(kind: ModelKind, cfg: Config, source: str, device: str | torch.device = "cpu"
-                 ) -> LoadedModel:
+def random_model(
+    kind: ModelKind, cfg: Config, source: str, device: str | torch.device = "cpu"
+) -> LoadedModel:
     """A model of ``cfg`` with random weights seeded by ``train.seed`` (for benchmarks), frozen,
     in eval mode, without statistics."""
     torch.manual_seed(cfg.train.seed)
@@ -197,8 +216,9 @@ def is_bundle(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "bundle.json").is_file()
 
 
-def load_bundle(folder: str | Path, expected_kind: ModelKind | None = None,
-                device: str | torch.device = "cpu") -> LoadedModel:
+def load_bundle(
+    folder: str | Path, expected_kind: ModelKind | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
     """A model from an exported bundle folder (see ``export.py``): no pickle anywhere, the
     weights from ``model.safetensors``. Frozen, in eval mode, on ``device``. A missing or
     damaged file is a one-line UserError that names it."""
@@ -209,10 +229,15 @@ def load_bundle(folder: str | Path, expected_kind: ModelKind | None = None,
     meta_path = folder / "bundle.json"
     meta = _read_json(meta_path)
     kind = meta.get("kind") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT \
-            or kind not in ("teacher", "student"):
-        raise UserError(f"{meta_path}: not a wavedistill model bundle (needs \"format\": "
-                        f"\"{BUNDLE_FORMAT}\" and \"kind\": \"teacher\" or \"student\")")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != BUNDLE_FORMAT
+        or kind not in ("teacher", "student")
+    ):
+        raise UserError(
+            f'{meta_path}: not a wavedistill model bundle (needs "format": '
+            f'"{BUNDLE_FORMAT}" and "kind": "teacher" or "student")'
+        )
     if expected_kind is not None and kind != expected_kind:
         raise UserError(f"{folder}: is a {kind} bundle; a {expected_kind} is needed")
     try:
@@ -229,8 +254,15 @@ def load_bundle(folder: str | Path, expected_kind: ModelKind | None = None,
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{weights_path}: unreadable ({_one_line(exc)})") from None
     load_weights(model, weights, str(weights_path))
-    loaded = LoadedModel(kind, model.eval().requires_grad_(False), cfg, stats, str(folder),
-                         step=step, speakers=speakers)
+    loaded = LoadedModel(
+        kind,
+        model.eval().requires_grad_(False),
+        cfg,
+        stats,
+        str(folder),
+        step=step,
+        speakers=speakers,
+    )
     return loaded.to(device)
 
 
@@ -251,24 +283,33 @@ def _bundle_config(path: Path) -> Config:
         return load_config(path)
     except UserError as exc:
         message = _one_line(exc)
-        raise UserError(message if message.startswith(str(path)) else f"{path}: {message}"
-                        ) from None
+        raise UserError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None
 
 
 def _bundle_stats(path: Path, n_mels: int) -> FeatureStats:
     """A bundle's ``stats.json``: finite ``mean`` and positive ``std`` of ``n_mels`` each."""
     data = _read_json(path)
     try:
-        stats = FeatureStats(torch.tensor(data["mean"], dtype=torch.float32),
-                             torch.tensor(data["std"], dtype=torch.float32))
+        stats = FeatureStats(
+            torch.tensor(data["mean"], dtype=torch.float32),
+            torch.tensor(data["std"], dtype=torch.float32),
+        )
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-        raise UserError(f"{path}: feature statistics need \"mean\" and \"std\" lists of "
-                        f"numbers ({_one_line(exc)})") from None
+        raise UserError(
+            f'{path}: feature statistics need "mean" and "std" lists of numbers ({_one_line(exc)})'
+        ) from None
     if stats.n_mels != n_mels:
-        raise UserError(f"{path}: statistics of {stats.n_mels} channels, but config.yaml has "
-                        f"audio.n_mels = {n_mels}")
-    if not (torch.isfinite(stats.mean).all() and torch.isfinite(stats.std).all()
-            and (stats.std > 0).all()):
+        raise UserError(
+            f"{path}: statistics of {stats.n_mels} channels, but config.yaml has "
+            f"audio.n_mels = {n_mels}"
+        )
+    if not (
+        torch.isfinite(stats.mean).all()
+        and torch.isfinite(stats.std).all()
+        and (stats.std > 0).all()
+    ):
         raise UserError(f"{path}: statistics hold a non-finite value or a std <= 0")
     return stats
 
@@ -285,8 +326,10 @@ def resolve_model(reference: str | Path) -> Path:
     if name in {m.name for m in SHIPPED}:
         return shipped(name).path
     if path.is_dir():
-        raise UserError(f"{path}: a folder, but not a model bundle (no bundle.json); give a "
-                        "checkpoint file or a folder written by `wavedistill export`")
+        raise UserError(
+            f"{path}: a folder, but not a model bundle (no bundle.json); give a "
+            "checkpoint file or a folder written by `wavedistill export`"
+        )
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return _hub_snapshot(name)
     raise UserError(f"{name}: no such checkpoint, bundle folder or shipped model")
@@ -298,12 +341,15 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise UserError(f"{repo_id}: loading from the Hugging Face Hub needs the hub extra: "
-                        "pip install 'wavedistill[hub]'") from None
+        raise UserError(
+            f"{repo_id}: loading from the Hugging Face Hub needs the hub extra: "
+            "pip install 'wavedistill[hub]'"
+        ) from None
     patterns = [*BUNDLE_FILES, "README.md"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # offline without a cached copy, unknown repository, network
-        raise UserError(f"{repo_id}: cannot fetch the model bundle from the Hub "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-                        ) from None
+        raise UserError(
+            f"{repo_id}: cannot fetch the model bundle from the Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None

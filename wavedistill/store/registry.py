@@ -35,10 +35,18 @@ class Shipped:
 
 
 SHIPPED = (
-    Shipped("alice-student", "student", "alice_student.pt",
-            "IAF student distilled from alice-teacher (one parallel pass)"),
-    Shipped("alice-teacher", "teacher", "alice_teacher.pt",
-            "WaveNet teacher trained by maximum likelihood (sequential sampling)"),
+    Shipped(
+        "alice-student",
+        "student",
+        "alice_student.pt",
+        "IAF student distilled from alice-teacher (one parallel pass)",
+    ),
+    Shipped(
+        "alice-teacher",
+        "teacher",
+        "alice_teacher.pt",
+        "WaveNet teacher trained by maximum likelihood (sequential sampling)",
+    ),
 )
 DEFAULT_STUDENT = "alice-student"
 
@@ -48,8 +56,10 @@ def shipped(name: str) -> Shipped:
     for model in SHIPPED:
         if model.name == name:
             if not model.path.is_file():
-                raise UserError(f"{model.path}: the shipped model '{name}' is missing from this "
-                                "installation; reinstall wavedistill or pass --checkpoint")
+                raise UserError(
+                    f"{model.path}: the shipped model '{name}' is missing from this "
+                    "installation; reinstall wavedistill or pass --checkpoint"
+                )
             return model
     names = ", ".join(m.name for m in SHIPPED)
     raise UserError(f"no shipped model named '{name}' (shipped: {names})")
@@ -62,15 +72,20 @@ def inference_copy(src: str | Path, dst: str | Path) -> Path:
     and data-order state of training are left out. Returns ``dst``."""
     ckpt = load_checkpoint(src)
     weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
-    payload = {"kind": ckpt["kind"], "config": ckpt["config"], "stats": ckpt["stats"],
-               "model": weights, "ema": None,
-               "step": ckpt.get("step", 0), "best_valid": ckpt.get("best_valid"),
-               "speakers": ckpt.get("speakers") or {}}
+    payload = {
+        "kind": ckpt["kind"],
+        "config": ckpt["config"],
+        "stats": ckpt["stats"],
+        "model": weights,
+        "ema": None,
+        "step": ckpt.get("step", 0),
+        "best_valid": ckpt.get("best_valid"),
+        "speakers": ckpt.get("speakers") or {},
+    }
     return save_checkpoint(dst, payload)
 
 
-def ship(teacher: str | Path, student: str | Path, out_dir: str | Path | None = None
-         ) -> list[Path]:
+def ship(teacher: str | Path, student: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write inference copies of a recipe's ``teacher`` and ``student`` checkpoints under the
     shipped models' file names in ``out_dir`` (by default the package's own models folder,
     overwriting them). Returns the paths written."""

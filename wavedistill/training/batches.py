@@ -45,13 +45,16 @@ def open_data_folder(data_dir: str | Path, cfg: Config) -> DataFolder:
     path = Path(data_dir)
     for name in ("config.yaml", "stats.npz", "train.jsonl"):
         if not (path / name).is_file():
-            raise UserError(f"{path}: not a dataset folder (no {name}); "
-                            "run `wavedistill preprocess`")
+            raise UserError(
+                f"{path}: not a dataset folder (no {name}); run `wavedistill preprocess`"
+            )
     differ = audio_differences(read_yaml(path / "config.yaml").get("audio", {}), cfg.audio)
     if differ:
-        raise UserError(f"{path / 'config.yaml'}: features were made with other audio settings "
-                        f"than this config ({', '.join(differ)}); preprocess again or match "
-                        "the config")
+        raise UserError(
+            f"{path / 'config.yaml'}: features were made with other audio settings "
+            f"than this config ({', '.join(differ)}); preprocess again or match "
+            "the config"
+        )
     speakers = _read_speakers(path / "speakers.json")
     return DataFolder(path, FeatureStats.load(path / "stats.npz"), speakers)
 
@@ -98,7 +101,7 @@ class ShardedBatchSampler:
         rank, world = self.procs.rank, self.procs.world_size
         order = torch.randperm(self.size, generator=generator)[rank::world]
         for b in range(self.start, len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
 
 class BatchStream:
@@ -111,14 +114,21 @@ class BatchStream:
         self.dataset = dataset
         self.sampler = ShardedBatchSampler(len(dataset), cfg.data.batch_size, cfg.train.seed, procs)
         if len(self.sampler) == 0:
-            raise UserError(f"the train split has {len(dataset)} items: fewer than data.batch_size "
-                            f"({cfg.data.batch_size}) x {procs.world_size} process(es)")
+            raise UserError(
+                f"the train split has {len(dataset)} items: fewer than data.batch_size "
+                f"({cfg.data.batch_size}) x {procs.world_size} process(es)"
+            )
         # A private generator: creating an iterator must not consume the global RNG, or a
         # resumed run (which creates one mid-epoch) would drift from an uninterrupted one.
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate,
-                                 num_workers=cfg.data.num_workers, pin_memory=pin_memory,
-                                 generator=torch.Generator().manual_seed(cfg.train.seed),
-                                 worker_init_fn=ignore_interrupts)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=cfg.data.num_workers,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+            worker_init_fn=ignore_interrupts,
+        )
         self.skipped = SkipLog(None, getattr(dataset, "data_dir", Path(".")), len(dataset))
         self.epoch, self.position = 0, 0
         self._iterator: Iterator | None = None

@@ -60,8 +60,9 @@ def distributed_processes(device: str | None) -> Iterator[tuple[Processes, torch
 
 def _current_processes() -> Processes:
     if dist.is_available() and dist.is_initialized():
-        return Processes(dist.get_rank(), dist.get_world_size(),
-                         int(os.environ.get("LOCAL_RANK", "0")))
+        return Processes(
+            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        )
     return Processes()
 
 

@@ -35,13 +35,25 @@ def log_mel_label(cfg: AudioConfig) -> str:
     return "log-mel (natural log)" if cfg.log_base == "e" else "log-mel (log10)"
 
 
-def log_mel_image(ax: Axes, mel: np.ndarray, cfg: AudioConfig, vmin: float | None = None,
-                  vmax: float | None = None) -> AxesImage:
+def log_mel_image(
+    ax: Axes,
+    mel: np.ndarray,
+    cfg: AudioConfig,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> AxesImage:
     """Draw ``mel`` ``(n_mels, F)`` on ``ax`` against seconds; the image, for a colour bar."""
     ax.set_ylabel("mel bin")
     seconds = mel.shape[1] * cfg.hop_length / cfg.sample_rate
-    return ax.imshow(mel, origin="lower", aspect="auto", interpolation="none",
-                     extent=(0, seconds, 0, mel.shape[0]), vmin=vmin, vmax=vmax)
+    return ax.imshow(
+        mel,
+        origin="lower",
+        aspect="auto",
+        interpolation="none",
+        extent=(0, seconds, 0, mel.shape[0]),
+        vmin=vmin,
+        vmax=vmax,
+    )
 
 
 def mel_figure(clip: torch.Tensor, cfg: Config) -> Figure | None:

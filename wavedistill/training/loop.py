@@ -81,7 +81,6 @@ from wavedistill.training.interrupt import Interrupted, StopRequest, signal_name
 from wavedistill.training.optim import EMA, make_optimizer
 
 if TYPE_CHECKING:
-
     from wavedistill.objectives.base import Objective
 
 log = logging.getLogger(__name__)
@@ -112,8 +111,17 @@ class Trainer:
     docstring. :meth:`run` picks the starting point (fresh, ``resume``, ``init_from``) and
     calls :meth:`fit`, the loop."""
 
-    def __init__(self, kind: ModelKind, model: nn.Module, objective: Objective, cfg: Config,
-                 data: DataFolder, out_dir: str | Path, procs: Processes, device: torch.device):
+    def __init__(
+        self,
+        kind: ModelKind,
+        model: nn.Module,
+        objective: Objective,
+        cfg: Config,
+        data: DataFolder,
+        out_dir: str | Path,
+        procs: Processes,
+        device: torch.device,
+    ):
         self.kind, self.cfg, self.data, self.procs, self.device = kind, cfg, data, procs, device
         self.out_dir = Path(out_dir)
         self.objective = objective
@@ -126,8 +134,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed segment shapes: autotune once
-        self.train_data = BatchStream(SegmentDataset(data.path, "train", cfg, data.stats), cfg,
-                                      procs, pin_memory=device.type == "cuda")
+        self.train_data = BatchStream(
+            SegmentDataset(data.path, "train", cfg, data.stats),
+            cfg,
+            procs,
+            pin_memory=device.type == "cuda",
+        )
         self.valid_data = valid_dataset(data, cfg)
         self.skipped = self._skip_log()
         self.train_data.skipped = self.skipped
@@ -145,8 +157,13 @@ class Trainer:
         total = len(self.train_data.dataset) + (len(self.valid_data) if self.valid_data else 0)
         listing = self.out_dir / SKIPPED_NAME if self.procs.is_main else None
         fraction = self.cfg.data.max_corrupt_fraction
-        return SkipLog(listing, self.data.path, total, corrupt_limit(fraction, total),
-                       f"data.max_corrupt_fraction = {fraction:g}")
+        return SkipLog(
+            listing,
+            self.data.path,
+            total,
+            corrupt_limit(fraction, total),
+            f"data.max_corrupt_fraction = {fraction:g}",
+        )
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.procs.distributed:
@@ -188,8 +205,12 @@ class Trainer:
         if len(states) == self.procs.world_size:
             restore_rng_state(states[self.procs.rank])
             return
-        log.warning("%s holds RNG states of %d process(es), this run has %d: reseeding",
-                    path, len(states), self.procs.world_size)
+        log.warning(
+            "%s holds RNG states of %d process(es), this run has %d: reseeding",
+            path,
+            len(states),
+            self.procs.world_size,
+        )
         seed_everything(self.cfg.train.seed + 7919 * self.step + self.procs.rank)
 
     def init_from(self, path: str | Path) -> None:
@@ -234,8 +255,10 @@ class Trainer:
             self.resume_from(existing)
         else:
             if existing is not None:
-                raise UserError(f"{self.out_dir}: already holds checkpoints ({existing.name}); "
-                                "pass --resume to continue that run or choose another --out")
+                raise UserError(
+                    f"{self.out_dir}: already holds checkpoints ({existing.name}); "
+                    "pass --resume to continue that run or choose another --out"
+                )
             if init_from is not None:
                 self.init_from(init_from)
             seed_everything(self.cfg.train.seed + 1 + self.procs.rank)  # own noise per rank
@@ -272,8 +295,11 @@ class Trainer:
                 if self._stop_requested():
                     self._save_and_stop()
         if self.step < total:  # the loop ends early only when the clock ran out
-            log.info("stopped at step %d: train.max_minutes (%g) reached", self.step,
-                     self.cfg.train.max_minutes)
+            log.info(
+                "stopped at step %d: train.max_minutes (%g) reached",
+                self.step,
+                self.cfg.train.max_minutes,
+            )
 
     def _stop_requested(self) -> bool:
         """A signal asked to stop (on any rank: every rank stops after the same step)."""
@@ -288,9 +314,12 @@ class Trainer:
         if self._saved_step != self.step:
             self.save(step_file=True, best=False)
         signum = self.stop.signum or 2  # another rank's signal: report it as an interruption
-        raise Interrupted(signum, f"interrupted by {signal_name(signum)} at step {self.step} of "
-                                  f"{self.cfg.train.steps}: saved "
-                                  f"{self.checkpoint_dir / step_name(self.step)}")
+        raise Interrupted(
+            signum,
+            f"interrupted by {signal_name(signum)} at step {self.step} of "
+            f"{self.cfg.train.steps}: saved "
+            f"{self.checkpoint_dir / step_name(self.step)}",
+        )
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """One update; returns the step's metrics (0-dim tensors, still on the device), or None
@@ -336,8 +365,9 @@ class Trainer:
             self.best_valid = value
         if self.step % t.checkpoint_every == 0 or final:
             # Without a validation split, best.pt is simply the newest checkpoint.
-            self.save(step_file=True,
-                      best=best or (self.procs.is_main and not self._valid_batches()))
+            self.save(
+                step_file=True, best=best or (self.procs.is_main and not self._valid_batches())
+            )
         elif best:
             self.save(step_file=False, best=True)
 
@@ -354,8 +384,12 @@ class Trainer:
         self.bad_in_row += 1
         self.bad_total += 1
         if self.procs.is_main:
-            log.warning("step %d skipped: non-finite loss or gradient (%d in a row, %d in all)",
-                        self.step + 1, self.bad_in_row, self.bad_total)
+            log.warning(
+                "step %d skipped: non-finite loss or gradient (%d in a row, %d in all)",
+                self.step + 1,
+                self.bad_in_row,
+                self.bad_total,
+            )
             if self.writer is not None:
                 self.writer.add_scalar("train/skipped_steps", self.bad_total, self.step)
         if self.bad_in_row >= self.cfg.train.max_bad_steps:
@@ -363,15 +397,21 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged: {self.bad_in_row} consecutive steps after step {self.step} "
                 f"had a non-finite loss or gradient (train.max_bad_steps); lower "
-                f"train.learning_rate or check the data; last checkpoint: {last or 'none'}")
+                f"train.learning_rate or check the data; last checkpoint: {last or 'none'}"
+            )
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
 
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v
-                for k, v in batch.items()}
+        return {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in batch.items()
+        }
 
     # -- validation and media --------------------------------------------------------------
 
@@ -399,8 +439,9 @@ class Trainer:
                 self.writer.add_scalar(f"valid/{key}", value, self.step)
         self._append_history(means)
         key = self.objective.valid_metric
-        log.info("step %d validation: %s", self.step,
-                 ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        log.info(
+            "step %d validation: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+        )
         return means[key]
 
     def _append_history(self, means: dict[str, float]) -> None:
@@ -512,8 +553,14 @@ class Trainer:
             self.writer = None
 
     def _progress_bar(self):
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"train {self.kind}",
-                    unit="step", dynamic_ncols=True, disable=not self.procs.is_main)
+        return tqdm(
+            total=self.cfg.train.steps,
+            initial=self.step,
+            desc=f"train {self.kind}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.procs.is_main,
+        )
 
     def _log_train(self, means: dict[str, float], bar) -> None:
         lr = self.scheduler.get_last_lr()[0]
@@ -521,8 +568,9 @@ class Trainer:
             for key, value in means.items():
                 self.writer.add_scalar(f"train/{key}", value, self.step)
             self.writer.add_scalar("train/learning_rate", lr, self.step)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}",
-                        samples_s=f"{means['samples_per_s']:.0f}")
+        bar.set_postfix(
+            loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{means['samples_per_s']:.0f}"
+        )
         log.debug("step %d: %s", self.step, means)
 
 
@@ -532,11 +580,16 @@ def _check_same_model(ckpt: dict[str, Any], cfg: Config, kind: ModelKind) -> Non
     differ = audio_differences(stored.get("audio", {}), cfg.audio)
     # a key the stored config predates (e.g. teacher.source) holds its default
     section = {**config_to_dict(Config())[kind], **stored.get(kind, {})}
-    differ += [f"{kind}.{key} {section.get(key)!r} vs {value!r}"
-               for key, value in wanted[kind].items() if section.get(key) != value]
+    differ += [
+        f"{kind}.{key} {section.get(key)!r} vs {value!r}"
+        for key, value in wanted[kind].items()
+        if section.get(key) != value
+    ]
     if differ:
-        raise UserError(f"{ckpt['path']}: was trained with another model config "
-                        f"({', '.join(differ)}); --resume needs the same")
+        raise UserError(
+            f"{ckpt['path']}: was trained with another model config "
+            f"({', '.join(differ)}); --resume needs the same"
+        )
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -597,8 +650,10 @@ class _Meter:
     def pop(self) -> dict[str, float]:
         """The means since the last call (one device-to-host copy for all of them) and
         ``samples_per_s``; starts the next interval."""
-        sums = {**self.sums, **_to_host({k: v for k, v in self.sums.items()
-                                         if isinstance(v, Tensor)})}
+        sums = {
+            **self.sums,
+            **_to_host({k: v for k, v in self.sums.items() if isinstance(v, Tensor)}),
+        }
         means = {k: float(v) / max(1, self.steps) for k, v in sums.items()}
         means["samples_per_s"] = self.samples / max(1e-9, time.perf_counter() - self.start)
         self._reset()

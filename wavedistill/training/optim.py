@@ -31,8 +31,9 @@ def make_optimizer(model: nn.Module, train: TrainConfig):
     """Adam over the trainable parameters, with its warm-up/decay ``LambdaLR`` schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     betas = (train.betas[0], train.betas[1])  # checked by the config: two values
-    optimizer = torch.optim.Adam(params, lr=train.learning_rate, betas=betas,
-                                 weight_decay=train.weight_decay)
+    optimizer = torch.optim.Adam(
+        params, lr=train.learning_rate, betas=betas, weight_decay=train.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train))
     return optimizer, scheduler
 

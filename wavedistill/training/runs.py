@@ -35,8 +35,14 @@ from wavedistill.training.loop import Trainer, seed_everything
 log = logging.getLogger(__name__)
 
 
-def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-                  init_from: str | Path | None = None, device: str | None = None) -> Trainer:
+def train_teacher(
+    cfg: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    device: str | None = None,
+) -> Trainer:
     """Train a :class:`~wavedistill.models.teacher.WaveNetTeacher` by maximum likelihood on a
     preprocessed dataset folder; returns the finished :class:`Trainer`."""
     data = open_data_folder(data_dir, cfg)
@@ -52,9 +58,15 @@ def train_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume
         return trainer.run(resume=resume, init_from=init_from)
 
 
-def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
-                  out_dir: str | Path, resume: bool = False, init_from: str | Path | None = None,
-                  device: str | None = None) -> Trainer:
+def train_student(
+    cfg: Config,
+    teacher_ckpt: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    device: str | None = None,
+) -> Trainer:
     """Distil the teacher in ``teacher_ckpt`` (EMA weights, frozen) into an
     :class:`~wavedistill.models.student.IAFStudent`. The teacher's feature statistics are
     authoritative: they normalise the data and travel in the student's checkpoints, and the
@@ -78,17 +90,26 @@ def train_student(cfg: Config, teacher_ckpt: str | Path, data_dir: str | Path,
 def _check_speakers(data: DataFolder, num_speakers: int, key: str) -> None:
     """Refuse a folder with more speakers than the model embeds (``key`` names the setting)."""
     if num_speakers > 0 and len(data.speakers) > num_speakers:
-        raise UserError(f"{data.path / 'speakers.json'}: {len(data.speakers)} speakers, but "
-                        f"{key} is {num_speakers}")
+        raise UserError(
+            f"{data.path / 'speakers.json'}: {len(data.speakers)} speakers, but "
+            f"{key} is {num_speakers}"
+        )
 
 
-def _with_teacher_stats(data: DataFolder, stats: FeatureStats, teacher_ckpt: str | Path
-                        ) -> DataFolder:
+def _with_teacher_stats(
+    data: DataFolder, stats: FeatureStats, teacher_ckpt: str | Path
+) -> DataFolder:
     """``data`` normalised by the teacher's statistics, warning when they are not its own."""
-    same = (data.stats.mean.shape == stats.mean.shape
-            and torch.allclose(data.stats.mean.float(), stats.mean.float(), atol=1e-4)
-            and torch.allclose(data.stats.std.float(), stats.std.float(), atol=1e-4))
+    same = (
+        data.stats.mean.shape == stats.mean.shape
+        and torch.allclose(data.stats.mean.float(), stats.mean.float(), atol=1e-4)
+        and torch.allclose(data.stats.std.float(), stats.std.float(), atol=1e-4)
+    )
     if not same:
-        log.warning("%s: feature statistics differ from the teacher's (%s); normalising with "
-                    "the teacher's, as the teacher was trained with them", data.path, teacher_ckpt)
+        log.warning(
+            "%s: feature statistics differ from the teacher's (%s); normalising with "
+            "the teacher's, as the teacher was trained with them",
+            data.path,
+            teacher_ckpt,
+        )
     return dataclasses.replace(data, stats=stats)

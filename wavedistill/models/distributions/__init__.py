@@ -41,5 +41,6 @@ def build_distribution(cfg: TeacherConfig) -> OutputDistribution:
         return DiscretizedGaussian(cfg.gaussian_log_scale_min)
     if cfg.output == "categorical":
         return MuLawCategorical(cfg.mu_law_levels)
-    raise UserError(f"config key 'teacher.output' is {cfg.output!r}; "
-                    "expected one of mol, gaussian, categorical")
+    raise UserError(
+        f"config key 'teacher.output' is {cfg.output!r}; expected one of mol, gaussian, categorical"
+    )

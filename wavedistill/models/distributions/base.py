@@ -45,11 +45,12 @@ class OutputDistribution(ABC):
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One draw per step: ``(B, P, T)`` -> float audio ``(B, T)`` in [-1, 1]."""
 
-    def log_density(self, params: Tensor, x: Tensor,
-                    log_scale_min: float | None = None) -> Tensor:
+    def log_density(self, params: Tensor, x: Tensor, log_scale_min: float | None = None) -> Tensor:
         """Continuous log-density of ``x`` ``(B, T)`` or ``(B, N, T)`` -> same shape."""
-        raise UserError(f"output head '{type(self).__name__}' has no continuous density; "
-                        "distillation needs teacher.output=mol or gaussian")
+        raise UserError(
+            f"output head '{type(self).__name__}' has no continuous density; "
+            "distillation needs teacher.output=mol or gaussian"
+        )
 
 
 # -- the audio grid ----------------------------------------------------------------------------
@@ -86,8 +87,9 @@ def level_value_f64(level: Tensor, num_classes: int) -> Tensor:
     return level.double() * (2.0 / (num_classes - 1)) - 1.0
 
 
-def level_value_split(level: Tensor, num_classes: int,
-                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def level_value_split(
+    level: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """Level value ``(2k - n + 1) / (n - 1)`` as a pair ``(hi, lo)`` in ``dtype`` (float32 or
     float64) whose sum is exact to far below ``hi``'s resolution.
 
@@ -138,8 +140,12 @@ def log1mexp(d: Tensor, log_d: Tensor | None = None) -> Tensor:
     if log_d is not None:
         small_d = d.clamp_max(_LOG1MEXP_SERIES_MAX)
         d2 = small_d * small_d
-        series = log_d.clamp_max(math.log(_LOG1MEXP_SERIES_MAX)) - 0.5 * small_d \
-            + d2 / 24.0 - d2 * d2 / 2880.0
+        series = (
+            log_d.clamp_max(math.log(_LOG1MEXP_SERIES_MAX))
+            - 0.5 * small_d
+            + d2 / 24.0
+            - d2 * d2 / 2880.0
+        )
         out = torch.where(d < _LOG1MEXP_SERIES_MAX, series, out)
     return out
 
@@ -150,8 +156,9 @@ def gumbel_argmax(logits: Tensor, dim: int, generator: torch.Generator | None = 
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=dim)
 
 
-def uniform_open(shape: torch.Size | tuple[int, ...], like: Tensor,
-                 generator: torch.Generator | None = None) -> Tensor:
+def uniform_open(
+    shape: torch.Size | tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Uniform draws in the open interval (0, 1), float32 on ``like``'s device."""
     u = torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
     # rand can return exactly 0; the smallest normal float keeps every log finite.

@@ -24,8 +24,9 @@ class MuLawCategorical(OutputDistribution):
 
     def _check(self, params: Tensor) -> None:
         if params.shape[1] != self.levels:
-            raise ValueError(f"categorical parameters need {self.levels} channels, "
-                             f"got {params.shape[1]}")
+            raise ValueError(
+                f"categorical parameters need {self.levels} channels, got {params.shape[1]}"
+            )
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """``(B, L, T)``, audio ``(B, T)`` -> log-probability of x's μ-law class ``(B, T)``, in

@@ -50,8 +50,9 @@ def log_ndtr(z: Tensor) -> Tensor:
     return torch.where(z < -1.0, log_left, log_right)
 
 
-def gaussian_bin_log_mass(level: Tensor, mean: Tensor, log_scale: Tensor,
-                          num_classes: int) -> Tensor:
+def gaussian_bin_log_mass(
+    level: Tensor, mean: Tensor, log_scale: Tensor, num_classes: int
+) -> Tensor:
     """Log-mass of a Gaussian on the bin of ``level``; all ``(B, T)``, computed in float64 and
     returned in the dtype of ``mean``."""
     h = half_bin_width(num_classes)
@@ -69,9 +70,13 @@ def gaussian_bin_log_mass(level: Tensor, mean: Tensor, log_scale: Tensor,
     gap = (log_hi - log_ndtr(lo)).clamp_min(torch.finfo(torch.float64).tiny)
     by_cdf = log_hi + log1mexp(gap)
     log_w = math.log(2.0 * h) - log_scale.double()
-    by_midpoint = (-0.5 * zc * zc - _LOG_SQRT_2PI + log_w
-                   # the clamp only guards the unused branch (there w may be large)
-                   + torch.log1p(((zc * zc - 1.0) * w * w / 24.0).clamp_min(-0.5)))
+    by_midpoint = (
+        -0.5 * zc * zc
+        - _LOG_SQRT_2PI
+        + log_w
+        # the clamp only guards the unused branch (there w may be large)
+        + torch.log1p(((zc * zc - 1.0) * w * w / 24.0).clamp_min(-0.5))
+    )
     interior = torch.where(w * w * (1.0 + zc * zc) < _MIDPOINT_MAX, by_midpoint, by_cdf)
     out = torch.where(level == 0, log_ndtr(upper), interior)
     out = torch.where(level == num_classes - 1, log_ndtr(-lower), out)
@@ -105,8 +110,9 @@ class DiscretizedGaussian(OutputDistribution):
         self.log_scale_min = log_scale_min
         self.num_classes = num_classes
 
-    def location_scale(self, params: Tensor, log_scale_min: float | None = None
-                       ) -> tuple[Tensor, Tensor]:
+    def location_scale(
+        self, params: Tensor, log_scale_min: float | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(B, 2, T)`` -> mean and floored log-scale, each ``(B, T)`` in
         :func:`working_dtype` of ``params``."""
         if params.shape[1] != 2:
@@ -117,11 +123,11 @@ class DiscretizedGaussian(OutputDistribution):
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         mean, log_scale = self.location_scale(params.to(working_dtype(params, x)))
-        return gaussian_bin_log_mass(to_level(x, self.num_classes), mean, log_scale,
-                                     self.num_classes)
+        return gaussian_bin_log_mass(
+            to_level(x, self.num_classes), mean, log_scale, self.num_classes
+        )
 
-    def log_density(self, params: Tensor, x: Tensor,
-                    log_scale_min: float | None = None) -> Tensor:
+    def log_density(self, params: Tensor, x: Tensor, log_scale_min: float | None = None) -> Tensor:
         """``x`` ``(B, T)`` or ``(B, N, T)``; ``log_scale_min`` overrides the head's floor."""
         dtype = working_dtype(params, x)
         mean, log_scale = self.location_scale(params.to(dtype), log_scale_min)
@@ -136,5 +142,4 @@ class DiscretizedGaussian(OutputDistribution):
         return snap_to_grid(mean + log_scale.exp() * eps, self.num_classes)
 
     def __repr__(self) -> str:
-        return (f"DiscretizedGaussian(levels={self.num_classes}, "
-                f"log_scale_min={self.log_scale_min})")
+        return f"DiscretizedGaussian(levels={self.num_classes}, log_scale_min={self.log_scale_min})"

@@ -43,8 +43,9 @@ from wavedistill.models.distributions.base import (
 )
 
 
-def split_params(params: Tensor, log_scale_min: float,
-                 dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def split_params(
+    params: Tensor, log_scale_min: float, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(B, 3K, T)`` -> logits, means, floored log-scales, each ``(B, K, T)`` in ``dtype``
     (default: :func:`working_dtype` of ``params``)."""
     if params.shape[1] % 3 != 0:
@@ -53,8 +54,9 @@ def split_params(params: Tensor, log_scale_min: float,
     return logits, means, log_scales.clamp_min(log_scale_min)
 
 
-def logistic_bin_log_mass(level: Tensor, means: Tensor, log_scales: Tensor,
-                          num_classes: int) -> Tensor:
+def logistic_bin_log_mass(
+    level: Tensor, means: Tensor, log_scales: Tensor, num_classes: int
+) -> Tensor:
     """Log-mass of each logistic component on the bin of ``level``.
 
     ``level`` ``(B, 1, T)`` int64; ``means``, ``log_scales`` ``(B, K, T)`` -> ``(B, K, T)``,
@@ -64,16 +66,20 @@ def logistic_bin_log_mass(level: Tensor, means: Tensor, log_scales: Tensor,
     hi, lo = level_value_split(level, num_classes, means.dtype)
     centered = (hi - means) + lo
     inv_s = torch.exp(-log_scales)
-    log_sig_a = F.logsigmoid((centered + h) * inv_s)       # log CDF at the upper edge
+    log_sig_a = F.logsigmoid((centered + h) * inv_s)  # log CDF at the upper edge
     log_sig_neg_b = F.logsigmoid(-(centered - h) * inv_s)  # log survival at the lower edge
-    log_width = math.log(2.0 * h) - log_scales              # log(a - b), never underflows
+    log_width = math.log(2.0 * h) - log_scales  # log(a - b), never underflows
     interior = log_sig_a + log_sig_neg_b + log1mexp(log_width.exp(), log_width)
     out = torch.where(level == 0, log_sig_a, interior)
     return torch.where(level == num_classes - 1, log_sig_neg_b, out)
 
 
-def discretized_mol_log_prob(params: Tensor, x: Tensor, num_classes: int = NUM_CLASSES_16BIT,
-                             log_scale_min: float = TeacherConfig.mol_log_scale_min) -> Tensor:
+def discretized_mol_log_prob(
+    params: Tensor,
+    x: Tensor,
+    num_classes: int = NUM_CLASSES_16BIT,
+    log_scale_min: float = TeacherConfig.mol_log_scale_min,
+) -> Tensor:
     """Log-probability in nats of audio ``x`` ``(B, T)`` under the discretized mixture
     ``params`` ``(B, 3K, T)`` -> ``(B, T)``. ``x`` is rounded to the nearest of
     ``num_classes`` levels. Computed in :func:`working_dtype` of ``params`` and ``x``."""
@@ -90,8 +96,12 @@ def mol_log_density(params: Tensor, x: Tensor, log_scale_min: float) -> Tensor:
     dtype = working_dtype(params, x)
     logits, means, log_scales = split_params(params, log_scale_min, dtype)
     values = x.to(dtype)
-    out = _MixtureLogDensity.apply(F.log_softmax(logits, dim=1), means, log_scales,
-                                   values if x.dim() == 3 else values.unsqueeze(1))
+    out = _MixtureLogDensity.apply(
+        F.log_softmax(logits, dim=1),
+        means,
+        log_scales,
+        values if x.dim() == 3 else values.unsqueeze(1),
+    )
     return out if x.dim() == 3 else out.squeeze(1)
 
 
@@ -134,8 +144,9 @@ class _MixtureLogDensity(torch.autograd.Function):
         return g_log_w, -w.sum(dim=1), g_log_scales, w.sum(dim=2)
 
 
-def mol_sample(params: Tensor, num_classes: int, log_scale_min: float,
-               generator: torch.Generator | None = None) -> Tensor:
+def mol_sample(
+    params: Tensor, num_classes: int, log_scale_min: float, generator: torch.Generator | None = None
+) -> Tensor:
     """One draw per step from ``(B, 3K, T)``: pick a component (Gumbel-max), invert its
     logistic CDF, clamp to [-1, 1] and round to the grid -> ``(B, T)``.
 
@@ -157,8 +168,9 @@ def mol_sample(params: Tensor, num_classes: int, log_scale_min: float,
 class DiscretizedLogisticMixture(OutputDistribution):
     """K-component discretized logistic mixture over ``num_classes`` levels (16-bit)."""
 
-    def __init__(self, num_mixtures: int, log_scale_min: float,
-                 num_classes: int = NUM_CLASSES_16BIT):
+    def __init__(
+        self, num_mixtures: int, log_scale_min: float, num_classes: int = NUM_CLASSES_16BIT
+    ):
         self.num_mixtures = num_mixtures
         self.log_scale_min = log_scale_min
         self.num_classes = num_classes
@@ -167,8 +179,7 @@ class DiscretizedLogisticMixture(OutputDistribution):
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return discretized_mol_log_prob(params, x, self.num_classes, self.log_scale_min)
 
-    def log_density(self, params: Tensor, x: Tensor,
-                    log_scale_min: float | None = None) -> Tensor:
+    def log_density(self, params: Tensor, x: Tensor, log_scale_min: float | None = None) -> Tensor:
         """``log_scale_min`` overrides the head's floor (distillation floors higher)."""
         floor = self.log_scale_min if log_scale_min is None else log_scale_min
         return mol_log_density(params, x, floor)
@@ -182,5 +193,7 @@ class DiscretizedLogisticMixture(OutputDistribution):
         return F.log_softmax(logits, dim=1), means, log_scales
 
     def __repr__(self) -> str:
-        return (f"DiscretizedLogisticMixture(K={self.num_mixtures}, "
-                f"levels={self.num_classes}, log_scale_min={self.log_scale_min})")
+        return (
+            f"DiscretizedLogisticMixture(K={self.num_mixtures}, "
+            f"levels={self.num_classes}, log_scale_min={self.log_scale_min})"
+        )

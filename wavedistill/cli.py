@@ -161,7 +161,11 @@ def cmd_synthesize(args) -> int:
     stats = read_stats(args.stats) if args.stats is not None else None
     convention = MelConvention(args.mel_layout, stats, args.no_normalize)
     synth = open_synthesizer(
-        args.checkpoint, args.device, use_ema=not args.no_ema, dtype=args.dtype
+        args.checkpoint,
+        args.device,
+        use_ema=not args.no_ema,
+        dtype=args.dtype,
+        temperature=args.temperature,
     )
     if args.input_dir is not None or args.scp is not None:
         if args.seconds is not None or args.chunk_seconds is not None:
@@ -274,6 +278,7 @@ def cmd_evaluate(args) -> int:
         griffin_lim_iters=args.griffin_lim_iters,
         split=args.split,
         command=_command(args),
+        temperature=args.temperature,
     )
     summary = f"report written to {args.out}"
     if "nll" in results:
@@ -442,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speaker", type=int, help="speaker id for multi-speaker models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of a student's noise: 1 samples its distribution, 0 is its deterministic "
+        "path, values between trade variety for smoothness",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         required=True,
@@ -532,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="iterations of the Griffin-Lim baseline scored beside the models (0 leaves it out)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of the student's noise in its copy-synthesis (0: its deterministic path)",
     )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)

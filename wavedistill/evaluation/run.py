@@ -56,6 +56,7 @@ from wavedistill.evaluation.plots import draw_figures, plot_nll_curve
 from wavedistill.evaluation.report import write_report
 from wavedistill.evaluation.results import Clip, Results, score
 from wavedistill.models.sampling import generate
+from wavedistill.models.student import check_temperature
 from wavedistill.objectives.distillation import Distillation, check_teacher_compatible
 from wavedistill.store.loading import LoadedModel, load_model
 
@@ -180,15 +181,15 @@ def teacher_samples(
 
 @torch.inference_mode()
 def student_samples(
-    student: LoadedModel, clips: list[Clip], device: torch.device
+    student: LoadedModel, clips: list[Clip], device: torch.device, temperature: float = 1.0
 ) -> dict[str, np.ndarray]:
-    """Copy-synthesis of every clip from its own mel, in one pass each."""
+    """Copy-synthesis of every clip from its own mel, in one pass each, the noise scaled by
+    ``temperature``."""
     out = {}
     for clip in clips:
         generator = torch.Generator(device=device).manual_seed(SEED)
-        audio = student.student.synthesize(
-            clip.mel[None].to(device), _speaker(student, clip, device), generator=generator
-        )
+        mel, speaker = clip.mel[None].to(device), _speaker(student, clip, device)
+        audio = student.student.synthesize(mel, speaker, generator, temperature)
         out[clip.id] = audio[0].float().cpu().numpy()
     return out
 
@@ -252,10 +253,12 @@ def evaluate(
     griffin_lim_iters: int = 32,
     split: str = "valid",
     command: str | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the held-out split of ``data_dir`` and write the report
     folder ``out_dir`` (with the listening page, ``index.html``, which shows ``command``);
-    returns the contents of ``metrics.json``."""
+    a student synthesises at ``temperature``. Returns the contents of ``metrics.json``."""
+    check_temperature(temperature)
     if max_clips < 1:
         raise UserError(f"--max-clips must be at least 1, got {max_clips}")
     if teacher_seconds <= 0:
@@ -284,6 +287,7 @@ def evaluate(
             "teacher_seconds": teacher_seconds,
             "griffin_lim_iters": griffin_lim_iters,
             "split": split,
+            "temperature": temperature,
             "config": config_to_dict(main.cfg),
         }
     )
@@ -297,7 +301,7 @@ def evaluate(
         )
     else:
         log.info("student copy-synthesis of %d clip(s)", len(clips))
-        synthesis["student"] = student_samples(main, clips, dev)
+        synthesis["student"] = student_samples(main, clips, dev, temperature)
         if ref is not None:
             log.info("KL(student || teacher) estimate")
             results.kl = kl_estimate(main, ref, clips, dev)

@@ -84,14 +84,21 @@ class DecodeReport:
 
 
 def open_synthesizer(
-    checkpoint: str | Path | None, device: str = "cpu", use_ema: bool = True, dtype: str = "float32"
+    checkpoint: str | Path | None,
+    device: str = "cpu",
+    use_ema: bool = True,
+    dtype: str = "float32",
+    temperature: float = 1.0,
 ) -> Synthesizer:
     """The model of ``checkpoint`` (a checkpoint file, an exported bundle folder, a shipped
-    model's name or a Hub id), or the shipped student when None, in ``dtype``."""
+    model's name or a Hub id), or the shipped student when None, in ``dtype``, sampling at
+    ``temperature`` (students)."""
     if checkpoint is None:
         log.info("no checkpoint given: using the shipped student %s", DEFAULT_STUDENT)
         checkpoint = DEFAULT_STUDENT
-    return Synthesizer.from_pretrained(checkpoint, device=device, use_ema=use_ema, dtype=dtype)
+    return Synthesizer.from_pretrained(
+        checkpoint, device=device, use_ema=use_ema, dtype=dtype, temperature=temperature
+    )
 
 
 def synthesize_files(

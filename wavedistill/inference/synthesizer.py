@@ -26,6 +26,7 @@ from wavedistill.data.external_mel import PLAIN, MelConvention, load_npy, model_
 from wavedistill.data.features import frames_for, log_mel, shortest_clip, whole_frames
 from wavedistill.errors import UserError
 from wavedistill.models.sampling import generate
+from wavedistill.models.student import check_temperature
 from wavedistill.precision import DTYPES, resolve_dtype
 from wavedistill.store.checkpoint import ModelKind
 from wavedistill.store.loading import LoadedModel, load_model
@@ -42,8 +43,16 @@ class Synthesizer:
     # float32, or a reduced precision the device computes natively (see precision.py): a
     # student runs in it throughout, a teacher's sampler in its matrix products
     dtype: torch.dtype = torch.float32
+    # scale of a student's unit noise: 1 samples its distribution, 0 is its deterministic path
+    temperature: float = 1.0
 
     def __post_init__(self):
+        check_temperature(self.temperature)
+        if self.temperature != 1.0 and self.kind == "teacher":
+            raise UserError(
+                "--temperature is a student option; a teacher samples its own "
+                "distribution step by step"
+            )
         if self.dtype == torch.float32:
             return
         name = str(self.dtype).removeprefix("torch.")
@@ -55,11 +64,16 @@ class Synthesizer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "cpu", use_ema: bool = True, dtype: str = "float32"
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        use_ema: bool = True,
+        dtype: str = "float32",
+        temperature: float = 1.0,
     ) -> Synthesizer:
-        """A training checkpoint's model (its EMA weights unless ``use_ema`` is False)."""
-        torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_model(path, device=device, use_ema=use_ema), torch_dtype)
+        """A training checkpoint's model (its EMA weights unless ``use_ema`` is False); the
+        same as :meth:`from_pretrained`, which takes any model reference."""
+        return cls.from_pretrained(path, device, use_ema, dtype, temperature)
 
     @classmethod
     def from_pretrained(
@@ -68,13 +82,17 @@ class Synthesizer:
         device: str = "cpu",
         use_ema: bool = True,
         dtype: str = "float32",
+        temperature: float = 1.0,
     ) -> Synthesizer:
         """A model from an exported bundle folder, a training checkpoint, the name of a
         shipped model (``alice-student``), or a Hugging Face Hub repository id
         (``owner/name``, with the ``hub`` extra; downloaded once, then read from the cache).
-        ``dtype``: float32, bfloat16 or float16, refused where not native."""
+        ``dtype``: float32, bfloat16 or float16, refused where not native. ``temperature``:
+        the scale of a student's noise (1 samples, 0 is the deterministic path)."""
         torch_dtype = _named_dtype(dtype)  # a bad name is refused before the model loads
-        return cls(load_model(name_or_path, device=device, use_ema=use_ema), torch_dtype)
+        check_temperature(temperature)
+        loaded = load_model(name_or_path, device=device, use_ema=use_ema)
+        return cls(loaded, torch_dtype, temperature)
 
     @property
     def cfg(self) -> Config:
@@ -246,10 +264,12 @@ class Synthesizer:
     def _stream_noise(
         self, noise: torch.Tensor | None, first: int, frames: int, generator: torch.Generator
     ) -> torch.Tensor:
-        """Noise ``(1, frames * hop)`` of frames ``[first, first + frames)``."""
+        """Noise ``(1, frames * hop)`` of frames ``[first, first + frames)``: drawn (and
+        scaled by :attr:`temperature`), or cut from the given ``noise``, taken as it is."""
         hop, model = self.cfg.audio.hop_length, self.loaded.student
         if noise is None:
-            return model.sample_noise((1, frames * hop), generator, self.loaded.device)
+            drawn = model.sample_noise((1, frames * hop), generator, self.loaded.device)
+            return drawn * self.temperature
         piece = noise.reshape(1, -1)[:, first * hop : (first + frames) * hop]
         if piece.shape[-1] != frames * hop:
             raise UserError(
@@ -294,13 +314,14 @@ class Synthesizer:
 
     def _noise(self, lengths: list[int], seed: int) -> torch.Tensor:
         """A student's noise ``(B, max T)``: each clip's drawn from its own generator seeded
-        ``seed``, zero beyond its end, so a clip's audio is the same alone or in a batch."""
+        ``seed``, zero beyond its end, so a clip's audio is the same alone or in a batch;
+        scaled by :attr:`temperature`."""
         model, device = self.loaded.student, self.loaded.device
         z = torch.zeros(len(lengths), max(lengths), device=device)
         for i, n in enumerate(lengths):
             generator = torch.Generator(device=device).manual_seed(seed)
             z[i, :n] = model.sample_noise((1, n), generator, device)[0]
-        return z
+        return z * self.temperature
 
 
 def mel_chunks(mel: torch.Tensor, frames: int) -> Iterator[torch.Tensor]:

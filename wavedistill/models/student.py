@@ -230,11 +230,20 @@ class IAFStudent(nn.Module):
 
     @torch.inference_mode()
     def synthesize(
-        self, mel: Tensor, speaker: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        mel: Tensor,
+        speaker: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
-        """Audio ``(B, F * hop)`` in [-1, 1] from mel ``(B, n_mels, F)`` in one pass."""
+        """Audio ``(B, F * hop)`` in [-1, 1] from mel ``(B, n_mels, F)`` in one pass.
+
+        ``temperature`` scales the noise (:func:`check_temperature`): 1 samples the student's
+        distribution, 0 is its deterministic path (every flow's ``z = 0``: each step takes the
+        mean of its logistic or Gaussian given the earlier steps)."""
+        check_temperature(temperature)
         z = self.sample_noise((mel.shape[0], mel.shape[-1] * self.hop), generator, mel.device)
-        return self.synthesize_from_noise(z, mel, speaker)
+        return self.synthesize_from_noise(z * temperature, mel, speaker)
 
     @torch.inference_mode()
     def synthesize_from_noise(
@@ -353,3 +362,10 @@ class IAFStudent(nn.Module):
             z[:, t] = (x[:, t] - mu[:, t]) * torch.exp(-log_s[:, t])
             log_s_tot[:, t] = log_s[:, t]
         return z, log_s_tot
+
+
+def check_temperature(temperature: float) -> None:
+    """A sampling temperature (the scale of the student's unit noise) must be finite and
+    non-negative; a :class:`UserError` naming the value otherwise."""
+    if not 0.0 <= temperature < float("inf"):  # also refuses NaN
+        raise UserError(f"--temperature must be a finite number >= 0, got {temperature:g}")

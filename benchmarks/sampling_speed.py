@@ -43,31 +43,14 @@ from wavedistill.models.teacher import WaveNetTeacher
 
 # The small teacher's one definition, shared with train_speed.py and `wavedistill benchmark`.
 SMALL_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_small.yaml"
+PAPER_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_paper.yaml"
 
 # name -> (config file or None, config overrides, steps timed per run)
 SIZES: dict[str, tuple[Path | None, list[str], int]] = {
     "small": (SMALL_TEACHER, [], 800),
     # Parallel WaveNet's teacher: 30 layers in 3 cycles, 512 residual / 1024 gate / 256 skip;
     # 512 steps = one block of the widest dilation, so blocked past taps are paid in full
-    "paper": (
-        None,
-        [
-            "teacher.layers=30",
-            "teacher.stacks=3",
-            "teacher.kernel_size=3",
-            "teacher.residual_channels=512",
-            "teacher.gate_channels=1024",
-            "teacher.skip_channels=256",
-            "teacher.num_mixtures=10",
-            "audio.n_mels=80",
-            "audio.sample_rate=22050",
-            "audio.hop_length=256",
-            "audio.win_length=1024",
-            "data.segment_length=7680",
-            "teacher.upsample_factors=[4,4,16]",
-        ],
-        512,
-    ),
+    "paper": (PAPER_TEACHER, [], 512),
 }
 
 

@@ -66,32 +66,13 @@ from wavedistill.objectives.distillation import Distillation
 
 # The small teacher's one definition, shared with sampling_speed.py and `wavedistill benchmark`.
 SMALL_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_small.yaml"
+PAPER_TEACHER = Path(__file__).resolve().parent / "configs" / "teacher_paper.yaml"
 
 # name -> (config file or None, config overrides, batch size); the segment is
 # data.segment_length
 SIZES: dict[str, tuple[Path | None, list[str], int]] = {
     "small": (SMALL_TEACHER, [], 4),
-    "ljspeech": (
-        None,
-        [
-            "teacher.layers=30",
-            "teacher.stacks=3",
-            "teacher.kernel_size=3",
-            "teacher.residual_channels=512",
-            "teacher.gate_channels=1024",
-            "teacher.skip_channels=256",
-            "teacher.num_mixtures=10",
-            "audio.n_mels=80",
-            "audio.sample_rate=22050",
-            "audio.hop_length=256",
-            "audio.win_length=1024",
-            "audio.fmax=8000",
-            "teacher.upsample_factors=[4,4,16]",
-            "student.upsample_factors=[4,4,16]",
-            "data.segment_length=7680",
-        ],
-        1,
-    ),
+    "ljspeech": (PAPER_TEACHER, [], 1),
 }
 
 

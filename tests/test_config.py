@@ -176,6 +176,7 @@ INVARIANTS = [
     (["teacher.pitch_weight=-1"], "teacher.pitch_weight"),
     (["teacher.pitch_channels=0"], "teacher.pitch_channels"),
     (["teacher.source_harmonics=-1"], "teacher.source_harmonics"),
+    (["teacher.source_phase=pulse"], "teacher.source_phase"),
     (["teacher.upsample_factors=[0, 200]"], "teacher.upsample_factors"),
     (["student.upsample_factors=[2, 50]"], "student.upsample_factors"),
     (["teacher.layers=10", "teacher.stacks=4"], "teacher.layers"),

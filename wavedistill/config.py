@@ -93,6 +93,10 @@ class TeacherConfig:
     pitch_weight: float = 1.0  # weight of the pitch predictor's loss beside the NLL
     pitch_channels: int = 64  # channels of the pitch predictor's convolutions
     source_harmonics: int = 0  # most harmonics in the excitation; 0 = all below Nyquist
+    # free | locked: the excitation's phase while the teacher learns by maximum likelihood;
+    # locked follows each training clip's fundamental (models/excitation.py), free runs from
+    # the mel alone as it does everywhere else
+    source_phase: str = "free"
 
 
 @dataclass
@@ -199,6 +203,7 @@ CHOICES = {
     "teacher.output": ("mol", "gaussian", "categorical"),
     "student.noise": ("logistic", "gaussian"),
     "teacher.source": ("none", "harmonic"),
+    "teacher.source_phase": ("free", "locked"),
     "student.source": ("none", "harmonic"),
     "train.decay": ("exponential", "cosine", "none"),
     "train.precision": ("auto", *DTYPE_NAMES),

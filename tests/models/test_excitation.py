@@ -18,6 +18,7 @@ from wavedistill.models.excitation import (
     HarmonicSource,
     harmonic_excitation,
     interpolate_frames,
+    lock_phase,
     phase_cycles,
 )
 
@@ -96,6 +97,38 @@ def test_excitation_of_the_same_mel_is_the_same_and_has_its_shape():
     assert torch.equal(a, b)
     assert float(a[:, 0].abs().max()) > 0 and float(a[:, 1].max()) == 1.0
     assert not a.requires_grad
+
+
+@pytest.mark.parametrize("offset", [0.0, HOP / 2])
+@pytest.mark.parametrize("glide", [False, True])
+def test_a_locked_phase_follows_the_clips_fundamental(offset, glide):
+    frames = 40
+    n = frames * HOP
+    f0 = torch.linspace(120.0, 180.0, n) if glide else torch.full((n,), 150.0)
+    f0 = f0.double()[None]
+    free = phase_cycles(f0, SR)  # (1, T): the phase from F0 alone, 0 at the first sample
+    true = free + 0.3 + 0.1 * torch.sin(torch.arange(n, dtype=torch.float64)[None] / 3000)
+    # a clip whose fundamental runs at the same F0 but with its own phase, plus a harmonic
+    x = 0.5 * torch.cos(2 * math.pi * true) + 0.2 * torch.cos(4 * math.pi * true + 1.0)
+    locked = lock_phase(free, x.float(), HOP, offset)
+    inner = slice(2 * HOP, n - 2 * HOP)  # the edges see half a window
+    error = torch.remainder(locked - true + 0.5, 1.0) - 0.5  # cycles, wrapped
+    assert error[:, inner].abs().max() < 0.02  # within 7 degrees of the clip's phase
+    before = torch.remainder(free - true + 0.5, 1.0) - 0.5
+    assert before[:, inner].abs().mean() > 0.2  # the free phase is not aligned at all
+
+
+def test_the_locked_excitation_differs_from_the_free_one_only_by_its_phase():
+    f0 = torch.full((1, 20), 140.0)
+    voiced = torch.ones(1, 20)
+    x = torch.cos(2 * math.pi * 140.0 * torch.arange(20 * HOP) / SR + 2.0)[None]
+    free = harmonic_excitation(f0, voiced, SR, HOP)
+    locked = harmonic_excitation(f0, voiced, SR, HOP, audio=x)
+    assert not torch.allclose(free[:, 0], locked[:, 0], atol=1e-3)
+    torch.testing.assert_close(free[:, 1], locked[:, 1])  # the voicing gate is the same
+    torch.testing.assert_close(
+        free[:, 0].square().mean(), locked[:, 0].square().mean(), rtol=1e-3, atol=0
+    )
 
 
 def test_max_harmonics_limits_the_sum():
@@ -299,6 +332,22 @@ def test_chunked_generation_of_an_excitation_student_is_the_one_pass_audio():
     assert synth.has_excitation
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_maximum_likelihood_with_a_locked_phase_scores_the_clip_under_its_locked_excitation():
+    from wavedistill.objectives.likelihood import MaximumLikelihood
+
+    teacher = make_teacher("harmonic", "gaussian")
+    g = torch.Generator().manual_seed(3)
+    mel = torch.randn(2, N_MELS, 16, generator=g)
+    audio = 0.3 * torch.cos(2 * math.pi * 180.0 * torch.arange(128) / SR + 0.7).expand(2, -1)
+    batch = {"audio": audio, "mel": mel, "f0": torch.full((2, 16), 180.0)}
+    locked, _ = MaximumLikelihood(pitch_weight=0.0, locked_phase=True).loss(teacher, batch)
+    free, _ = MaximumLikelihood(pitch_weight=0.0).loss(teacher, batch)
+    source = teacher.excitation(mel, audio)
+    expected = -teacher.distribution.log_prob(teacher(audio, mel, None, source), audio).mean()
+    torch.testing.assert_close(locked, expected)
+    assert not torch.allclose(locked, free)
 
 
 def test_check_teacher_compatible_names_differing_sources():

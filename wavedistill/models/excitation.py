@@ -28,6 +28,17 @@ Voicing. The predictor's voicing probability is thresholded at 0.5 per frame and
 decisions are interpolated between frame centres like F0: a voiced-unvoiced change ramps over
 one hop instead of jumping, and a stretch of unvoiced frames is exactly zero.
 
+Phase while the teacher learns (``teacher.source_phase = locked``). A phase that runs freely
+from the clip's start is not aligned with the waveform of a training clip, so under teacher
+forcing a next-sample predictor can take only the frequency from the excitation, which the past
+samples already carry. With ``locked``, maximum-likelihood training measures, per frame, the
+phase of the clip's fundamental against the free-running phase (:func:`lock_phase`) and shifts
+the excitation onto it: the teacher learns to follow the excitation's phase. Everywhere else
+(sampling, the held-out NLL of ``evaluate``, distillation, the student) the phase runs freely
+from the mel alone, and the teacher's samples then follow that. The locked excitation reads
+the clip itself, a little of it ahead of each sample (one phase per frame), so the NLL it
+gives is a training quantity, not a density of the clip given the mel.
+
 Deterministic, on purpose. NSF adds Gaussian noise to its source. Here the only noise is the
 flow's own ``z``: the student maps ``x = z * s_tot(z_<t, c) + mu_tot(z_<t, c)``, and its
 log-determinant is exactly ``sum_t log s_tot,t`` only if everything besides ``z`` that enters
@@ -57,6 +68,7 @@ if TYPE_CHECKING:
     from wavedistill.models.networks import Conditioning
 
 SOURCES = ("none", "harmonic")
+PHASES = ("free", "locked")  # teacher.source_phase: the excitation's phase in MLE training
 CHANNELS = 2  # harmonics, voicing
 AMPLITUDE = 0.1  # RMS of the voiced harmonic channel
 FADE = 0.05  # share of Nyquist over which a harmonic fades out below it
@@ -82,6 +94,29 @@ def phase_cycles(f0: Tensor, sample_rate: int) -> Tensor:
     cycles = torch.cumsum(f0.to(torch.float64) / sample_rate, dim=-1)
     cycles = F.pad(cycles[..., :-1], (1, 0))
     return cycles - torch.floor(cycles)
+
+
+def lock_phase(cycles: Tensor, audio: Tensor, hop: int, offset: float) -> Tensor:
+    """The free-running phase ``cycles (B, T)`` (cycles, float64) shifted onto the phase of the
+    fundamental of ``audio (B, T)``: per frame, ``theta_f = arg sum_n w_n x_n e^{-2 pi i
+    cycles_n}`` over a Hann window of two hops centred on the frame's centre (the complex
+    amplitude of ``x`` at the instantaneous F0), unwrapped across frames and interpolated
+    between frame centres like F0. Returns ``cycles + theta / (2 pi)``, wrapped to [0, 1), so
+    that ``cos(2 pi result)`` follows the clip's fundamental."""
+    B, T = cycles.shape
+    frames = T // hop
+    baseband = audio.to(torch.float64) * torch.exp(-2j * math.pi * cycles)  # (B, T) complex
+    window = torch.hann_window(2 * hop, periodic=False, dtype=torch.float64, device=audio.device)
+    padded = F.pad(torch.view_as_real(baseband).permute(0, 2, 1), (hop, hop))  # (B, 2, T + 2 hop)
+    starts = (torch.arange(frames, device=audio.device) * hop + round(offset)).clamp(max=T)
+    idx = starts[:, None] + torch.arange(2 * hop, device=audio.device)  # (F, 2 hop)
+    pieces = padded[:, :, idx]  # (B, 2, F, 2 hop): each frame's window, centred on its centre
+    amplitude = (pieces * window).sum(-1)  # (B, 2, F)
+    theta = torch.atan2(amplitude[:, 1], amplitude[:, 0])  # (B, F)
+    step = torch.remainder(torch.diff(theta, dim=-1) + math.pi, 2 * math.pi) - math.pi
+    unwrapped = torch.cat([theta[:, :1], theta[:, :1] + torch.cumsum(step, dim=-1)], dim=-1)
+    locked = cycles + interpolate_frames(unwrapped, hop, offset) / (2 * math.pi)
+    return locked - torch.floor(locked)
 
 
 def harmonic_sum(f0: Tensor, cycles: Tensor, sample_rate: int, max_harmonics: int = 0) -> Tensor:
@@ -114,11 +149,13 @@ def harmonic_excitation(
     hop: int,
     offset: float = 0.0,
     max_harmonics: int = 0,
+    audio: Tensor | None = None,
 ) -> Tensor:
     """The excitation of a clip (module docstring): per-frame ``f0 (B, F)`` in Hz and
     ``voiced (B, F)`` in [0, 1] (decisions: 0 or 1) -> ``(B, 2, F * hop)`` float32, with
     frame centres at ``f * hop + offset`` and at most ``max_harmonics`` harmonics (0: all
-    below Nyquist)."""
+    below Nyquist). With ``audio (B, F * hop)`` the phase is locked to its fundamental
+    (:func:`lock_phase`); without, it runs freely from the first sample."""
     gate = interpolate_frames(voiced, hop, offset)  # (B, T)
     out = torch.zeros(f0.shape[0], CHANNELS, f0.shape[1] * hop, device=f0.device)
     on = gate > 0
@@ -126,7 +163,10 @@ def harmonic_excitation(
         freq = interpolate_frames(f0, hop, offset)
         # harmonics are needed where the gate is open; elsewhere any positive F0 will do
         freq = torch.where(on, freq, freq[on].max())
-        harmonics = harmonic_sum(freq, phase_cycles(freq, sample_rate), sample_rate, max_harmonics)
+        cycles = phase_cycles(freq, sample_rate)
+        if audio is not None:
+            cycles = lock_phase(cycles, audio, hop, offset)
+        harmonics = harmonic_sum(freq, cycles, sample_rate, max_harmonics)
         out[:, 0] = (AMPLITUDE * gate * harmonics).float()
     out[:, 1] = gate.float()
     return out
@@ -156,8 +196,9 @@ class HarmonicSource(nn.Module):
         self.predictor = PitchPredictor(n_mels, pitch_channels, fmin=fmin, fmax=fmax)
 
     @torch.no_grad()
-    def forward(self, mel: Tensor) -> Tensor:
-        """``mel (B, n_mels, F)`` -> ``(B, 2, F * hop)`` in ``mel``'s dtype (no gradient).
+    def forward(self, mel: Tensor, audio: Tensor | None = None) -> Tensor:
+        """``mel (B, n_mels, F)`` -> ``(B, 2, F * hop)`` in ``mel``'s dtype (no gradient);
+        ``audio (B, F * hop)``, for teacher training only, locks the phase to it.
 
         The predictor runs in float32 outside autocast: the excitation is the same function
         of the mel in training (bf16 autocast) and in every inference path."""
@@ -172,6 +213,7 @@ class HarmonicSource(nn.Module):
                 self.hop,
                 self.offset,
                 self.max_harmonics,
+                audio,
             )
         return src.to(mel.dtype)
 

@@ -39,18 +39,26 @@ class MaximumLikelihood:
 
     The forward pass goes through ``model(...)`` so that a DDP wrapper synchronises gradients.
     ``media_samples``: length of the samples :meth:`log_media` draws; ``pitch_weight``: weight
-    of the pitch predictor's loss (teachers with an excitation only).
+    of the pitch predictor's loss (teachers with an excitation only); ``locked_phase``: the
+    excitation's phase follows each clip's fundamental (``teacher.source_phase = locked``).
     """
 
     valid_metric = "nll_bits"
 
-    def __init__(self, media_samples: int = 8000, pitch_weight: float = 0.0):
+    def __init__(
+        self, media_samples: int = 8000, pitch_weight: float = 0.0, locked_phase: bool = False
+    ):
         self.media_samples = media_samples
         self.pitch_weight = pitch_weight
+        self.locked_phase = locked_phase
 
     def _nll_nats(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        audio = batch["audio"]
-        params = model(audio, batch.get("mel"), batch.get("speaker"))
+        audio, mel = batch["audio"], batch.get("mel")
+        excitation = bare_model(model, WaveNetTeacher).excitation
+        source = None  # None: the teacher computes the free-running excitation from the mel
+        if self.locked_phase and excitation is not None and mel is not None:
+            source = excitation(mel, audio)
+        params = model(audio, mel, batch.get("speaker"), source)
         return -bare_model(model, WaveNetTeacher).distribution.log_prob(params, audio).mean()
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

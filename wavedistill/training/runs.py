@@ -53,7 +53,8 @@ def train_teacher(
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = WaveNetTeacher.from_config(cfg)
         media_samples = round(cfg.train.audio_seconds * cfg.audio.sample_rate)
-        objective = MaximumLikelihood(media_samples, cfg.teacher.pitch_weight)
+        locked = cfg.teacher.source_phase == "locked"
+        objective = MaximumLikelihood(media_samples, cfg.teacher.pitch_weight, locked)
         trainer = Trainer("teacher", model, objective, cfg, data, out_dir, procs, dev)
         return trainer.run(resume=resume, init_from=init_from)
 
